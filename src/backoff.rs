@@ -1,0 +1,135 @@
+//! Retry delays: capped exponential backoff with full jitter, as a pure iterator.
+
+use std::time::Duration;
+
+/// Delays for attempt n are drawn uniformly from `[min, min(max, min * 2^n)]`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    attempt: u32,
+    rng: fastrand::Rng,
+}
+
+impl Backoff {
+    /// A schedule from `min` to `max` (`min <= max`, both checked by config validation).
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self::with_rng(min, max, fastrand::Rng::new())
+    }
+
+    /// The same with a seeded generator, for tests.
+    pub fn with_rng(min: Duration, max: Duration, rng: fastrand::Rng) -> Self {
+        Backoff {
+            min,
+            max: max.max(min),
+            attempt: 0,
+            rng,
+        }
+    }
+
+    /// The ceiling of the current step: `min * 2^attempt`, capped at `max`.
+    fn ceiling(&self) -> Duration {
+        let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);
+        self.min.saturating_mul(factor).min(self.max)
+    }
+
+    fn between(&mut self, low: Duration, high: Duration) -> Duration {
+        let (low, high) = (low.as_nanos() as u64, high.as_nanos() as u64);
+        Duration::from_nanos(if high > low { self.rng.u64(low..=high) } else { low })
+    }
+
+    /// The delay before the next attempt; each call moves one step up the schedule.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        self.between(self.min, ceiling)
+    }
+
+    /// A delay at the cap, jittered over its upper half: for a rejected upgrade, which a quick
+    /// retry will not fix. Also moves the schedule to its cap.
+    pub fn at_cap(&mut self) -> Duration {
+        while self.ceiling() < self.max {
+            self.attempt += 1;
+        }
+        self.between(self.max / 2, self.max)
+    }
+
+    /// Back to the first step, after a healthy session.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+impl Iterator for Backoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        Some(self.next_delay())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn schedule(seed: u64) -> Backoff {
+        Backoff::with_rng(500 * MS, 60_000 * MS, fastrand::Rng::with_seed(seed))
+    }
+
+    #[test]
+    fn delays_stay_between_min_and_a_doubling_ceiling() {
+        for seed in 0..50 {
+            let delays: Vec<_> = schedule(seed).take(12).collect();
+            for (n, d) in delays.iter().enumerate() {
+                let ceiling = (500 * MS * 2u32.pow(n as u32)).min(60_000 * MS);
+                assert!(*d >= 500 * MS && *d <= ceiling, "attempt {n}: {d:?} > {ceiling:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_cap_is_reached_and_never_passed() {
+        let mut b = schedule(1);
+        let late: Vec<_> = b.by_ref().skip(10).take(100).collect();
+        assert!(late.iter().all(|d| *d <= 60_000 * MS));
+        // Full jitter: the late delays spread over the whole range, not all at the cap.
+        assert!(late.iter().any(|d| *d < 30_000 * MS));
+        assert!(late.iter().any(|d| *d > 45_000 * MS));
+    }
+
+    #[test]
+    fn jitter_spreads_relays_that_start_together() {
+        let firsts: std::collections::HashSet<_> = (0..20).map(|s| schedule(s).nth(5)).collect();
+        assert!(firsts.len() > 15, "{firsts:?}");
+    }
+
+    #[test]
+    fn reset_returns_to_the_first_step() {
+        let mut b = schedule(2);
+        b.by_ref().take(8).for_each(drop);
+        b.reset();
+        let d = b.next_delay();
+        assert_eq!(d, 500 * MS);
+        let d = b.next_delay();
+        assert!(d <= 1_000 * MS, "{d:?}");
+    }
+
+    #[test]
+    fn a_rejected_upgrade_waits_in_the_upper_half_of_the_cap() {
+        let mut b = schedule(3);
+        for _ in 0..100 {
+            let d = b.at_cap();
+            assert!(d >= 30_000 * MS && d <= 60_000 * MS, "{d:?}");
+        }
+        // And the schedule stays at the cap afterwards.
+        assert!(b.ceiling() == 60_000 * MS);
+    }
+
+    #[test]
+    fn equal_min_and_max_give_a_fixed_delay() {
+        let mut b = Backoff::with_rng(MS, MS, fastrand::Rng::with_seed(0));
+        assert_eq!(b.next_delay(), MS);
+        assert_eq!(b.next_delay(), MS);
+    }
+}

@@ -1,0 +1,227 @@
+//! Config: read the TOML, validate it, resolve secrets, and hand out [`Settings`] with no gaps.
+
+mod file;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+use serde::Serialize;
+
+use crate::secret::Secret;
+
+pub use validate::CredentialsDir;
+
+/// Defaults, in one place; the documented example config repeats them.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// `[connection] ping_interval`
+    pub const PING_INTERVAL: Duration = Duration::from_secs(20);
+    /// `[connection] pong_timeout`
+    pub const PONG_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `[connection] connect_timeout`
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `[connection] backoff_min`
+    pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
+    /// `[connection] backoff_max`
+    pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+    /// `[connection] healthy_after`
+    pub const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+    /// `[connection] tcp_keepalive`
+    pub const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+    /// `[connection] max_message_size`
+    pub const MAX_MESSAGE_SIZE: u64 = 1 << 20;
+    /// `[state] dir`
+    pub const STATE_DIR: &str = "/var/lib/mews-relay";
+    /// `[shutdown] grace_period`
+    pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
+    /// `[[sink]] fsync_interval` for file sinks
+    pub const FSYNC_INTERVAL: Duration = Duration::from_secs(1);
+}
+
+/// A config that failed to load: one line naming the file, the key and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {problem}", file = .file.display())]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// The key, as a TOML path (`connection.ping_interval`, `sink[1].type`).
+    pub key: String,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+/// The validated config the daemon runs with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    /// Where this config came from (for messages).
+    #[serde(skip)]
+    pub origin: PathBuf,
+    /// `[mews]`
+    pub mews: Mews,
+    /// `[[property]]`, at least one.
+    #[serde(rename = "property")]
+    pub properties: Vec<Property>,
+    /// `[connection]`
+    pub connection: Connection,
+    /// `[state]`
+    pub state: State,
+    /// `[shutdown]`
+    pub shutdown: Shutdown,
+    /// `[[sink]]`, at least one.
+    #[serde(rename = "sink")]
+    pub sinks: Vec<SinkSettings>,
+}
+
+/// `[mews]`
+#[derive(Debug, Clone, Serialize)]
+pub struct Mews {
+    /// `ws://` or `wss://` URL of the WebSocket endpoint.
+    pub websocket_url: String,
+    /// REST base URL (catch-up and enrichment).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    /// The integration's ClientToken.
+    pub client_token: Secret,
+}
+
+/// One `[[property]]`: one WebSocket connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct Property {
+    /// Label used in records, logs and file names.
+    pub name: String,
+    /// The enterprise's AccessToken.
+    pub access_token: Secret,
+}
+
+/// `[connection]`
+#[derive(Debug, Clone, Serialize)]
+pub struct Connection {
+    /// A WebSocket ping is sent this often.
+    #[serde(with = "human")]
+    pub ping_interval: Duration,
+    /// No frame at all this long after a ping: the connection is dead.
+    #[serde(with = "human")]
+    pub pong_timeout: Duration,
+    /// Limit for TCP connect, TLS and the upgrade together.
+    #[serde(with = "human")]
+    pub connect_timeout: Duration,
+    /// First reconnect delay.
+    #[serde(with = "human")]
+    pub backoff_min: Duration,
+    /// Largest reconnect delay; also the delay after a rejected upgrade.
+    #[serde(with = "human")]
+    pub backoff_max: Duration,
+    /// A session up this long resets the backoff.
+    #[serde(with = "human")]
+    pub healthy_after: Duration,
+    /// Idle time before TCP keepalive probes start.
+    #[serde(with = "human")]
+    pub tcp_keepalive: Duration,
+    /// Larger messages are rejected (kept in `rejected.jsonl`), not forwarded.
+    pub max_message_size: u64,
+    /// Extra CA certificates (PEM) trusted besides the system roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The certificates read from `ca_file`.
+    #[serde(skip)]
+    pub extra_roots: Vec<CertificateDer<'static>>,
+}
+
+/// `[state]`
+#[derive(Debug, Clone, Serialize)]
+pub struct State {
+    /// Journal, rejected messages and marks live here.
+    pub dir: PathBuf,
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, Serialize)]
+pub struct Shutdown {
+    /// How long sinks may drain after SIGTERM.
+    #[serde(with = "human")]
+    pub grace_period: Duration,
+}
+
+/// One `[[sink]]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkSettings {
+    /// Unique name; it keys the sink's cursor in the journal.
+    pub name: String,
+    /// What kind of sink, with its own settings.
+    #[serde(flatten)]
+    pub kind: SinkKind,
+    /// Only these event types (`Type`); empty means all.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+    /// Only these properties; empty means all.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub properties: Vec<String>,
+}
+
+/// The sink types.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SinkKind {
+    /// One JSON line per record on standard output.
+    Stdout,
+    /// JSON lines appended to a file.
+    File {
+        /// The file; parent directories are created.
+        path: PathBuf,
+        /// When written lines are forced to disk.
+        fsync: Fsync,
+        /// With `fsync = "interval"`: the longest a written line waits for fsync.
+        #[serde(with = "human")]
+        fsync_interval: Duration,
+    },
+}
+
+/// When a file sink calls fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// After every batch, before the cursor moves.
+    Always,
+    /// At most `fsync_interval` after a write.
+    Interval,
+    /// Never; the OS decides.
+    Never,
+}
+
+impl Settings {
+    /// Reads and validates a config file. `credentials` is systemd's `$CREDENTIALS_DIRECTORY`.
+    pub fn load(path: &Path, credentials: &CredentialsDir) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+            file: path.to_owned(),
+            key: "(file)".into(),
+            problem: format!("cannot read the config file: {err}; check the path given to --config"),
+        })?;
+        Self::from_toml(&text, path, credentials)
+    }
+
+    /// Validates config text; `origin` names it in errors.
+    pub fn from_toml(
+        text: &str,
+        origin: &Path,
+        credentials: &CredentialsDir,
+    ) -> Result<Settings, ConfigError> {
+        validate::parse(text, origin, credentials)
+    }
+
+    /// The effective config as TOML, secrets masked (what `check` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|err| format!("# cannot render the config: {err}\n"))
+    }
+}
+
+/// Durations written back the way they are read: `"20s"`.
+mod human {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}

@@ -1,0 +1,499 @@
+//! From TOML text to [`Settings`]: strict parsing, defaults, checks, secrets resolved.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use http::Uri;
+use serde::de::DeserializeOwned;
+
+use super::file::{ConfigFile, FileSinkFile, FsyncFile, StdoutSinkFile};
+use super::{
+    ConfigError, Connection, Fsync, Mews, Property, Settings, Shutdown, SinkKind, SinkSettings,
+    State, defaults,
+};
+use crate::secret::Secret;
+
+/// systemd's `$CREDENTIALS_DIRECTORY` (set by `LoadCredential=`), if any.
+#[derive(Debug, Clone, Default)]
+pub struct CredentialsDir(pub Option<PathBuf>);
+
+impl CredentialsDir {
+    /// Reads `$CREDENTIALS_DIRECTORY`.
+    pub fn from_env() -> Self {
+        Self(std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from))
+    }
+}
+
+/// Errors for one file.
+struct Ctx<'a> {
+    origin: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.origin.to_owned(),
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    /// Deserializes with the failing key's path in the error.
+    fn deserialize<'de, T, D>(&self, de: D, prefix: &str) -> Result<T, ConfigError>
+    where
+        T: DeserializeOwned,
+        D: serde::Deserializer<'de, Error = toml::de::Error>,
+    {
+        serde_path_to_error::deserialize(de).map_err(|err| {
+            let mut key = err.path().to_string();
+            let inner = err.into_inner();
+            let message = inner.message().to_owned();
+            if let Some(field) = message
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split('`').next())
+            {
+                // The path points at the table; name the key itself.
+                key = join(&key, field);
+            } else if let Some(field) = message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next())
+            {
+                key = join(&key, field);
+            }
+            key = join(prefix, &key);
+            if key.is_empty() || key == "." {
+                key = "(file)".into();
+            }
+            if let Some(span) = inner.span() {
+                key = format!("{key} (line {})", self.line_of(span.start));
+            }
+            self.err(key, fix_for(&message))
+        })
+    }
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    match (prefix.is_empty() || prefix == ".", key.is_empty() || key == ".") {
+        (true, _) => key.to_owned(),
+        (false, true) => prefix.to_owned(),
+        (false, false) => format!("{prefix}.{key}"),
+    }
+}
+
+/// Adds the fix to serde's own message where it does not say it.
+fn fix_for(message: &str) -> String {
+    let message = message.trim();
+    if message.starts_with("unknown field") {
+        format!("{message}; remove it or fix its spelling")
+    } else if message.starts_with("missing field") {
+        format!("{message}; add it")
+    } else {
+        message.to_owned()
+    }
+}
+
+pub(super) fn parse(
+    text: &str,
+    origin: &Path,
+    credentials: &CredentialsDir,
+) -> Result<Settings, ConfigError> {
+    let ctx = Ctx { origin, text };
+    let de = toml::Deserializer::parse(text).map_err(|err| {
+        let key = match err.span() {
+            Some(span) => format!("(syntax, line {})", ctx.line_of(span.start)),
+            None => "(syntax)".into(),
+        };
+        ctx.err(key, format!("{}; fix the TOML syntax", err.message().trim()))
+    })?;
+    let raw: ConfigFile = ctx.deserialize(de, "")?;
+
+    let mews = mews(&ctx, raw.mews, credentials)?;
+    let properties = properties(&ctx, raw.properties, credentials)?;
+    let connection = connection(&ctx, raw.connection)?;
+    let state = State {
+        dir: raw
+            .state
+            .dir
+            .unwrap_or_else(|| PathBuf::from(defaults::STATE_DIR)),
+    };
+    if state.dir.as_os_str().is_empty() {
+        return Err(ctx.err("state.dir", "is empty; set a directory for the journal"));
+    }
+    let shutdown = Shutdown {
+        grace_period: raw
+            .shutdown
+            .grace_period
+            .map_or(defaults::GRACE_PERIOD, |d| d.0),
+    };
+    let names: HashSet<&str> = properties.iter().map(|p| p.name.as_str()).collect();
+    let sinks = sinks(&ctx, raw.sinks, &names)?;
+    Ok(Settings {
+        origin: origin.to_owned(),
+        mews,
+        properties,
+        connection,
+        state,
+        shutdown,
+        sinks,
+    })
+}
+
+fn mews(
+    ctx: &Ctx<'_>,
+    raw: super::file::MewsFile,
+    credentials: &CredentialsDir,
+) -> Result<Mews, ConfigError> {
+    let Some(websocket_url) = raw.websocket_url else {
+        return Err(ctx.err(
+            "mews.websocket_url",
+            r#"missing; set it to "wss://ws.mews.com/ws/connector" (production) or "wss://ws.mews-demo.com/ws/connector" (demo)"#,
+        ));
+    };
+    let uri: Uri = websocket_url.parse().map_err(|err| {
+        ctx.err(
+            "mews.websocket_url",
+            format!(r#"is not a URL ({err}); write it like "wss://ws.mews.com/ws/connector""#),
+        )
+    })?;
+    match uri.scheme_str() {
+        Some("ws" | "wss") => {}
+        Some("http" | "https") => {
+            return Err(ctx.err(
+                "mews.websocket_url",
+                r#"must start with wss:// (Mews WebSockets live on their own host: "wss://ws.mews.com/ws/connector", not the API address)"#,
+            ));
+        }
+        _ => {
+            return Err(ctx.err(
+                "mews.websocket_url",
+                r#"must start with wss:// or ws://, like "wss://ws.mews.com/ws/connector""#,
+            ));
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(ctx.err("mews.websocket_url", "has no host; write it like \"wss://ws.mews.com/ws/connector\""));
+    }
+    if let Some(api) = &raw.api_url {
+        let ok = api
+            .parse::<Uri>()
+            .ok()
+            .is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        if !ok {
+            return Err(ctx.err(
+                "mews.api_url",
+                r#"must be an http(s) URL, like "https://api.mews.com""#,
+            ));
+        }
+    }
+    let client_token = secret(
+        ctx,
+        "mews.client_token",
+        raw.client_token,
+        raw.client_token_file,
+        "client_token",
+        credentials,
+    )?;
+    Ok(Mews {
+        websocket_url,
+        api_url: raw.api_url,
+        client_token,
+    })
+}
+
+fn properties(
+    ctx: &Ctx<'_>,
+    raw: Vec<super::file::PropertyFile>,
+    credentials: &CredentialsDir,
+) -> Result<Vec<Property>, ConfigError> {
+    if raw.is_empty() {
+        return Err(ctx.err(
+            "property",
+            r#"no [[property]] is configured; add one with name = "…" and access_token = "…""#,
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, p) in raw.into_iter().enumerate() {
+        let key = format!("property[{i}].name");
+        check_name(ctx, &key, &p.name)?;
+        if !seen.insert(p.name.clone()) {
+            return Err(ctx.err(key, format!(r#""{}" is used twice; give each property its own name"#, p.name)));
+        }
+        let access_token = secret(
+            ctx,
+            &format!("property[{i}].access_token"),
+            p.access_token,
+            p.access_token_file,
+            &format!("{}.access_token", p.name),
+            credentials,
+        )?;
+        out.push(Property {
+            name: p.name,
+            access_token,
+        });
+    }
+    Ok(out)
+}
+
+/// Names end up in records, file names and credential names: keep them plain.
+fn check_name(ctx: &Ctx<'_>, key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ctx.err(
+            key,
+            format!(r#""{name}" is not a valid name; use 1 to 64 letters, digits, '-', '_' or '.'"#),
+        ))
+    }
+}
+
+/// Resolves a token given inline, in a file, or as a systemd credential.
+fn secret(
+    ctx: &Ctx<'_>,
+    key: &str,
+    inline: Option<String>,
+    file: Option<PathBuf>,
+    credential: &str,
+    credentials: &CredentialsDir,
+) -> Result<Secret, ConfigError> {
+    let file_key = format!("{key}_file");
+    let (value, used_key) = match (inline, file) {
+        (Some(_), Some(_)) => {
+            return Err(ctx.err(key, format!("is set twice; keep either {key} or {file_key}")));
+        }
+        (Some(value), None) => (value, key.to_owned()),
+        (None, Some(path)) => (read_secret(ctx, &file_key, &path)?, file_key),
+        (None, None) => match credentials.0.as_deref().map(|dir| dir.join(credential)) {
+            Some(path) if path.exists() => (
+                read_secret(ctx, &format!("{key} (credential {credential})"), &path)?,
+                format!("{key} (credential {credential})"),
+            ),
+            _ => {
+                return Err(ctx.err(
+                    key,
+                    format!(
+                        r#"missing; set {key} = "…", {file_key} = "/path/to/file", or pass the systemd credential "{credential}" with LoadCredential="#
+                    ),
+                ));
+            }
+        },
+    };
+    if value.is_empty() {
+        return Err(ctx.err(used_key, "is empty; paste the token Mews gave you"));
+    }
+    if let Some(bad) = value.chars().find(|c| !is_cookie_safe(*c)) {
+        let what = if bad.is_whitespace() {
+            "whitespace".to_owned()
+        } else {
+            format!("'{}'", bad.escape_default())
+        };
+        return Err(ctx.err(
+            used_key,
+            format!("contains {what}, which a cookie cannot carry; check that the whole token and nothing else was copied"),
+        ));
+    }
+    Ok(Secret::new(value))
+}
+
+/// Characters allowed in a cookie value (RFC 6265 `cookie-octet`).
+fn is_cookie_safe(c: char) -> bool {
+    c.is_ascii_graphic() && !matches!(c, '"' | ',' | ';' | '\\')
+}
+
+fn read_secret(ctx: &Ctx<'_>, key: &str, path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(|text| text.trim().to_owned())
+        .map_err(|err| {
+            ctx.err(
+                key,
+                format!(
+                    "cannot read {}: {err}; check the path and that the mews-relay user may read it",
+                    path.display()
+                ),
+            )
+        })
+}
+
+fn connection(ctx: &Ctx<'_>, raw: super::file::ConnectionFile) -> Result<Connection, ConfigError> {
+    let pick = |v: Option<super::file::Dur>, d| v.map_or(d, |v| v.0);
+    let c = Connection {
+        ping_interval: pick(raw.ping_interval, defaults::PING_INTERVAL),
+        pong_timeout: pick(raw.pong_timeout, defaults::PONG_TIMEOUT),
+        connect_timeout: pick(raw.connect_timeout, defaults::CONNECT_TIMEOUT),
+        backoff_min: pick(raw.backoff_min, defaults::BACKOFF_MIN),
+        backoff_max: pick(raw.backoff_max, defaults::BACKOFF_MAX),
+        healthy_after: pick(raw.healthy_after, defaults::HEALTHY_AFTER),
+        tcp_keepalive: pick(raw.tcp_keepalive, defaults::TCP_KEEPALIVE),
+        max_message_size: raw
+            .max_message_size
+            .map_or(defaults::MAX_MESSAGE_SIZE, |s| s.0),
+        ca_file: raw.ca_file,
+        extra_roots: Vec::new(),
+    };
+    for (key, value) in [
+        ("ping_interval", c.ping_interval),
+        ("pong_timeout", c.pong_timeout),
+        ("connect_timeout", c.connect_timeout),
+        ("backoff_min", c.backoff_min),
+        ("backoff_max", c.backoff_max),
+        ("tcp_keepalive", c.tcp_keepalive),
+    ] {
+        if value.is_zero() {
+            return Err(ctx.err(format!("connection.{key}"), "must be longer than zero"));
+        }
+    }
+    if c.backoff_min > c.backoff_max {
+        return Err(ctx.err(
+            "connection.backoff_min",
+            "is larger than backoff_max; make backoff_min <= backoff_max",
+        ));
+    }
+    if c.max_message_size < 1024 {
+        return Err(ctx.err(
+            "connection.max_message_size",
+            "is below 1KiB; Mews messages carry many events, use \"1MiB\"",
+        ));
+    }
+    let extra_roots = match &c.ca_file {
+        Some(path) => read_ca_file(ctx, path)?,
+        None => Vec::new(),
+    };
+    Ok(Connection { extra_roots, ..c })
+}
+
+fn read_ca_file(
+    ctx: &Ctx<'_>,
+    path: &Path,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, ConfigError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|err| {
+            ctx.err(
+                "connection.ca_file",
+                format!("cannot read PEM certificates from {}: {err}; point it at a PEM file of CA certificates", path.display()),
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(ctx.err(
+            "connection.ca_file",
+            format!("{} holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\"); point it at a PEM file of CA certificates", path.display()),
+        ));
+    }
+    Ok(certs)
+}
+
+fn sinks(
+    ctx: &Ctx<'_>,
+    raw: Vec<toml::Table>,
+    properties: &HashSet<&str>,
+) -> Result<Vec<SinkSettings>, ConfigError> {
+    if raw.is_empty() {
+        return Err(ctx.err(
+            "sink",
+            r#"no [[sink]] is configured; add one, e.g. [[sink]] type = "stdout""#,
+        ));
+    }
+    let mut out: Vec<SinkSettings> = Vec::with_capacity(raw.len());
+    for (i, mut table) in raw.into_iter().enumerate() {
+        let prefix = format!("sink[{i}]");
+        let kind = match table.remove("type") {
+            Some(toml::Value::String(kind)) => kind,
+            Some(_) => {
+                return Err(ctx.err(format!("{prefix}.type"), r#"must be a string: "stdout" or "file""#));
+            }
+            None => {
+                return Err(ctx.err(format!("{prefix}.type"), r#"missing; set type = "stdout" or type = "file""#));
+            }
+        };
+        let value = toml::Value::Table(table);
+        let (name, kind, events, props) = match kind.as_str() {
+            "stdout" => {
+                let s: StdoutSinkFile = ctx.deserialize(value, &prefix)?;
+                if let Some(name) = &s.name {
+                    check_name(ctx, &format!("{prefix}.name"), name)?;
+                }
+                let name = s.name.unwrap_or_else(|| "stdout".into());
+                (name, SinkKind::Stdout, s.events, s.properties)
+            }
+            "file" => {
+                let s: FileSinkFile = ctx.deserialize(value, &prefix)?;
+                file_sink(ctx, &prefix, s)?
+            }
+            other => {
+                return Err(ctx.err(
+                    format!("{prefix}.type"),
+                    format!(r#"unknown sink type "{other}"; use "stdout" or "file""#),
+                ));
+            }
+        };
+        if out.iter().any(|s| s.name == name) {
+            return Err(ctx.err(
+                format!("{prefix}.name"),
+                format!(r#"two sinks are named "{name}"; set name = "…" to tell them apart (it keys the sink's position in the journal)"#),
+            ));
+        }
+        let events = events.unwrap_or_default();
+        if let Some(bad) = events.iter().position(String::is_empty) {
+            return Err(ctx.err(format!("{prefix}.events[{bad}]"), "is empty; write an event Type like \"DeviceCommand\""));
+        }
+        let props = props.unwrap_or_default();
+        if let Some(unknown) = props.iter().find(|p| !properties.contains(p.as_str())) {
+            return Err(ctx.err(
+                format!("{prefix}.properties"),
+                format!(r#"names "{unknown}", which is no [[property]]; use one of the configured property names"#),
+            ));
+        }
+        out.push(SinkSettings {
+            name,
+            kind,
+            events,
+            properties: props,
+        });
+    }
+    Ok(out)
+}
+
+type SinkParts = (String, SinkKind, Option<Vec<String>>, Option<Vec<String>>);
+
+fn file_sink(ctx: &Ctx<'_>, prefix: &str, s: FileSinkFile) -> Result<SinkParts, ConfigError> {
+    if s.path.as_os_str().is_empty() {
+        return Err(ctx.err(format!("{prefix}.path"), "is empty; set the file to append to"));
+    }
+    if let Some(name) = &s.name {
+        check_name(ctx, &format!("{prefix}.name"), name)?;
+    }
+    let fsync = match s.fsync.unwrap_or(FsyncFile::Interval) {
+        FsyncFile::Always => Fsync::Always,
+        FsyncFile::Interval => Fsync::Interval,
+        FsyncFile::Never => Fsync::Never,
+    };
+    let fsync_interval = s.fsync_interval.map_or(defaults::FSYNC_INTERVAL, |d| d.0);
+    if fsync_interval.is_zero() {
+        return Err(ctx.err(format!("{prefix}.fsync_interval"), "must be longer than zero; for a sync after every write use fsync = \"always\""));
+    }
+    let name = s
+        .name
+        .unwrap_or_else(|| format!("file:{}", s.path.display()));
+    Ok((
+        name,
+        SinkKind::File {
+            path: s.path,
+            fsync,
+            fsync_interval,
+        },
+        s.events,
+        s.properties,
+    ))
+}

@@ -1,0 +1,158 @@
+//! The durable journal (redb): records in seq order, a cursor per sink, pruning behind them all.
+//!
+//! Producers hand records to [`Journal::append`]; one writer task commits whatever arrived
+//! meanwhile in one transaction with one fsync (group commit), then publishes the new last
+//! seq. Sinks only ever see committed records.
+
+mod store;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::record::Record;
+use crate::stats::Stats;
+
+pub use store::StoredRecord;
+pub use writer::JournalWriter;
+
+use store::Store;
+use writer::Op;
+
+/// File name of the journal inside `state.dir`.
+pub const FILE_NAME: &str = "journal.redb";
+
+/// Why the journal could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// Opening failed; the message says what to do.
+    #[error("journal {path}: {problem}", path = .path.display())]
+    Open {
+        /// The journal file or state directory.
+        path: PathBuf,
+        /// What failed and the fix.
+        problem: String,
+    },
+    /// A read or commit failed.
+    #[error("journal {path}: {source}", path = .path.display())]
+    Storage {
+        /// The journal file.
+        path: PathBuf,
+        /// redb's error.
+        source: redb::Error,
+    },
+    /// A commit failed; the records given were not stored.
+    #[error("{0}")]
+    Write(String),
+    /// The writer has stopped.
+    #[error("the journal writer has stopped")]
+    Closed,
+}
+
+/// A handle to the journal; cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    store: Arc<Store>,
+    ops: mpsc::Sender<Op>,
+    committed: watch::Receiver<u64>,
+    cursors: Arc<HashMap<String, u64>>,
+}
+
+impl Journal {
+    /// Opens (or creates) `<dir>/journal.redb` for these sinks. Sinks new to the journal start
+    /// after its last record; cursors of sinks no longer configured are dropped.
+    pub fn open(
+        dir: &Path,
+        sinks: &[String],
+        stats: Arc<Stats>,
+    ) -> Result<(Journal, JournalWriter), JournalError> {
+        std::fs::create_dir_all(dir).map_err(|err| JournalError::Open {
+            path: dir.to_owned(),
+            problem: format!("cannot create the state directory: {err}; check state.dir and its permissions"),
+        })?;
+        let (store, last_seq, cursors) = Store::open(&dir.join(FILE_NAME), sinks)?;
+        let store = Arc::new(store);
+        let (ops_tx, ops_rx) = mpsc::channel(writer::QUEUE);
+        let (committed_tx, committed_rx) = watch::channel(last_seq);
+        let writer = JournalWriter::new(
+            Arc::clone(&store),
+            ops_rx,
+            committed_tx,
+            last_seq,
+            cursors.clone(),
+            stats,
+        );
+        let journal = Journal {
+            store,
+            ops: ops_tx,
+            committed: committed_rx,
+            cursors: Arc::new(cursors),
+        };
+        Ok((journal, writer))
+    }
+
+    /// Queues records for the next group commit. Waits only when the writer is far behind.
+    pub async fn append(&self, records: Vec<Record>) -> Result<(), JournalError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.ops
+            .send(Op::Append(records, None))
+            .await
+            .map_err(|_| JournalError::Closed)
+    }
+
+    /// Appends and waits for the durable commit; returns the last seq given.
+    pub async fn append_committed(&self, records: Vec<Record>) -> Result<u64, JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(Op::Append(records, Some(tx)))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// The last committed seq, and a way to wait for the next one.
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+
+    /// Where a sink stood when the journal was opened (0 for an empty journal).
+    pub fn cursor(&self, sink: &str) -> u64 {
+        self.cursors.get(sink).copied().unwrap_or(0)
+    }
+
+    /// Records a sink's progress; persisted with the next commit (at the latest within a second).
+    pub async fn advance(&self, sink: &str, seq: u64) -> Result<(), JournalError> {
+        self.ops
+            .send(Op::Cursor(sink.to_owned(), seq))
+            .await
+            .map_err(|_| JournalError::Closed)
+    }
+
+    /// Commits everything queued so far, durably.
+    pub async fn flush(&self) -> Result<(), JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(Op::Flush(tx))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)
+    }
+
+    /// Up to `max` committed records after `after`, oldest first.
+    pub async fn read_after(&self, after: u64, max: usize) -> Result<Vec<StoredRecord>, JournalError> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || store.read_after(after, max))
+            .await
+            .map_err(|_| JournalError::Closed)?
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        self.store.path()
+    }
+}

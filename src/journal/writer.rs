@@ -1,0 +1,209 @@
+//! The single journal writer: group commits, cursor updates, pruning, and what to do when a
+//! write fails.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::JournalError;
+use super::store::{Commit, Store};
+use crate::record::Record;
+use crate::stats::Stats;
+
+/// Queue depth: how many appends may wait while a commit runs before producers wait too.
+pub(super) const QUEUE: usize = 4096;
+/// At most this many records in one transaction.
+const MAX_BATCH_RECORDS: usize = 16_384;
+/// Cursor-only commits skip fsync; this long after one, a durable commit follows.
+const CURSOR_SYNC_AFTER: Duration = Duration::from_secs(1);
+
+type Waiter = oneshot::Sender<Result<u64, JournalError>>;
+
+/// A request to the writer.
+pub(super) enum Op {
+    Append(Vec<Record>, Option<Waiter>),
+    Cursor(String, u64),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The task that owns all writes. Run it with [`JournalWriter::run`]; it ends when every
+/// [`super::Journal`] handle is dropped, after a last durable commit.
+pub struct JournalWriter {
+    store: Arc<Store>,
+    ops: mpsc::Receiver<Op>,
+    committed: watch::Sender<u64>,
+    last_seq: u64,
+    cursors: HashMap<String, u64>,
+    pruned_to: u64,
+    stats: Arc<Stats>,
+    failing: bool,
+}
+
+#[derive(Default)]
+struct Batch {
+    records: Vec<Record>,
+    waiters: Vec<(Waiter, usize)>,
+    cursors: HashMap<String, u64>,
+    flushes: Vec<oneshot::Sender<()>>,
+}
+
+impl Batch {
+    fn add(&mut self, op: Op) {
+        match op {
+            Op::Append(records, waiter) => {
+                self.records.extend(records);
+                if let Some(waiter) = waiter {
+                    self.waiters.push((waiter, self.records.len()));
+                }
+            }
+            Op::Cursor(name, seq) => {
+                let at = self.cursors.entry(name).or_insert(seq);
+                *at = (*at).max(seq);
+            }
+            Op::Flush(done) => self.flushes.push(done),
+        }
+    }
+}
+
+impl JournalWriter {
+    pub(super) fn new(
+        store: Arc<Store>,
+        ops: mpsc::Receiver<Op>,
+        committed: watch::Sender<u64>,
+        last_seq: u64,
+        cursors: HashMap<String, u64>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        JournalWriter {
+            store,
+            ops,
+            committed,
+            last_seq,
+            cursors,
+            pruned_to: 0,
+            stats,
+            failing: false,
+        }
+    }
+
+    /// Commits until every handle is gone.
+    pub async fn run(mut self) {
+        let mut unsynced = false;
+        loop {
+            let first = if unsynced {
+                tokio::select! {
+                    op = self.ops.recv() => op,
+                    () = tokio::time::sleep(CURSOR_SYNC_AFTER) => {
+                        self.commit(Batch::default(), true).await;
+                        unsynced = false;
+                        continue;
+                    }
+                }
+            } else {
+                self.ops.recv().await
+            };
+            let Some(first) = first else { break };
+            let mut batch = Batch::default();
+            batch.add(first);
+            while batch.records.len() < MAX_BATCH_RECORDS {
+                match self.ops.try_recv() {
+                    Ok(op) => batch.add(op),
+                    Err(_) => break,
+                }
+            }
+            let durable = !batch.records.is_empty() || !batch.flushes.is_empty();
+            self.commit(batch, durable).await;
+            unsynced = !durable;
+        }
+        if unsynced {
+            self.commit(Batch::default(), true).await;
+        }
+        tracing::debug!(last_seq = self.last_seq, "journal writer stopped");
+    }
+
+    fn prune_target(&self) -> Option<u64> {
+        let min = self.cursors.values().copied().min().unwrap_or(self.last_seq);
+        (min > self.pruned_to).then_some(min)
+    }
+
+    async fn commit(&mut self, batch: Batch, durable: bool) {
+        let Batch {
+            records,
+            waiters,
+            cursors,
+            flushes,
+        } = batch;
+        for (name, seq) in &cursors {
+            if let Some(at) = self.cursors.get_mut(name) {
+                *at = (*at).max(*seq);
+            }
+        }
+        let count = records.len() as u64;
+        let commit = Commit {
+            records,
+            cursors: cursors.into_iter().collect(),
+            prune_to: self.prune_target(),
+            durable,
+        };
+        let store = Arc::clone(&self.store);
+        let last_seq = self.last_seq;
+        let result = tokio::task::spawn_blocking(move || {
+            let result = store.commit(last_seq, &commit);
+            (result, commit)
+        })
+        .await;
+        let (result, commit) = match result {
+            Ok(pair) => pair,
+            Err(join) => {
+                tracing::error!(error = %join, "journal commit panicked");
+                return;
+            }
+        };
+        match result {
+            Ok(seq) => {
+                if self.failing {
+                    tracing::warn!(path = %self.store.path().display(), "journal writes work again");
+                    self.failing = false;
+                }
+                self.last_seq = seq;
+                if let Some(to) = commit.prune_to {
+                    self.pruned_to = to;
+                }
+                Stats::add(&self.stats.records_committed, count);
+                if count > 0 {
+                    self.committed.send_replace(seq);
+                }
+                let first = seq - count;
+                for (waiter, upto) in waiters {
+                    let _ = waiter.send(Ok(first + upto as u64));
+                }
+            }
+            Err(err) => {
+                let lost = Stats::add(&self.stats.records_lost, count);
+                tracing::error!(
+                    error = %err,
+                    records = count,
+                    lost_total = lost,
+                    "cannot write to the journal: these records are lost; check free space on the state directory"
+                );
+                self.failing = true;
+                for (waiter, _) in waiters {
+                    let _ = waiter.send(Err(JournalError::Write(err.to_string())));
+                }
+                if matches!(&err, JournalError::Storage { source: redb::Error::PreviousIo, .. }) {
+                    let store = Arc::clone(&self.store);
+                    match tokio::task::spawn_blocking(move || store.reopen()).await {
+                        Ok(Ok(())) => tracing::warn!("journal reopened after an I/O error"),
+                        Ok(Err(err)) => tracing::error!(error = %err, "cannot reopen the journal"),
+                        Err(err) => tracing::error!(error = %err, "reopening the journal panicked"),
+                    }
+                }
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}

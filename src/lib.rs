@@ -1,0 +1,35 @@
+//! mews-relay: holds one Mews WebSocket per property, journals every event durably, and
+//! delivers it at least once to each configured sink.
+//!
+//! ```text
+//!  Mews WS ──▶ source::Source (one per property: connect, ping, reconnect with backoff)
+//!                 │ record::decode: {"Events":[…]} → one Record per event, raw JSON kept
+//!                 │ (anything undecodable → rejects: rejected.jsonl, counted, logged)
+//!                 ▼
+//!            journal::Journal (redb; group commit, one fsync per batch; seq numbers)
+//!                 │           │
+//!        cursor "stdout"   cursor "file:…"     (each sink its own task and cursor)
+//!                 ▼           ▼
+//!            sink::WriterSink  sink::FileSink
+//! ```
+//!
+//! The WebSocket reader never waits on a sink: the journal is the only hand-off. `app::run`
+//! wires it all and drains on shutdown.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod backoff;
+pub mod config;
+pub mod journal;
+pub mod record;
+pub mod rejects;
+pub mod secret;
+pub mod simulator;
+pub mod sink;
+pub mod source;
+pub mod stats;
+
+pub use app::{Control, run};
+pub use config::{ConfigError, Settings};
+pub use record::Record;

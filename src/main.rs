@@ -1,0 +1,288 @@
+//! The `mews-relay` command: CLI, logging, signals, exit codes. The daemon is `app::run`.
+
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use mews_relay::app::{self, AppError, Control};
+use mews_relay::config::{CredentialsDir, Settings};
+use mews_relay::simulator::{self, SimulatorConfig};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a bad config (sysexits' EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+/// Exit code when the journal cannot be opened (sysexits' EX_IOERR).
+const EXIT_JOURNAL: u8 = 74;
+
+/// Relays Mews WebSocket events, durably, to stdout, files and more.
+#[derive(Parser)]
+#[command(name = "mews-relay", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run(ConfigArg),
+    /// Validate a config and print it with secrets masked (exit 0), or name the bad key (exit 64).
+    Check(ConfigArg),
+    /// Serve a Mews-compatible WebSocket that emits realistic events.
+    Simulate(SimulateArgs),
+    /// Run the simulator and the relay together and print events to stdout.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// The config file (TOML).
+    #[arg(long, short, env = "MEWS_RELAY_CONFIG", default_value = "/etc/mews-relay/mews-relay.toml")]
+    config: PathBuf,
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8765")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    events: EventArgs,
+    /// Accept only this ClientToken (default: any non-empty one).
+    #[arg(long)]
+    client_token: Option<String>,
+    /// Accept only this AccessToken (default: any non-empty one).
+    #[arg(long)]
+    access_token: Option<String>,
+}
+
+#[derive(Args)]
+struct EventArgs {
+    /// Events per second on each connection.
+    #[arg(long, default_value_t = 2.0)]
+    rate: f64,
+    /// Events in each WebSocket message.
+    #[arg(long, default_value_t = 1)]
+    events_per_message: usize,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    events: EventArgs,
+    /// Stop after this long (e.g. "10s"); default: run until Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Check(args) => check(&args.config),
+        Command::Run(args) => match load(&args.config) {
+            Ok(settings) => run_daemon(&runtime(), settings, None),
+            Err(code) => code,
+        },
+        Command::Simulate(args) => simulate(args),
+        Command::Demo(args) => demo(args),
+    }
+}
+
+/// Logs to stderr; plain under journald (it adds its own timestamps), coloured on a terminal.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load(path: &Path) -> Result<Settings, ExitCode> {
+    Settings::load(path, &CredentialsDir::from_env()).map_err(|err| {
+        eprintln!("mews-relay: config error: {err}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn check(path: &Path) -> ExitCode {
+    match load(path) {
+        Ok(settings) => {
+            println!("# {}: valid (secrets masked)\n{}", path.display(), settings.to_toml());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|err| {
+            eprintln!("mews-relay: cannot start the async runtime: {err}");
+            std::process::exit(1)
+        })
+}
+
+/// Runs the relay with signal handling, optionally stopping after a while.
+fn run_daemon(rt: &tokio::runtime::Runtime, settings: Settings, stop_after: Option<Duration>) -> ExitCode {
+    rt.block_on(async {
+        let (control, reopen) = Control::new();
+        tokio::spawn(handle_signals(control.shutdown.clone(), reopen));
+        if let Some(after) = stop_after {
+            let shutdown = control.shutdown.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                shutdown.cancel();
+            });
+        }
+        exit_code(app::run(settings, control).await)
+    })
+}
+
+fn exit_code(result: Result<(), AppError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err @ AppError::Journal(_)) => {
+            eprintln!("mews-relay: {err}");
+            ExitCode::from(EXIT_JOURNAL)
+        }
+        Err(err) => {
+            eprintln!("mews-relay: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM/SIGINT: shut down, and at once on the second one. SIGHUP: reopen files.
+async fn handle_signals(shutdown: CancellationToken, reopen: watch::Sender<u64>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reopening files");
+                reopen.send_modify(|n| *n += 1);
+                continue;
+            }
+        };
+        if shutdown.is_cancelled() {
+            tracing::warn!(signal = name, "second signal: exiting now");
+            std::process::exit(130);
+        }
+        tracing::info!(signal = name, "shutting down; send it again to exit at once");
+        shutdown.cancel();
+    }
+}
+
+fn simulate(args: SimulateArgs) -> ExitCode {
+    runtime().block_on(async {
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(listener) => listener,
+            Err(err) => {
+                eprintln!("mews-relay: cannot listen on {}: {err}", args.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let config = SimulatorConfig {
+            rate: args.events.rate,
+            events_per_message: args.events.events_per_message,
+            client_token: args.client_token,
+            access_token: args.access_token,
+        };
+        tracing::info!("simulator listening on ws://{}{}", args.listen, simulator::WS_PATH);
+        let (control, _reopen) = Control::new();
+        tokio::spawn(handle_signals(control.shutdown.clone(), watch::channel(0).0));
+        match simulator::serve(listener, config, control.shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("mews-relay: simulator failed: {err}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// The built-in demo config: the shipped `config/demo.toml`, pointed at the in-process simulator.
+const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+
+fn demo(args: DemoArgs) -> ExitCode {
+    let state = match tempfile::Builder::new().prefix("mews-relay-demo-").tempdir() {
+        Ok(dir) => dir,
+        Err(err) => {
+            eprintln!("mews-relay: cannot create a temporary state directory: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| {
+        l.set_nonblocking(true)?;
+        Ok(l)
+    }) {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("mews-relay: cannot listen on 127.0.0.1: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let mut settings = match Settings::from_toml(DEMO_CONFIG, Path::new("config/demo.toml (built in)"), &CredentialsDir::default()) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("mews-relay: config error: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    settings.mews.websocket_url = format!("ws://{addr}{}", simulator::WS_PATH);
+    settings.state.dir = state.path().to_owned();
+    let config = SimulatorConfig {
+        rate: args.events.rate,
+        events_per_message: args.events.events_per_message,
+        ..SimulatorConfig::default()
+    };
+    eprintln!(
+        "mews-relay demo: simulator on ws://{addr}{}, journal in {}; records print below, one JSON line each. Ctrl-C stops.",
+        simulator::WS_PATH,
+        state.path().display()
+    );
+    let sim_stop = CancellationToken::new();
+    let rt = runtime();
+    let sim = {
+        let stop = sim_stop.clone();
+        rt.spawn(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    if let Err(err) = simulator::serve(listener, config, stop).await {
+                        tracing::error!(error = %err, "simulator failed");
+                    }
+                }
+                Err(err) => tracing::error!(error = %err, "simulator cannot listen"),
+            }
+        })
+    };
+    let code = run_daemon(&rt, settings, args.duration);
+    sim_stop.cancel();
+    let _ = rt.block_on(sim);
+    code
+}

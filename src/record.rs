@@ -1,0 +1,197 @@
+//! The record every sink receives, and `decode`: one Mews message into one record per event.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Where a record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// A Mews WebSocket message.
+    Websocket,
+    /// The REST catch-up after a (re)connect.
+    CatchUp,
+    /// A Mews webhook.
+    Webhook,
+}
+
+/// One event with what the relay knows about it. The journal gives it a `seq`.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The `[[property]]` name of the connection it came through.
+    pub property: Arc<str>,
+    /// How it arrived.
+    pub origin: Origin,
+    /// RFC 3339 UTC with microseconds.
+    pub received_at: String,
+    /// The event's `Type`, when it is a string.
+    pub kind: Option<String>,
+    /// The event's `Id`, when it is a string.
+    pub id: Option<String>,
+    /// The event's `State`, when it is a string.
+    pub state: Option<String>,
+    /// The event exactly as Mews sent it.
+    pub event: Box<RawValue>,
+    /// Enrichment: the command's details.
+    pub command: Option<Box<RawValue>>,
+}
+
+/// The public JSON shape (README "Record format"); field order is part of it.
+#[derive(Serialize)]
+struct Wire<'a> {
+    seq: u64,
+    property: &'a str,
+    origin: Origin,
+    received_at: &'a str,
+    #[serde(rename = "type")]
+    kind: Option<&'a str>,
+    id: Option<&'a str>,
+    state: Option<&'a str>,
+    event: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command: Option<&'a RawValue>,
+}
+
+impl Record {
+    /// Appends the record's JSON line (without the newline) to `out`.
+    pub fn encode(&self, seq: u64, out: &mut Vec<u8>) {
+        let wire = Wire {
+            seq,
+            property: &self.property,
+            origin: self.origin,
+            received_at: &self.received_at,
+            kind: self.kind.as_deref(),
+            id: self.id.as_deref(),
+            state: self.state.as_deref(),
+            event: &self.event,
+            command: self.command.as_deref(),
+        };
+        // Serializing plain strings and already-valid raw JSON into a Vec cannot fail.
+        serde_json::to_writer(out, &wire).expect("record serialization is infallible"); // ok: no I/O, valid raw JSON
+    }
+}
+
+/// Why a message was not turned into records.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not JSON at all.
+    #[error("not valid JSON: {0}")]
+    Json(String),
+    /// JSON, but no `Events` array.
+    #[error("no \"Events\" array in the message")]
+    NoEvents,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "Events", borrow)]
+    events: Option<&'a RawValue>,
+}
+
+/// The fields copied out of an event for routing; anything else is left raw.
+#[derive(Deserialize, Default)]
+struct Head {
+    #[serde(rename = "Type", default, deserialize_with = "string_or_none")]
+    kind: Option<String>,
+    #[serde(rename = "Id", default, deserialize_with = "string_or_none")]
+    id: Option<String>,
+    #[serde(rename = "State", default, deserialize_with = "string_or_none")]
+    state: Option<String>,
+}
+
+/// Keeps a string, turns any other JSON value into `None`.
+fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
+/// Splits `{"Events":[…]}` into one record per event, each event kept byte for byte.
+pub fn decode(
+    property: &Arc<str>,
+    message: &str,
+    received_at: SystemTime,
+) -> Result<Vec<Record>, DecodeError> {
+    let envelope: Envelope<'_> =
+        serde_json::from_str(message).map_err(|err| DecodeError::Json(err.to_string()))?;
+    let events = envelope.events.ok_or(DecodeError::NoEvents)?;
+    let events: Vec<&RawValue> =
+        serde_json::from_str(events.get()).map_err(|_| DecodeError::NoEvents)?;
+    let received_at = format_time(received_at);
+    Ok(events
+        .into_iter()
+        .map(|raw| {
+            let head: Head = serde_json::from_str(raw.get()).unwrap_or_default();
+            Record {
+                property: Arc::clone(property),
+                origin: Origin::Websocket,
+                received_at: received_at.clone(),
+                kind: head.kind,
+                id: head.id,
+                state: head.state,
+                event: raw.to_owned(),
+                command: None,
+            }
+        })
+        .collect())
+}
+
+/// `2026-11-23T12:00:00.123456Z`
+pub fn format_time(at: SystemTime) -> String {
+    humantime::format_rfc3339_micros(at).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_now(message: &str) -> Result<Vec<Record>, DecodeError> {
+        decode(&Arc::from("old-town"), message, SystemTime::UNIX_EPOCH)
+    }
+
+    #[test]
+    fn splits_events_and_keeps_them_byte_for_byte() {
+        let message = r#"{"Events":[{"Type":"DeviceCommand","Id":"a","State":"Pending"},
+            { "Type" : "Resource", "Id":"b","State":"Dirty","Extra":{"x":1.50}}]}"#;
+        let records = decode_now(message).unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].kind.as_deref(), Some("DeviceCommand"));
+        assert_eq!(
+            records[1].event.get(),
+            r#"{ "Type" : "Resource", "Id":"b","State":"Dirty","Extra":{"x":1.50}}"#
+        );
+        let mut line = Vec::new();
+        records[1].encode(7, &mut line);
+        let line = String::from_utf8(line).unwrap();
+        assert!(line.starts_with(r#"{"seq":7,"property":"old-town","origin":"websocket","received_at":"1970-01-01T00:00:00.000000Z","type":"Resource","id":"b","state":"Dirty","event":{ "Type" : "Resource""#), "{line}");
+        assert!(!line.contains("command"));
+    }
+
+    #[test]
+    fn unknown_types_and_odd_fields_are_forwarded() {
+        let records = decode_now(r#"{"Events":[{"Type":"Space","Id":5},{"Id":"x"},null,"text"]}"#).unwrap();
+        assert_eq!(records.len(), 4);
+        assert_eq!(records[0].kind.as_deref(), Some("Space"));
+        assert_eq!(records[0].id, None);
+        assert_eq!(records[1].kind, None);
+        assert_eq!(records[2].event.get(), "null");
+        assert_eq!(records[3].event.get(), "\"text\"");
+    }
+
+    #[test]
+    fn rejects_non_json_and_missing_events() {
+        assert!(matches!(decode_now("{\"Events\":[1,"), Err(DecodeError::Json(_))));
+        assert_eq!(decode_now("{}").unwrap_err(), DecodeError::NoEvents);
+        assert_eq!(decode_now(r#"{"Events":{"a":1}}"#).unwrap_err(), DecodeError::NoEvents);
+        assert!(matches!(decode_now("[1,2]"), Err(DecodeError::Json(_))));
+    }
+
+    #[test]
+    fn an_empty_events_array_yields_no_records() {
+        assert!(decode_now(r#"{"Events":[]}"#).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,156 @@
+//! A sink that appends JSON lines to a file, with a chosen fsync policy and reopen for logrotate.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::fs::{File, OpenOptions};
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+
+use super::Sink;
+use super::stdout::join_lines;
+use crate::config::Fsync;
+
+/// Appends to `path`; a failed write is cut back so the file never holds half a line.
+pub struct FileSink {
+    path: PathBuf,
+    fsync: Fsync,
+    interval: Duration,
+    file: Option<File>,
+    /// Length of the file after the last complete write.
+    len: u64,
+    unsynced_since: Option<Instant>,
+    buf: Vec<u8>,
+}
+
+impl FileSink {
+    /// Opens (creating it and its parent directories) the file for appending.
+    pub async fn open(path: &Path, fsync: Fsync, interval: Duration) -> io::Result<Self> {
+        let mut sink = FileSink {
+            path: path.to_owned(),
+            fsync,
+            interval,
+            file: None,
+            len: 0,
+            unsynced_since: None,
+            buf: Vec::with_capacity(64 * 1024),
+        };
+        sink.ensure_open().await?;
+        Ok(sink)
+    }
+
+    async fn ensure_open(&mut self) -> io::Result<&mut File> {
+        if self.file.is_none() {
+            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                tokio::fs::create_dir_all(dir)
+                    .await
+                    .map_err(|e| with_path(e, "cannot create the directory of", &self.path))?;
+            }
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .await
+                .map_err(|e| with_path(e, "cannot open", &self.path))?;
+            self.len = file.metadata().await?.len();
+            self.file = Some(file);
+        }
+        self.file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("file not open"))
+    }
+
+    async fn sync(&mut self) -> io::Result<()> {
+        if let Some(file) = self.file.as_mut() {
+            file.sync_data().await?;
+        }
+        self.unsynced_since = None;
+        Ok(())
+    }
+}
+
+fn with_path(err: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(err.kind(), format!("{what} {}: {err}", path.display()))
+}
+
+impl Sink for FileSink {
+    async fn write(&mut self, lines: &[&[u8]]) -> io::Result<()> {
+        let mut buf = std::mem::take(&mut self.buf);
+        join_lines(lines, &mut buf);
+        let result = async {
+            let file = self.ensure_open().await?;
+            file.write_all(&buf).await?;
+            file.flush().await
+        }
+        .await;
+        let written = buf.len() as u64;
+        self.buf = buf;
+        if let Err(err) = result {
+            // Cut back to the last whole line; reopen on the next try.
+            if let Some(file) = self.file.take() {
+                let _ = file.set_len(self.len).await;
+            }
+            return Err(with_path(err, "cannot write to", &self.path));
+        }
+        self.len += written;
+        match self.fsync {
+            Fsync::Always => self.sync().await?,
+            Fsync::Interval => {
+                self.unsynced_since.get_or_insert_with(Instant::now);
+            }
+            Fsync::Never => {}
+        }
+        Ok(())
+    }
+
+    fn due(&self) -> Option<Instant> {
+        self.unsynced_since.map(|since| since + self.interval)
+    }
+
+    async fn on_due(&mut self) -> io::Result<()> {
+        self.sync().await
+    }
+
+    async fn reopen(&mut self) -> io::Result<()> {
+        self.sync().await?;
+        self.file = None;
+        self.ensure_open().await.map(|_| ())
+    }
+
+    async fn close(&mut self) -> io::Result<()> {
+        if self.fsync != Fsync::Never {
+            self.sync().await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn appends_lines_and_reopens_a_rotated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/events.jsonl");
+        let mut sink = FileSink::open(&path, Fsync::Always, Duration::from_secs(1)).await.unwrap();
+        sink.write(&[b"{\"seq\":1}"]).await.unwrap();
+        std::fs::rename(&path, dir.path().join("events.jsonl.1")).unwrap();
+        sink.reopen().await.unwrap();
+        sink.write(&[b"{\"seq\":2}"]).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"seq\":2}\n");
+        assert_eq!(std::fs::read_to_string(dir.path().join("events.jsonl.1")).unwrap(), "{\"seq\":1}\n");
+    }
+
+    #[tokio::test]
+    async fn interval_fsync_is_due_after_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = FileSink::open(&dir.path().join("e"), Fsync::Interval, Duration::from_secs(1)).await.unwrap();
+        assert!(sink.due().is_none());
+        sink.write(&[b"{}"]).await.unwrap();
+        assert!(sink.due().is_some());
+        sink.on_due().await.unwrap();
+        assert!(sink.due().is_none());
+    }
+}

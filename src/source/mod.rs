@@ -1,0 +1,152 @@
+//! One WebSocket per property, reconnected forever with backoff; records go to the journal only.
+
+mod session;
+pub mod tls;
+
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+use crate::config::{Connection, Property, Settings};
+use crate::journal::Journal;
+use crate::rejects::Rejects;
+use crate::secret::Secret;
+use crate::stats::Stats;
+
+use session::{SessionEnd, SessionError};
+
+/// Everything one property's connection needs.
+pub struct Source {
+    name: Arc<str>,
+    access_token: Secret,
+    client_token: Secret,
+    url: String,
+    connection: Connection,
+    tls: Arc<rustls::ClientConfig>,
+    journal: Journal,
+    rejects: Arc<Rejects>,
+    stats: Arc<Stats>,
+}
+
+impl Source {
+    /// The source for one `[[property]]`.
+    pub fn new(
+        settings: &Settings,
+        property: &Property,
+        tls: Arc<rustls::ClientConfig>,
+        journal: Journal,
+        rejects: Arc<Rejects>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Source {
+            name: Arc::from(property.name.as_str()),
+            access_token: property.access_token.clone(),
+            client_token: settings.mews.client_token.clone(),
+            url: settings.mews.websocket_url.clone(),
+            connection: settings.connection.clone(),
+            tls,
+            journal,
+            rejects,
+            stats,
+        }
+    }
+
+    /// Connects, reads, reconnects, until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let span = tracing::info_span!("property", property = %self.name);
+        self.reconnect_loop(shutdown).instrument(span).await;
+    }
+
+    async fn reconnect_loop(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(self.connection.backoff_min, self.connection.backoff_max);
+        let mut failures = Failures::default();
+        loop {
+            let outcome = self.session(&shutdown).await;
+            if outcome.connected_for.is_some_and(|up| up >= self.connection.healthy_after) {
+                backoff.reset();
+            }
+            let delay = match outcome.result {
+                Ok(SessionEnd::Shutdown) => {
+                    tracing::info!("disconnected for shutdown");
+                    return;
+                }
+                Err(SessionError::JournalClosed) => {
+                    tracing::debug!("journal closed; stopping");
+                    return;
+                }
+                Ok(SessionEnd::Closed(frame)) => {
+                    let (code, reason) = frame
+                        .map(|f| (u16::from(f.code), f.reason.to_string()))
+                        .unwrap_or((1006, String::new()));
+                    tracing::warn!(code, reason = %reason, up_for = ?outcome.connected_for, "connection closed by the server; reconnecting");
+                    failures.clear();
+                    backoff.next_delay()
+                }
+                Err(SessionError::Rejected(status)) => {
+                    let delay = backoff.at_cap();
+                    if failures.changed(format!("rejected {status}")) {
+                        tracing::error!(
+                            status = status.as_u16(),
+                            retry_in = ?delay,
+                            "Mews rejected the WebSocket upgrade (HTTP {}): check client_token and this property's access_token (tokens differ between demo and production), and ask Mews support to enable WebSocket events for the integration; retrying at backoff_max",
+                            status.as_u16()
+                        );
+                    } else {
+                        tracing::debug!(status = status.as_u16(), attempts = failures.count, "upgrade still rejected");
+                    }
+                    delay
+                }
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    if outcome.connected_for.is_some() {
+                        tracing::warn!(error = %err, up_for = ?outcome.connected_for, retry_in = ?delay, "connection lost; reconnecting");
+                        failures.clear();
+                    } else if failures.changed(kind_of(&err)) {
+                        tracing::warn!(error = %err, retry_in = ?delay, "cannot connect; retrying");
+                    } else {
+                        tracing::debug!(error = %err, attempts = failures.count, retry_in = ?delay, "still cannot connect");
+                    }
+                    delay
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+/// A coarse kind of error: the log says a failure once, not once per attempt.
+fn kind_of(err: &SessionError) -> String {
+    match err {
+        SessionError::Connect { source, .. } => format!("connect {:?}", source.kind()),
+        other => {
+            let text = other.to_string();
+            text.split(':').next().unwrap_or_default().to_owned()
+        }
+    }
+}
+
+/// Consecutive failed attempts and the kind of the last one.
+#[derive(Default)]
+struct Failures {
+    last: Option<String>,
+    count: u64,
+}
+
+impl Failures {
+    /// Counts a failure; true when its kind differs from the previous one.
+    fn changed(&mut self, kind: String) -> bool {
+        self.count += 1;
+        let changed = self.last.as_deref() != Some(kind.as_str());
+        self.last = Some(kind);
+        changed
+    }
+
+    fn clear(&mut self) {
+        self.last = None;
+        self.count = 0;
+    }
+}

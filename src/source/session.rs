@@ -1,0 +1,216 @@
+//! One WebSocket session: connect, then read, decode and journal until it ends, and say why.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use http::header::{COOKIE, HeaderValue};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+use super::Source;
+use crate::record::decode;
+use crate::rejects::Payload;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Messages up to this many times `max_message_size` are read (then rejected); larger ones
+/// break the connection, since they cannot be read without holding them whole.
+const HARD_LIMIT_FACTOR: u64 = 64;
+
+/// How a session ended without an error.
+#[derive(Debug)]
+pub(crate) enum SessionEnd {
+    /// Shutdown was requested; a Close frame (1001) was sent.
+    Shutdown,
+    /// The server closed the connection, with or without a Close frame.
+    Closed(Option<CloseFrame>),
+}
+
+/// Why a session failed. No variant ever holds a token.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    #[error("invalid WebSocket URL: {0}")]
+    Url(String),
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("no connection within {0:?} (connect_timeout)")]
+    ConnectTimeout(Duration),
+    #[error("Mews rejected the WebSocket upgrade with HTTP {0}")]
+    Rejected(http::StatusCode),
+    #[error("WebSocket handshake failed: {0}")]
+    Handshake(tungstenite::Error),
+    #[error("no frame within {0:?} after a ping (pong_timeout): the connection is dead")]
+    PongTimeout(Duration),
+    #[error("connection lost: {0}")]
+    Read(tungstenite::Error),
+    #[error("the journal has stopped")]
+    JournalClosed,
+}
+
+/// What a session came to, and how long it was connected.
+pub(crate) struct Outcome {
+    pub connected_for: Option<Duration>,
+    pub result: Result<SessionEnd, SessionError>,
+}
+
+impl Source {
+    /// Connects once and reads until the connection ends or shutdown.
+    pub(crate) async fn session(&self, shutdown: &CancellationToken) -> Outcome {
+        let limit = self.connection.connect_timeout;
+        let ws = tokio::select! {
+            () = shutdown.cancelled() => return Outcome { connected_for: None, result: Ok(SessionEnd::Shutdown) },
+            res = timeout(limit, self.connect()) => match res {
+                Err(_) => Err(SessionError::ConnectTimeout(limit)),
+                Ok(res) => res,
+            },
+        };
+        let ws = match ws {
+            Ok(ws) => ws,
+            Err(err) => return Outcome { connected_for: None, result: Err(err) },
+        };
+        let connected = Instant::now();
+        tracing::info!(url = %self.url, "connected");
+        crate::stats::Stats::add(&self.stats.connections, 1);
+        let result = self.read(ws, shutdown).await;
+        Outcome {
+            connected_for: Some(connected.elapsed()),
+            result,
+        }
+    }
+
+    async fn connect(&self) -> Result<Ws, SessionError> {
+        let mut request = self
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|err| SessionError::Url(err.to_string()))?;
+        // Rebuilt on every connect; marked sensitive so no debug output shows it.
+        let cookie = format!(
+            "ClientToken={}; AccessToken={}",
+            self.client_token.expose(),
+            self.access_token.expose()
+        );
+        let mut cookie = HeaderValue::from_str(&cookie)
+            .map_err(|_| SessionError::Url("a token holds characters a cookie cannot carry".into()))?;
+        cookie.set_sensitive(true);
+        request.headers_mut().insert(COOKIE, cookie);
+
+        let uri = request.uri();
+        let tls = uri.scheme_str() == Some("wss");
+        let host = uri
+            .host()
+            .ok_or_else(|| SessionError::Url("no host".into()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let addr = format!("{host}:{port}");
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|source| SessionError::Connect { addr: addr.clone(), source })?;
+        self.tune(&tcp);
+
+        let hard_limit = usize::try_from(self.connection.max_message_size.saturating_mul(HARD_LIMIT_FACTOR))
+            .unwrap_or(usize::MAX);
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(hard_limit))
+            .max_frame_size(Some(hard_limit));
+        let connector = Connector::Rustls(Arc::clone(&self.tls));
+        let (ws, _response) =
+            tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(config), Some(connector))
+                .await
+                .map_err(|err| match err {
+                    tungstenite::Error::Http(response) => SessionError::Rejected(response.status()),
+                    other => SessionError::Handshake(other),
+                })?;
+        Ok(ws)
+    }
+
+    /// TCP keepalive, so a peer that vanished is noticed even between pings; no Nagle delay.
+    fn tune(&self, tcp: &TcpStream) {
+        let sock = socket2::SockRef::from(tcp);
+        let idle = self.connection.tcp_keepalive;
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval((idle / 3).max(Duration::from_secs(1)))
+            .with_retries(3);
+        if let Err(err) = sock.set_tcp_keepalive(&keepalive) {
+            tracing::debug!(error = %err, "cannot enable TCP keepalive");
+        }
+        let _ = tcp.set_nodelay(true);
+    }
+
+    async fn read(&self, mut ws: Ws, shutdown: &CancellationToken) -> Result<SessionEnd, SessionError> {
+        let ping_every = self.connection.ping_interval;
+        let pong_timeout = self.connection.pong_timeout;
+        let mut next_ping = Instant::now() + ping_every;
+        // Set when a ping is out and no frame has arrived since.
+        let mut dead_at: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    let frame = CloseFrame { code: CloseCode::Away, reason: "mews-relay is shutting down".into() };
+                    let _ = timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+                    return Ok(SessionEnd::Shutdown);
+                }
+                () = sleep_until(dead_at.unwrap_or(next_ping)), if dead_at.is_some() => {
+                    return Err(SessionError::PongTimeout(pong_timeout));
+                }
+                () = sleep_until(next_ping), if dead_at.is_none() => {
+                    match timeout(pong_timeout, ws.send(Message::Ping(Default::default()))).await {
+                        Err(_) => return Err(SessionError::PongTimeout(pong_timeout)),
+                        Ok(Err(err)) => return Err(SessionError::Read(err)),
+                        Ok(Ok(())) => {}
+                    }
+                    let now = Instant::now();
+                    dead_at = Some(now + pong_timeout);
+                    next_ping = now + ping_every;
+                }
+                msg = ws.next() => {
+                    dead_at = None;
+                    match msg {
+                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await?,
+                        Some(Ok(Message::Binary(data))) => {
+                            self.rejects.reject(&self.stats, &self.name, "binary message", Payload::Binary(&data));
+                        }
+                        Some(Ok(Message::Close(frame))) => return Ok(SessionEnd::Closed(frame)),
+                        Some(Ok(_)) => {}
+                        Some(Err(tungstenite::Error::Utf8(err))) => {
+                            self.rejects.reject(&self.stats, &self.name, &format!("text message is not valid UTF-8: {err}"), Payload::Missing);
+                        }
+                        Some(Err(err)) => return Err(SessionError::Read(err)),
+                        None => return Ok(SessionEnd::Closed(None)),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_text(&self, text: &str) -> Result<(), SessionError> {
+        let limit = self.connection.max_message_size;
+        if text.len() as u64 > limit {
+            let reason = format!("message of {} bytes is over max_message_size ({limit})", text.len());
+            self.rejects.reject(&self.stats, &self.name, &reason, Payload::Text(text));
+            return Ok(());
+        }
+        match decode(&self.name, text, SystemTime::now()) {
+            Ok(records) => self
+                .journal
+                .append(records)
+                .await
+                .map_err(|_| SessionError::JournalClosed),
+            Err(err) => {
+                self.rejects.reject(&self.stats, &self.name, &err.to_string(), Payload::Text(text));
+                Ok(())
+            }
+        }
+    }
+}
