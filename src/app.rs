@@ -60,7 +60,11 @@ pub async fn run(settings: Settings, control: Control) -> Result<(), AppError> {
 }
 
 /// [`run`], with counters the caller can read.
-pub async fn run_with_stats(settings: Settings, control: Control, stats: Arc<Stats>) -> Result<(), AppError> {
+pub async fn run_with_stats(
+    settings: Settings,
+    control: Control,
+    stats: Arc<Stats>,
+) -> Result<(), AppError> {
     let tls = tls::client_config(&settings.connection.extra_roots)?;
     let sink_names: Vec<String> = settings.sinks.iter().map(|s| s.name.clone()).collect();
     let (journal, writer) = Journal::open(&settings.state.dir, &sink_names, Arc::clone(&stats))?;
@@ -84,7 +88,12 @@ pub async fn run_with_stats(settings: Settings, control: Control, stats: Arc<Sta
             abort: abort.clone(),
             reopen: control.reopen.clone(),
         };
-        sinks.spawn(sink::drive(sink_settings.clone(), sink, journal.clone(), ctl));
+        sinks.spawn(sink::drive(
+            sink_settings.clone(),
+            sink,
+            journal.clone(),
+            ctl,
+        ));
     }
 
     let sources_stop = CancellationToken::new();
@@ -123,10 +132,15 @@ pub async fn run_with_stats(settings: Settings, control: Control, stats: Arc<Sta
     }
     drain.cancel();
     let grace = settings.shutdown.grace_period;
-    let drained = tokio::time::timeout(grace, async { while sinks.join_next().await.is_some() {} }).await;
+    let drained =
+        tokio::time::timeout(grace, async { while sinks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         let last = *journal.committed().borrow();
-        tracing::warn!(?grace, last_seq = last, "grace period over: stopping sinks; what they did not deliver stays in the journal for the next start");
+        tracing::warn!(
+            ?grace,
+            last_seq = last,
+            "grace period over: stopping sinks; what they did not deliver stays in the journal for the next start"
+        );
         abort.cancel();
         while sinks.join_next().await.is_some() {}
     }

@@ -35,7 +35,11 @@ impl Backoff {
 
     fn between(&mut self, low: Duration, high: Duration) -> Duration {
         let (low, high) = (low.as_nanos() as u64, high.as_nanos() as u64);
-        Duration::from_nanos(if high > low { self.rng.u64(low..=high) } else { low })
+        Duration::from_nanos(if high > low {
+            self.rng.u64(low..=high)
+        } else {
+            low
+        })
     }
 
     /// The delay before the next attempt; each call moves one step up the schedule.
@@ -83,7 +87,10 @@ mod tests {
             let delays: Vec<_> = schedule(seed).take(12).collect();
             for (n, d) in delays.iter().enumerate() {
                 let ceiling = (500 * MS * 2u32.pow(n as u32)).min(60_000 * MS);
-                assert!(*d >= 500 * MS && *d <= ceiling, "attempt {n}: {d:?} > {ceiling:?}");
+                assert!(
+                    *d >= 500 * MS && *d <= ceiling,
+                    "attempt {n}: {d:?} > {ceiling:?}"
+                );
             }
         }
     }

@@ -43,7 +43,12 @@ enum Command {
 #[derive(Args)]
 struct ConfigArg {
     /// The config file (TOML).
-    #[arg(long, short, env = "MEWS_RELAY_CONFIG", default_value = "/etc/mews-relay/mews-relay.toml")]
+    #[arg(
+        long,
+        short,
+        env = "MEWS_RELAY_CONFIG",
+        default_value = "/etc/mews-relay/mews-relay.toml"
+    )]
     config: PathBuf,
 }
 
@@ -87,7 +92,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => check(&args.config),
         Command::Run(args) => match load(&args.config) {
-            Ok(settings) => run_daemon(&runtime(), settings, None),
+            Ok(settings) => {
+                let rt = runtime();
+                let code = run_daemon(&rt, settings, None);
+                // A sink stuck in a blocking write (a full stdout pipe) must not hold the exit.
+                rt.shutdown_timeout(Duration::from_secs(1));
+                code
+            }
             Err(code) => code,
         },
         Command::Simulate(args) => simulate(args),
@@ -120,7 +131,11 @@ fn load(path: &Path) -> Result<Settings, ExitCode> {
 fn check(path: &Path) -> ExitCode {
     match load(path) {
         Ok(settings) => {
-            println!("# {}: valid (secrets masked)\n{}", path.display(), settings.to_toml());
+            println!(
+                "# {}: valid (secrets masked)\n{}",
+                path.display(),
+                settings.to_toml()
+            );
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -138,7 +153,11 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Runs the relay with signal handling, optionally stopping after a while.
-fn run_daemon(rt: &tokio::runtime::Runtime, settings: Settings, stop_after: Option<Duration>) -> ExitCode {
+fn run_daemon(
+    rt: &tokio::runtime::Runtime,
+    settings: Settings,
+    stop_after: Option<Duration>,
+) -> ExitCode {
     rt.block_on(async {
         let (control, reopen) = Control::new();
         tokio::spawn(handle_signals(control.shutdown.clone(), reopen));
@@ -192,7 +211,10 @@ async fn handle_signals(shutdown: CancellationToken, reopen: watch::Sender<u64>)
             tracing::warn!(signal = name, "second signal: exiting now");
             std::process::exit(130);
         }
-        tracing::info!(signal = name, "shutting down; send it again to exit at once");
+        tracing::info!(
+            signal = name,
+            "shutting down; send it again to exit at once"
+        );
         shutdown.cancel();
     }
 }
@@ -212,9 +234,16 @@ fn simulate(args: SimulateArgs) -> ExitCode {
             client_token: args.client_token,
             access_token: args.access_token,
         };
-        tracing::info!("simulator listening on ws://{}{}", args.listen, simulator::WS_PATH);
+        tracing::info!(
+            "simulator listening on ws://{}{}",
+            args.listen,
+            simulator::WS_PATH
+        );
         let (control, _reopen) = Control::new();
-        tokio::spawn(handle_signals(control.shutdown.clone(), watch::channel(0).0));
+        tokio::spawn(handle_signals(
+            control.shutdown.clone(),
+            watch::channel(0).0,
+        ));
         match simulator::serve(listener, config, control.shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
@@ -229,7 +258,10 @@ fn simulate(args: SimulateArgs) -> ExitCode {
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
 fn demo(args: DemoArgs) -> ExitCode {
-    let state = match tempfile::Builder::new().prefix("mews-relay-demo-").tempdir() {
+    let state = match tempfile::Builder::new()
+        .prefix("mews-relay-demo-")
+        .tempdir()
+    {
         Ok(dir) => dir,
         Err(err) => {
             eprintln!("mews-relay: cannot create a temporary state directory: {err}");
@@ -246,8 +278,15 @@ fn demo(args: DemoArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let mut settings = match Settings::from_toml(DEMO_CONFIG, Path::new("config/demo.toml (built in)"), &CredentialsDir::default()) {
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let mut settings = match Settings::from_toml(
+        DEMO_CONFIG,
+        Path::new("config/demo.toml (built in)"),
+        &CredentialsDir::default(),
+    ) {
         Ok(settings) => settings,
         Err(err) => {
             eprintln!("mews-relay: config error: {err}");
@@ -284,5 +323,6 @@ fn demo(args: DemoArgs) -> ExitCode {
     let code = run_daemon(&rt, settings, args.duration);
     sim_stop.cancel();
     let _ = rt.block_on(sim);
+    rt.shutdown_timeout(Duration::from_secs(1));
     code
 }

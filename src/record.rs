@@ -173,7 +173,8 @@ mod tests {
 
     #[test]
     fn unknown_types_and_odd_fields_are_forwarded() {
-        let records = decode_now(r#"{"Events":[{"Type":"Space","Id":5},{"Id":"x"},null,"text"]}"#).unwrap();
+        let records =
+            decode_now(r#"{"Events":[{"Type":"Space","Id":5},{"Id":"x"},null,"text"]}"#).unwrap();
         assert_eq!(records.len(), 4);
         assert_eq!(records[0].kind.as_deref(), Some("Space"));
         assert_eq!(records[0].id, None);
@@ -184,9 +185,15 @@ mod tests {
 
     #[test]
     fn rejects_non_json_and_missing_events() {
-        assert!(matches!(decode_now("{\"Events\":[1,"), Err(DecodeError::Json(_))));
+        assert!(matches!(
+            decode_now("{\"Events\":[1,"),
+            Err(DecodeError::Json(_))
+        ));
         assert_eq!(decode_now("{}").unwrap_err(), DecodeError::NoEvents);
-        assert_eq!(decode_now(r#"{"Events":{"a":1}}"#).unwrap_err(), DecodeError::NoEvents);
+        assert_eq!(
+            decode_now(r#"{"Events":{"a":1}}"#).unwrap_err(),
+            DecodeError::NoEvents
+        );
         assert!(matches!(decode_now("[1,2]"), Err(DecodeError::Json(_))));
     }
 

@@ -87,7 +87,9 @@ impl Rejects {
                 _ => None,
             },
             base64: match payload {
-                Payload::Binary(data) => Some(base64::engine::general_purpose::STANDARD.encode(data)),
+                Payload::Binary(data) => {
+                    Some(base64::engine::general_purpose::STANDARD.encode(data))
+                }
                 _ => None,
             },
         };
@@ -101,7 +103,12 @@ impl Rejects {
         buf.push(b'\n');
         let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
-            *guard = Some(OpenOptions::new().create(true).append(true).open(&self.path)?);
+            *guard = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            );
         }
         match guard.as_mut() {
             Some(file) => file.write_all(&buf),
@@ -112,7 +119,11 @@ impl Rejects {
 
 /// The first characters of a message, escaped for one log line.
 pub fn sample(text: &str) -> String {
-    let mut out: String = text.chars().take(SAMPLE_CHARS).flat_map(char::escape_default).collect();
+    let mut out: String = text
+        .chars()
+        .take(SAMPLE_CHARS)
+        .flat_map(char::escape_default)
+        .collect();
     if text.chars().nth(SAMPLE_CHARS).is_some() {
         out.push('…');
     }

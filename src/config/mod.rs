@@ -197,7 +197,9 @@ impl Settings {
         let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
             file: path.to_owned(),
             key: "(file)".into(),
-            problem: format!("cannot read the config file: {err}; check the path given to --config"),
+            problem: format!(
+                "cannot read the config file: {err}; check the path given to --config"
+            ),
         })?;
         Self::from_toml(&text, path, credentials)
     }

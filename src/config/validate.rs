@@ -40,7 +40,10 @@ impl Ctx<'_> {
     }
 
     fn line_of(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
 
     /// Deserializes with the failing key's path in the error.
@@ -78,7 +81,10 @@ impl Ctx<'_> {
 }
 
 fn join(prefix: &str, key: &str) -> String {
-    match (prefix.is_empty() || prefix == ".", key.is_empty() || key == ".") {
+    match (
+        prefix.is_empty() || prefix == ".",
+        key.is_empty() || key == ".",
+    ) {
         (true, _) => key.to_owned(),
         (false, true) => prefix.to_owned(),
         (false, false) => format!("{prefix}.{key}"),
@@ -108,7 +114,10 @@ pub(super) fn parse(
             Some(span) => format!("(syntax, line {})", ctx.line_of(span.start)),
             None => "(syntax)".into(),
         };
-        ctx.err(key, format!("{}; fix the TOML syntax", err.message().trim()))
+        ctx.err(
+            key,
+            format!("{}; fix the TOML syntax", err.message().trim()),
+        )
     })?;
     let raw: ConfigFile = ctx.deserialize(de, "")?;
 
@@ -176,13 +185,15 @@ fn mews(
         }
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(ctx.err("mews.websocket_url", "has no host; write it like \"wss://ws.mews.com/ws/connector\""));
+        return Err(ctx.err(
+            "mews.websocket_url",
+            "has no host; write it like \"wss://ws.mews.com/ws/connector\"",
+        ));
     }
     if let Some(api) = &raw.api_url {
-        let ok = api
-            .parse::<Uri>()
-            .ok()
-            .is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        let ok = api.parse::<Uri>().ok().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+        });
         if !ok {
             return Err(ctx.err(
                 "mews.api_url",
@@ -222,7 +233,13 @@ fn properties(
         let key = format!("property[{i}].name");
         check_name(ctx, &key, &p.name)?;
         if !seen.insert(p.name.clone()) {
-            return Err(ctx.err(key, format!(r#""{}" is used twice; give each property its own name"#, p.name)));
+            return Err(ctx.err(
+                key,
+                format!(
+                    r#""{}" is used twice; give each property its own name"#,
+                    p.name
+                ),
+            ));
         }
         let access_token = secret(
             ctx,
@@ -252,7 +269,9 @@ fn check_name(ctx: &Ctx<'_>, key: &str, name: &str) -> Result<(), ConfigError> {
     } else {
         Err(ctx.err(
             key,
-            format!(r#""{name}" is not a valid name; use 1 to 64 letters, digits, '-', '_' or '.'"#),
+            format!(
+                r#""{name}" is not a valid name; use 1 to 64 letters, digits, '-', '_' or '.'"#
+            ),
         ))
     }
 }
@@ -269,7 +288,10 @@ fn secret(
     let file_key = format!("{key}_file");
     let (value, used_key) = match (inline, file) {
         (Some(_), Some(_)) => {
-            return Err(ctx.err(key, format!("is set twice; keep either {key} or {file_key}")));
+            return Err(ctx.err(
+                key,
+                format!("is set twice; keep either {key} or {file_key}"),
+            ));
         }
         (Some(value), None) => (value, key.to_owned()),
         (None, Some(path)) => (read_secret(ctx, &file_key, &path)?, file_key),
@@ -411,10 +433,16 @@ fn sinks(
         let kind = match table.remove("type") {
             Some(toml::Value::String(kind)) => kind,
             Some(_) => {
-                return Err(ctx.err(format!("{prefix}.type"), r#"must be a string: "stdout" or "file""#));
+                return Err(ctx.err(
+                    format!("{prefix}.type"),
+                    r#"must be a string: "stdout" or "file""#,
+                ));
             }
             None => {
-                return Err(ctx.err(format!("{prefix}.type"), r#"missing; set type = "stdout" or type = "file""#));
+                return Err(ctx.err(
+                    format!("{prefix}.type"),
+                    r#"missing; set type = "stdout" or type = "file""#,
+                ));
             }
         };
         let value = toml::Value::Table(table);
@@ -446,7 +474,10 @@ fn sinks(
         }
         let events = events.unwrap_or_default();
         if let Some(bad) = events.iter().position(String::is_empty) {
-            return Err(ctx.err(format!("{prefix}.events[{bad}]"), "is empty; write an event Type like \"DeviceCommand\""));
+            return Err(ctx.err(
+                format!("{prefix}.events[{bad}]"),
+                "is empty; write an event Type like \"DeviceCommand\"",
+            ));
         }
         let props = props.unwrap_or_default();
         if let Some(unknown) = props.iter().find(|p| !properties.contains(p.as_str())) {
@@ -469,7 +500,10 @@ type SinkParts = (String, SinkKind, Option<Vec<String>>, Option<Vec<String>>);
 
 fn file_sink(ctx: &Ctx<'_>, prefix: &str, s: FileSinkFile) -> Result<SinkParts, ConfigError> {
     if s.path.as_os_str().is_empty() {
-        return Err(ctx.err(format!("{prefix}.path"), "is empty; set the file to append to"));
+        return Err(ctx.err(
+            format!("{prefix}.path"),
+            "is empty; set the file to append to",
+        ));
     }
     if let Some(name) = &s.name {
         check_name(ctx, &format!("{prefix}.name"), name)?;
@@ -481,7 +515,10 @@ fn file_sink(ctx: &Ctx<'_>, prefix: &str, s: FileSinkFile) -> Result<SinkParts, 
     };
     let fsync_interval = s.fsync_interval.map_or(defaults::FSYNC_INTERVAL, |d| d.0);
     if fsync_interval.is_zero() {
-        return Err(ctx.err(format!("{prefix}.fsync_interval"), "must be longer than zero; for a sync after every write use fsync = \"always\""));
+        return Err(ctx.err(
+            format!("{prefix}.fsync_interval"),
+            "must be longer than zero; for a sync after every write use fsync = \"always\"",
+        ));
     }
     let name = s
         .name

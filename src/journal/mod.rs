@@ -71,7 +71,9 @@ impl Journal {
     ) -> Result<(Journal, JournalWriter), JournalError> {
         std::fs::create_dir_all(dir).map_err(|err| JournalError::Open {
             path: dir.to_owned(),
-            problem: format!("cannot create the state directory: {err}; check state.dir and its permissions"),
+            problem: format!(
+                "cannot create the state directory: {err}; check state.dir and its permissions"
+            ),
         })?;
         let (store, last_seq, cursors) = Store::open(&dir.join(FILE_NAME), sinks)?;
         let store = Arc::new(store);
@@ -144,7 +146,11 @@ impl Journal {
     }
 
     /// Up to `max` committed records after `after`, oldest first.
-    pub async fn read_after(&self, after: u64, max: usize) -> Result<Vec<StoredRecord>, JournalError> {
+    pub async fn read_after(
+        &self,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>, JournalError> {
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || store.read_after(after, max))
             .await

@@ -67,7 +67,10 @@ fn open_db(path: &Path) -> Result<Database, JournalError> {
 
 impl Store {
     /// Opens the file, registers the sinks, and returns the last seq and every sink's cursor.
-    pub fn open(path: &Path, sinks: &[String]) -> Result<(Store, u64, HashMap<String, u64>), JournalError> {
+    pub fn open(
+        path: &Path,
+        sinks: &[String],
+    ) -> Result<(Store, u64, HashMap<String, u64>), JournalError> {
         let db = open_db(path)?;
         let txn = db.begin_write().map_err(|e| storage(path, e))?;
         let (last_seq, cursors) = {
@@ -89,7 +92,9 @@ impl Store {
                     Some(seq) => seq,
                     None => {
                         tracing::info!(sink = %name, from_seq = last_seq + 1, "new sink: it receives records from now on");
-                        table.insert(name.as_str(), last_seq).map_err(|e| storage(path, e))?;
+                        table
+                            .insert(name.as_str(), last_seq)
+                            .map_err(|e| storage(path, e))?;
                         last_seq
                     }
                 };
@@ -125,12 +130,18 @@ impl Store {
     pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<StoredRecord>, JournalError> {
         let db = self.db()?;
         let txn = db.begin_read().map_err(|e| storage(&self.path, e))?;
-        let table = txn.open_table(RECORDS).map_err(|e| storage(&self.path, e))?;
+        let table = txn
+            .open_table(RECORDS)
+            .map_err(|e| storage(&self.path, e))?;
         let mut out = Vec::new();
         let Some(start) = after.checked_add(1) else {
             return Ok(out);
         };
-        for entry in table.range(start..).map_err(|e| storage(&self.path, e))?.take(max) {
+        for entry in table
+            .range(start..)
+            .map_err(|e| storage(&self.path, e))?
+            .take(max)
+        {
             let (seq, value) = entry.map_err(|e| storage(&self.path, e))?;
             out.push(decode_value(seq.value(), value.value()));
         }
@@ -143,7 +154,8 @@ impl Store {
         let err = |e: redb::Error| storage(&self.path, e);
         let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
         if !commit.durable {
-            txn.set_durability(Durability::None).map_err(|e| err(e.into()))?;
+            txn.set_durability(Durability::None)
+                .map_err(|e| err(e.into()))?;
         }
         let mut seq = last_seq;
         {
@@ -154,7 +166,9 @@ impl Store {
                     seq += 1;
                     buf.clear();
                     encode_value(seq, record, &mut buf);
-                    table.insert(seq, buf.as_slice()).map_err(|e| err(e.into()))?;
+                    table
+                        .insert(seq, buf.as_slice())
+                        .map_err(|e| err(e.into()))?;
                 }
                 let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
                 meta.insert(LAST_SEQ, seq).map_err(|e| err(e.into()))?;
@@ -162,12 +176,16 @@ impl Store {
             if !commit.cursors.is_empty() {
                 let mut table = txn.open_table(CURSORS).map_err(|e| err(e.into()))?;
                 for (name, at) in &commit.cursors {
-                    table.insert(name.as_str(), *at).map_err(|e| err(e.into()))?;
+                    table
+                        .insert(name.as_str(), *at)
+                        .map_err(|e| err(e.into()))?;
                 }
             }
             if let Some(to) = commit.prune_to {
                 let mut table = txn.open_table(RECORDS).map_err(|e| err(e.into()))?;
-                table.retain_in(..=to, |_, _| false).map_err(|e| err(e.into()))?;
+                table
+                    .retain_in(..=to, |_, _| false)
+                    .map_err(|e| err(e.into()))?;
             }
         }
         txn.commit().map_err(|e| err(e.into()))?;

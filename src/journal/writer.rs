@@ -124,7 +124,12 @@ impl JournalWriter {
     }
 
     fn prune_target(&self) -> Option<u64> {
-        let min = self.cursors.values().copied().min().unwrap_or(self.last_seq);
+        let min = self
+            .cursors
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(self.last_seq);
         (min > self.pruned_to).then_some(min)
     }
 
@@ -192,7 +197,13 @@ impl JournalWriter {
                 for (waiter, _) in waiters {
                     let _ = waiter.send(Err(JournalError::Write(err.to_string())));
                 }
-                if matches!(&err, JournalError::Storage { source: redb::Error::PreviousIo, .. }) {
+                if matches!(
+                    &err,
+                    JournalError::Storage {
+                        source: redb::Error::PreviousIo,
+                        ..
+                    }
+                ) {
                     let store = Arc::clone(&self.store);
                     match tokio::task::spawn_blocking(move || store.reopen()).await {
                         Ok(Ok(())) => tracing::warn!("journal reopened after an I/O error"),

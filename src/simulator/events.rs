@@ -59,12 +59,27 @@ impl EventFactory {
     }
 
     fn device_command(&mut self) -> Value {
-        let state = self.pick(&["Pending", "Pending", "Received", "Processing", "Processed", "Cancelled", "Error"]);
+        let state = self.pick(&[
+            "Pending",
+            "Pending",
+            "Received",
+            "Processing",
+            "Processed",
+            "Cancelled",
+            "Error",
+        ]);
         json!({ "Type": "DeviceCommand", "Id": uuid(&mut self.rng), "State": state })
     }
 
     fn reservation(&mut self) -> Value {
-        let state = self.pick(&["Confirmed", "Started", "Processed", "Canceled", "Optional", "Inquired"]);
+        let state = self.pick(&[
+            "Confirmed",
+            "Started",
+            "Processed",
+            "Canceled",
+            "Optional",
+            "Inquired",
+        ]);
         let start = SystemTime::now() + Duration::from_secs(86_400 * self.rng.u64(0..14));
         let end = start + Duration::from_secs(86_400 * self.rng.u64(1..6));
         let mut event = json!({

@@ -64,9 +64,12 @@ pub async fn serve(
     let app = Router::new()
         .route(WS_PATH, get(upgrade))
         .with_state(shared);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
 }
 
 /// The value of one cookie in the request's `Cookie` headers.
@@ -87,7 +90,8 @@ async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let accepted = |name: &str, expected: &Option<String>| match (cookie(&headers, name), expected) {
+    let accepted = |name: &str, expected: &Option<String>| match (cookie(&headers, name), expected)
+    {
         (Some(value), Some(expected)) => value == expected,
         (Some(value), None) => !value.is_empty(),
         (None, _) => false,
@@ -145,10 +149,16 @@ mod tests {
     #[test]
     fn cookies_are_found_with_or_without_spaces() {
         let mut headers = HeaderMap::new();
-        headers.insert(COOKIE, HeaderValue::from_static("ClientToken=abc;AccessToken=def"));
+        headers.insert(
+            COOKIE,
+            HeaderValue::from_static("ClientToken=abc;AccessToken=def"),
+        );
         assert_eq!(cookie(&headers, "ClientToken"), Some("abc"));
         assert_eq!(cookie(&headers, "AccessToken"), Some("def"));
-        headers.insert(COOKIE, HeaderValue::from_static("ClientToken=abc; AccessToken=def"));
+        headers.insert(
+            COOKIE,
+            HeaderValue::from_static("ClientToken=abc; AccessToken=def"),
+        );
         assert_eq!(cookie(&headers, "AccessToken"), Some("def"));
         assert_eq!(cookie(&headers, "Client"), None);
     }

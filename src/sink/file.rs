@@ -134,19 +134,30 @@ mod tests {
     async fn appends_lines_and_reopens_a_rotated_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/events.jsonl");
-        let mut sink = FileSink::open(&path, Fsync::Always, Duration::from_secs(1)).await.unwrap();
+        let mut sink = FileSink::open(&path, Fsync::Always, Duration::from_secs(1))
+            .await
+            .unwrap();
         sink.write(&[b"{\"seq\":1}"]).await.unwrap();
         std::fs::rename(&path, dir.path().join("events.jsonl.1")).unwrap();
         sink.reopen().await.unwrap();
         sink.write(&[b"{\"seq\":2}"]).await.unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"seq\":2}\n");
-        assert_eq!(std::fs::read_to_string(dir.path().join("events.jsonl.1")).unwrap(), "{\"seq\":1}\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("events.jsonl.1")).unwrap(),
+            "{\"seq\":1}\n"
+        );
     }
 
     #[tokio::test]
     async fn interval_fsync_is_due_after_a_write() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = FileSink::open(&dir.path().join("e"), Fsync::Interval, Duration::from_secs(1)).await.unwrap();
+        let mut sink = FileSink::open(
+            &dir.path().join("e"),
+            Fsync::Interval,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
         assert!(sink.due().is_none());
         sink.write(&[b"{}"]).await.unwrap();
         assert!(sink.due().is_some());

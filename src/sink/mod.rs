@@ -105,12 +105,21 @@ pub struct BuildError {
 impl SinkSettings {
     /// Opens the sink's output; the only way to get a running sink.
     pub async fn build(&self) -> Result<AnySink, BuildError> {
-        let err = |source| BuildError { name: self.name.clone(), source };
+        let err = |source| BuildError {
+            name: self.name.clone(),
+            source,
+        };
         Ok(match &self.kind {
             SinkKind::Stdout => AnySink::Stdout(WriterSink::new(tokio::io::stdout())),
-            SinkKind::File { path, fsync, fsync_interval } => {
-                AnySink::File(FileSink::open(path, *fsync, *fsync_interval).await.map_err(err)?)
-            }
+            SinkKind::File {
+                path,
+                fsync,
+                fsync_interval,
+            } => AnySink::File(
+                FileSink::open(path, *fsync, *fsync_interval)
+                    .await
+                    .map_err(err)?,
+            ),
         })
     }
 
@@ -130,7 +139,11 @@ struct Filter {
 
 impl Filter {
     fn matches(&self, record: &StoredRecord) -> bool {
-        (self.events.is_empty() || record.kind.as_ref().is_some_and(|k| self.events.contains(k)))
+        (self.events.is_empty()
+            || record
+                .kind
+                .as_ref()
+                .is_some_and(|k| self.events.contains(k)))
             && (self.properties.is_empty() || self.properties.contains(&record.property))
     }
 }
@@ -147,7 +160,12 @@ pub struct SinkControl {
 }
 
 /// Runs one sink until drained or aborted.
-pub async fn drive(settings: SinkSettings, mut sink: AnySink, journal: Journal, mut ctl: SinkControl) {
+pub async fn drive(
+    settings: SinkSettings,
+    mut sink: AnySink,
+    journal: Journal,
+    mut ctl: SinkControl,
+) {
     let span = tracing::info_span!("sink", sink = %settings.name);
     async move {
         let filter = settings.filter();
@@ -160,10 +178,7 @@ pub async fn drive(settings: SinkSettings, mut sink: AnySink, journal: Journal, 
         loop {
             if ctl.reopen.has_changed().unwrap_or(false) {
                 ctl.reopen.borrow_and_update();
-                match sink.reopen().await {
-                    Ok(()) => tracing::info!("reopened"),
-                    Err(err) => tracing::error!(error = %err, "cannot reopen; will retry on the next write"),
-                }
+                reopen(&mut sink).await;
             }
             let last = *committed.borrow_and_update();
             if last <= cursor {
@@ -175,7 +190,7 @@ pub async fn drive(settings: SinkSettings, mut sink: AnySink, journal: Journal, 
                     () = ctl.abort.cancelled() => break,
                     () = ctl.drain.cancelled() => {}
                     changed = committed.changed() => if changed.is_err() { break },
-                    _ = ctl.reopen.changed() => {}
+                    Ok(()) = ctl.reopen.changed() => reopen(&mut sink).await,
                     () = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                         if let Err(err) = sink.on_due().await {
                             tracing::warn!(error = %err, "housekeeping failed");
@@ -245,4 +260,11 @@ pub async fn drive(settings: SinkSettings, mut sink: AnySink, journal: Journal, 
     }
     .instrument(span)
     .await
+}
+
+async fn reopen(sink: &mut AnySink) {
+    match sink.reopen().await {
+        Ok(()) => tracing::info!("reopened"),
+        Err(err) => tracing::error!(error = %err, "cannot reopen; will retry on the next write"),
+    }
 }

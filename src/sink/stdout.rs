@@ -55,8 +55,13 @@ mod tests {
     #[tokio::test]
     async fn writes_one_line_per_record() {
         let mut sink = WriterSink::new(Vec::new());
-        sink.write(&[br#"{"seq":1}"#, br#"{"seq":2}"#]).await.unwrap();
+        sink.write(&[br#"{"seq":1}"#, br#"{"seq":2}"#])
+            .await
+            .unwrap();
         sink.write(&[br#"{"seq":3}"#]).await.unwrap();
-        assert_eq!(sink.into_inner(), b"{\"seq\":1}\n{\"seq\":2}\n{\"seq\":3}\n");
+        assert_eq!(
+            sink.into_inner(),
+            b"{\"seq\":1}\n{\"seq\":2}\n{\"seq\":3}\n"
+        );
     }
 }

@@ -63,7 +63,10 @@ impl Source {
         let mut failures = Failures::default();
         loop {
             let outcome = self.session(&shutdown).await;
-            if outcome.connected_for.is_some_and(|up| up >= self.connection.healthy_after) {
+            if outcome
+                .connected_for
+                .is_some_and(|up| up >= self.connection.healthy_after)
+            {
                 backoff.reset();
             }
             let delay = match outcome.result {
@@ -93,7 +96,11 @@ impl Source {
                             status.as_u16()
                         );
                     } else {
-                        tracing::debug!(status = status.as_u16(), attempts = failures.count, "upgrade still rejected");
+                        tracing::debug!(
+                            status = status.as_u16(),
+                            attempts = failures.count,
+                            "upgrade still rejected"
+                        );
                     }
                     delay
                 }

@@ -8,8 +8,8 @@ use http::header::{COOKIE, HeaderValue};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
@@ -39,7 +39,10 @@ pub(crate) enum SessionError {
     #[error("invalid WebSocket URL: {0}")]
     Url(String),
     #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("no connection within {0:?} (connect_timeout)")]
     ConnectTimeout(Duration),
     #[error("Mews rejected the WebSocket upgrade with HTTP {0}")]
@@ -73,7 +76,12 @@ impl Source {
         };
         let ws = match ws {
             Ok(ws) => ws,
-            Err(err) => return Outcome { connected_for: None, result: Err(err) },
+            Err(err) => {
+                return Outcome {
+                    connected_for: None,
+                    result: Err(err),
+                };
+            }
         };
         let connected = Instant::now();
         tracing::info!(url = %self.url, "connected");
@@ -97,8 +105,9 @@ impl Source {
             self.client_token.expose(),
             self.access_token.expose()
         );
-        let mut cookie = HeaderValue::from_str(&cookie)
-            .map_err(|_| SessionError::Url("a token holds characters a cookie cannot carry".into()))?;
+        let mut cookie = HeaderValue::from_str(&cookie).map_err(|_| {
+            SessionError::Url("a token holds characters a cookie cannot carry".into())
+        })?;
         cookie.set_sensitive(true);
         request.headers_mut().insert(COOKIE, cookie);
 
@@ -114,22 +123,33 @@ impl Source {
         let addr = format!("{host}:{port}");
         let tcp = TcpStream::connect((host.as_str(), port))
             .await
-            .map_err(|source| SessionError::Connect { addr: addr.clone(), source })?;
+            .map_err(|source| SessionError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
         self.tune(&tcp);
 
-        let hard_limit = usize::try_from(self.connection.max_message_size.saturating_mul(HARD_LIMIT_FACTOR))
-            .unwrap_or(usize::MAX);
+        let hard_limit = usize::try_from(
+            self.connection
+                .max_message_size
+                .saturating_mul(HARD_LIMIT_FACTOR),
+        )
+        .unwrap_or(usize::MAX);
         let config = WebSocketConfig::default()
             .max_message_size(Some(hard_limit))
             .max_frame_size(Some(hard_limit));
         let connector = Connector::Rustls(Arc::clone(&self.tls));
-        let (ws, _response) =
-            tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(config), Some(connector))
-                .await
-                .map_err(|err| match err {
-                    tungstenite::Error::Http(response) => SessionError::Rejected(response.status()),
-                    other => SessionError::Handshake(other),
-                })?;
+        let (ws, _response) = tokio_tungstenite::client_async_tls_with_config(
+            request,
+            tcp,
+            Some(config),
+            Some(connector),
+        )
+        .await
+        .map_err(|err| match err {
+            tungstenite::Error::Http(response) => SessionError::Rejected(response.status()),
+            other => SessionError::Handshake(other),
+        })?;
         Ok(ws)
     }
 
@@ -147,7 +167,11 @@ impl Source {
         let _ = tcp.set_nodelay(true);
     }
 
-    async fn read(&self, mut ws: Ws, shutdown: &CancellationToken) -> Result<SessionEnd, SessionError> {
+    async fn read(
+        &self,
+        mut ws: Ws,
+        shutdown: &CancellationToken,
+    ) -> Result<SessionEnd, SessionError> {
         let ping_every = self.connection.ping_interval;
         let pong_timeout = self.connection.pong_timeout;
         let mut next_ping = Instant::now() + ping_every;
@@ -197,8 +221,12 @@ impl Source {
     async fn on_text(&self, text: &str) -> Result<(), SessionError> {
         let limit = self.connection.max_message_size;
         if text.len() as u64 > limit {
-            let reason = format!("message of {} bytes is over max_message_size ({limit})", text.len());
-            self.rejects.reject(&self.stats, &self.name, &reason, Payload::Text(text));
+            let reason = format!(
+                "message of {} bytes is over max_message_size ({limit})",
+                text.len()
+            );
+            self.rejects
+                .reject(&self.stats, &self.name, &reason, Payload::Text(text));
             return Ok(());
         }
         match decode(&self.name, text, SystemTime::now()) {
@@ -208,7 +236,12 @@ impl Source {
                 .await
                 .map_err(|_| SessionError::JournalClosed),
             Err(err) => {
-                self.rejects.reject(&self.stats, &self.name, &err.to_string(), Payload::Text(text));
+                self.rejects.reject(
+                    &self.stats,
+                    &self.name,
+                    &err.to_string(),
+                    Payload::Text(text),
+                );
                 Ok(())
             }
         }

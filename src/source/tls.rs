@@ -6,7 +6,9 @@ use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::CertificateDer;
 
 /// Builds the TLS config every `wss://` connection of this process shares.
-pub fn client_config(extra_roots: &[CertificateDer<'static>]) -> Result<Arc<ClientConfig>, rustls::Error> {
+pub fn client_config(
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<Arc<ClientConfig>, rustls::Error> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for err in &native.errors {
@@ -18,7 +20,9 @@ pub fn client_config(extra_roots: &[CertificateDer<'static>]) -> Result<Arc<Clie
         roots.add(cert.clone())?;
     }
     if roots.is_empty() {
-        tracing::warn!("no CA certificates found: install the ca-certificates package or set connection.ca_file, or wss:// connections will fail");
+        tracing::warn!(
+            "no CA certificates found: install the ca-certificates package or set connection.ca_file, or wss:// connections will fail"
+        );
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)

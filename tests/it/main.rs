@@ -1,1 +1,13 @@
+//! Integration tests: the relay against real WebSocket servers on 127.0.0.1:0, a real on-disk
+//! journal, and the binary itself where a process boundary matters (signals, kill -9, exit codes).
 
+mod auth;
+mod config;
+mod crash;
+mod delivery;
+mod malformed;
+mod reconnect;
+mod shutdown;
+mod simulator;
+mod support;
+mod tls;

@@ -1,0 +1,154 @@
+//! Configs: every shipped and valid fixture loads; every invalid one names its key; `check`
+//! masks secrets and exits 64 on a bad file.
+
+use std::path::{Path, PathBuf};
+
+use mews_relay::config::{CredentialsDir, Settings};
+
+use crate::support::*;
+
+fn tomls(dir: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no TOML files in {dir}");
+    files
+}
+
+/// The shipped examples and the valid fixtures all load.
+#[test]
+fn shipped_and_valid_configs_load() {
+    for path in tomls("config")
+        .into_iter()
+        .chain(tomls("tests/fixtures/config/valid"))
+    {
+        if let Err(err) = Settings::load(&path, &CredentialsDir::default()) {
+            panic!("{} should be valid: {err}", path.display());
+        }
+    }
+}
+
+/// Each invalid fixture fails with one line naming the file and the key in its `# expect:`.
+#[test]
+fn invalid_configs_name_the_file_and_the_key() {
+    for path in tomls("tests/fixtures/config/invalid") {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .unwrap()
+            .strip_prefix("# expect: ")
+            .expect("fixture starts with # expect:");
+        let err = match Settings::load(&path, &CredentialsDir::default()) {
+            Ok(_) => panic!("{} should be invalid", path.display()),
+            Err(err) => err,
+        };
+        assert!(
+            err.key.starts_with(expect),
+            "{}: expected key {expect}, got {err}",
+            path.display()
+        );
+        let line = err.to_string();
+        assert!(line.starts_with(&path.display().to_string()), "{line}");
+        assert!(!line.contains('\n'), "one line: {line}");
+        assert!(
+            !line.contains("E0D439EE522F4436") && !line.contains("C66EF7B2"),
+            "no token in errors: {line}"
+        );
+    }
+}
+
+/// The full fixture's values, defaults and file-held tokens come through.
+#[test]
+fn values_defaults_and_token_files_are_applied() {
+    let s = Settings::load(
+        Path::new("tests/fixtures/config/valid/full.toml"),
+        &CredentialsDir::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        s.mews.client_token.expose(),
+        CLIENT_TOKEN,
+        "read from the file, newline trimmed"
+    );
+    assert_eq!(s.properties[0].access_token.expose(), ACCESS_TOKEN);
+    assert_eq!(
+        s.connection.backoff_max,
+        std::time::Duration::from_secs(120)
+    );
+    assert_eq!(s.connection.max_message_size, 2 << 20);
+    assert_eq!(s.sinks[1].name, "archive");
+    let minimal = Settings::load(
+        Path::new("tests/fixtures/config/valid/minimal.toml"),
+        &CredentialsDir::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        minimal.connection.ping_interval,
+        mews_relay::config::defaults::PING_INTERVAL
+    );
+    assert_eq!(
+        minimal.connection.connect_timeout,
+        std::time::Duration::from_secs(10)
+    );
+    assert_eq!(minimal.connection.max_message_size, 1 << 20);
+    assert_eq!(minimal.state.dir, Path::new("/var/lib/mews-relay"));
+    assert_eq!(minimal.sinks[0].name, "stdout");
+}
+
+/// Tokens missing from the file come from systemd's credentials directory.
+#[test]
+fn tokens_come_from_the_systemd_credentials_directory() {
+    let text = "[mews]\nwebsocket_url = \"wss://ws.mews.com/ws/connector\"\n[[property]]\nname = \"old-town\"\n[[sink]]\ntype = \"stdout\"\n";
+    let creds = CredentialsDir(Some(PathBuf::from("tests/fixtures/config/tokens")));
+    let s = Settings::from_toml(text, Path::new("creds.toml"), &creds).unwrap();
+    assert_eq!(s.mews.client_token.expose(), CLIENT_TOKEN);
+    assert_eq!(s.properties[0].access_token.expose(), ACCESS_TOKEN);
+    let err =
+        Settings::from_toml(text, Path::new("creds.toml"), &CredentialsDir::default()).unwrap_err();
+    assert!(err.problem.contains("LoadCredential"), "{err}");
+}
+
+/// `check` prints the effective config with secrets masked and exits 0.
+#[test]
+fn check_prints_the_config_with_secrets_masked() {
+    let (code, stdout, stderr) =
+        run_binary(&["check", "--config", "tests/fixtures/config/valid/full.toml"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("client_token = \"***\""), "{stdout}");
+    assert!(stdout.contains("ping_interval = \"15s\""), "{stdout}");
+    assert!(stdout.contains("connect_timeout = \"5s\""), "{stdout}");
+    assert!(
+        !stdout.contains("E0D439EE")
+            && !stdout.contains("C66EF7B2")
+            && !stdout.contains("CC150C35"),
+        "{stdout}"
+    );
+    let reparsed: toml::Table = stdout.parse().expect("check prints valid TOML");
+    assert!(reparsed.contains_key("sink"));
+}
+
+/// `check` and `run` exit 64 on a bad config with one line naming file and key.
+#[test]
+fn check_and_run_exit_64_naming_the_key() {
+    let path = "tests/fixtures/config/invalid/bad_duration.toml";
+    for command in ["check", "run"] {
+        let (code, stdout, stderr) = run_binary(&[command, "--config", path]);
+        assert_eq!(code, 64, "{command}: {stderr}");
+        let line = stderr.trim();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.contains(path)
+                && line.contains("connection.ping_interval")
+                && line.contains("\"20s\""),
+            "{line}"
+        );
+        assert!(stdout.is_empty());
+    }
+    let (code, _, stderr) = run_binary(&["check", "--config", "/nonexistent/mews-relay.toml"]);
+    assert_eq!(code, 64);
+    assert!(stderr.contains("/nonexistent/mews-relay.toml"), "{stderr}");
+}

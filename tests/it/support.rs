@@ -1,0 +1,377 @@
+//! Shared test helpers: scripted WebSocket servers on 127.0.0.1:0, the relay in-process or as
+//! a child process, and waits that turn a hang into a clear failure.
+
+#![allow(clippy::result_large_err)] // tungstenite's handshake callback returns its ErrorResponse by value
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use mews_relay::app::{AppError, Control};
+use mews_relay::config::{CredentialsDir, Settings};
+use mews_relay::stats::Stats;
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+
+/// Every wait in these tests ends within this, or the test fails saying what it waited for.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub const CLIENT_TOKEN: &str = "E0D439EE522F44368DC78E1BFB03710C-D24FB11DBE31D4621C4817E028D9E1D";
+pub const ACCESS_TOKEN: &str = "C66EF7B239D24632943D115EDE9CB810-EA00F8FD8294692C940F6B5A8F9453D";
+
+/// An accepted WebSocket connection, handed to the test to script.
+pub struct Conn {
+    pub ws: WebSocketStream<TcpStream>,
+    pub cookie: Option<String>,
+    pub at: Instant,
+}
+
+impl Conn {
+    pub async fn send(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("mock server send");
+    }
+
+    /// Ends the TCP connection with a reset (RST), no Close frame.
+    pub fn reset(self) {
+        let tcp = self.ws.get_ref();
+        socket2::SockRef::from(tcp)
+            .set_linger(Some(Duration::ZERO))
+            .expect("set linger");
+        drop(self);
+    }
+}
+
+/// A mock Mews WebSocket server; each accepted connection arrives on `conns`.
+pub struct MockServer {
+    pub addr: SocketAddr,
+    conns: mpsc::UnboundedReceiver<Conn>,
+}
+
+/// A rejected upgrade attempt seen by [`RejectingServer`].
+pub struct Attempt {
+    pub at: Instant,
+    pub cookie: Option<String>,
+}
+
+impl MockServer {
+    pub async fn start() -> MockServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, conns) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut cookie = None;
+                    let callback = |req: &Request, resp: Response| {
+                        cookie = req
+                            .headers()
+                            .get("cookie")
+                            .map(|v| v.to_str().unwrap_or_default().to_owned());
+                        Ok::<_, ErrorResponse>(resp)
+                    };
+                    if let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await {
+                        let _ = tx.send(Conn {
+                            ws,
+                            cookie,
+                            at: Instant::now(),
+                        });
+                    }
+                });
+            }
+        });
+        MockServer { addr, conns }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws/connector", self.addr)
+    }
+
+    /// The next connection the relay makes.
+    pub async fn next(&mut self) -> Conn {
+        timeout(WAIT, self.conns.recv())
+            .await
+            .expect("timed out waiting for the relay to connect")
+            .expect("mock server stopped")
+    }
+}
+
+/// A server that answers every upgrade with `status`.
+pub struct RejectingServer {
+    pub addr: SocketAddr,
+    attempts: mpsc::UnboundedReceiver<Attempt>,
+}
+
+impl RejectingServer {
+    pub async fn start(status: u16) -> RejectingServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, attempts) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let callback = |req: &Request, _resp: Response| {
+                        let cookie = req
+                            .headers()
+                            .get("cookie")
+                            .map(|v| v.to_str().unwrap_or_default().to_owned());
+                        let _ = tx.send(Attempt {
+                            at: Instant::now(),
+                            cookie,
+                        });
+                        let mut resp = ErrorResponse::new(Some("unauthorized".into()));
+                        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        Err(resp)
+                    };
+                    let _ = tokio_tungstenite::accept_hdr_async(tcp, callback).await;
+                });
+            }
+        });
+        RejectingServer { addr, attempts }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws/connector", self.addr)
+    }
+
+    pub async fn next(&mut self) -> Attempt {
+        timeout(WAIT, self.attempts.recv())
+            .await
+            .expect("timed out waiting for a connection attempt")
+            .expect("server stopped")
+    }
+}
+
+/// A config with fast timings for tests; `sinks` is TOML for the `[[sink]]` tables.
+pub fn config_text(url: &str, state_dir: &Path, sinks: &str) -> String {
+    format!(
+        r#"
+[mews]
+websocket_url = "{url}"
+client_token = "{CLIENT_TOKEN}"
+
+[[property]]
+name = "old-town"
+access_token = "{ACCESS_TOKEN}"
+
+[connection]
+ping_interval = "300ms"
+pong_timeout = "300ms"
+connect_timeout = "2s"
+backoff_min = "20ms"
+backoff_max = "200ms"
+healthy_after = "5s"
+max_message_size = "4KiB"
+
+[state]
+dir = "{dir}"
+
+[shutdown]
+grace_period = "5s"
+
+{sinks}
+"#,
+        dir = state_dir.display()
+    )
+}
+
+/// A file sink at `path` as a TOML table.
+pub fn file_sink(path: &Path) -> String {
+    format!(
+        "[[sink]]\ntype = \"file\"\npath = \"{}\"\nfsync = \"always\"\n",
+        path.display()
+    )
+}
+
+/// The relay running in this process.
+pub struct Relay {
+    pub control: Control,
+    pub reopen: watch::Sender<u64>,
+    pub stats: Arc<Stats>,
+    handle: JoinHandle<Result<(), AppError>>,
+}
+
+impl Relay {
+    pub fn start(config: &str) -> Relay {
+        let settings =
+            Settings::from_toml(config, Path::new("test.toml"), &CredentialsDir::default())
+                .expect("test config is valid");
+        Self::start_with(settings)
+    }
+
+    pub fn start_with(settings: Settings) -> Relay {
+        let (control, reopen) = Control::new();
+        let stats = Arc::new(Stats::default());
+        let handle = tokio::spawn(mews_relay::app::run_with_stats(
+            settings,
+            control.clone(),
+            Arc::clone(&stats),
+        ));
+        Relay {
+            control,
+            reopen,
+            stats,
+            handle,
+        }
+    }
+
+    /// Shuts down and waits for `run` to return.
+    pub async fn stop(self) {
+        self.control.shutdown.cancel();
+        timeout(WAIT, self.handle)
+            .await
+            .expect("relay did not stop in time")
+            .expect("relay task panicked")
+            .expect("relay ended with an error");
+    }
+}
+
+/// Waits until `path` holds at least `n` lines, then returns them parsed.
+pub async fn wait_for_lines(path: &Path, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.len() >= n {
+            return lines
+                .iter()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+                .collect();
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "timed out waiting for {n} lines in {}; it has {}:\n{text}",
+                path.display(),
+                lines.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until `check` holds, polling; `what` names it in the failure.
+pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        if Instant::now() > deadline {
+            panic!("timed out waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `{"Events":[…]}` with DeviceCommand events numbered `from..to`.
+pub fn commands(from: usize, to: usize) -> String {
+    let events: Vec<String> = (from..to)
+        .map(|i| format!(r#"{{"Type":"DeviceCommand","Id":"cmd-{i}","State":"Pending"}}"#))
+        .collect();
+    format!(r#"{{"Events":[{}]}}"#, events.join(","))
+}
+
+/// The relay binary as a child process, stdout and stderr captured in files.
+pub struct Daemon {
+    pub child: Child,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Daemon {
+    pub fn spawn(args: &[&str], dir: &Path, tag: &str) -> Daemon {
+        let stdout = dir.join(format!("{tag}.stdout"));
+        let file = File::create(&stdout).unwrap();
+        Self::spawn_with(args, dir, tag, Stdio::from(file))
+    }
+
+    /// The same with stdout piped to the test (`child.stdout`); `self.stdout` stays empty.
+    pub fn spawn_piped(args: &[&str], dir: &Path, tag: &str) -> Daemon {
+        Self::spawn_with(args, dir, tag, Stdio::piped())
+    }
+
+    fn spawn_with(args: &[&str], dir: &Path, tag: &str, out: Stdio) -> Daemon {
+        let stdout = dir.join(format!("{tag}.stdout"));
+        let stderr = dir.join(format!("{tag}.stderr"));
+        let child = Command::new(env!("CARGO_BIN_EXE_mews-relay"))
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawn mews-relay");
+        Daemon {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), signal).expect("send signal");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "mews-relay did not exit in time; stderr:\n{}",
+                    self.stderr_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion (for `check`), returning exit code, stdout and stderr.
+pub fn run_binary(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mews-relay"))
+        .args(args)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .expect("run mews-relay");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
