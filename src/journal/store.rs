@@ -55,7 +55,7 @@ fn open_db(path: &Path) -> Result<Database, JournalError> {
     Database::create(path).map_err(|err| {
         let problem = match err {
             DatabaseError::DatabaseAlreadyOpen => "is in use by another mews-relay process; stop it, or give this one its own state.dir".to_owned(),
-            DatabaseError::Storage(redb::StorageError::Io(io)) => format!("cannot be opened: {io}; check free space and that the mews-relay user owns the state directory"),
+            DatabaseError::Storage(redb::StorageError::Io(io)) if io.kind() != std::io::ErrorKind::InvalidData => format!("cannot be opened: {io}; check free space and that the mews-relay user owns the state directory"),
             other => format!(
                 "cannot be read ({other}); move it aside (mv {p} {p}.broken) and start again: the relay then starts with an empty journal, and records in the old file that no sink had delivered are not sent",
                 p = path.display()

@@ -5,6 +5,7 @@ mod auth;
 mod config;
 mod crash;
 mod delivery;
+mod journal;
 mod malformed;
 mod reconnect;
 mod shutdown;

@@ -101,3 +101,36 @@ async fn a_server_that_answers_pings_stays_connected() {
     );
     relay.stop().await;
 }
+
+/// A server that accepts and closes at once cannot drive a fast loop: delays grow. A session
+/// that stays up `healthy_after` resets them, so the next reconnect is quick again.
+#[tokio::test]
+async fn backoff_grows_while_sessions_die_young_and_resets_after_a_healthy_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = MockServer::start().await;
+    let out = dir.path().join("out.jsonl");
+    let config = config_text(&server.url(), dir.path(), &file_sink(&out))
+        .replace("backoff_max = \"200ms\"", "backoff_max = \"5s\"")
+        .replace("healthy_after = \"5s\"", "healthy_after = \"300ms\"");
+    let relay = Relay::start(&config);
+    let mut times = Vec::new();
+    for _ in 0..7 {
+        let mut conn = server.next().await;
+        times.push(conn.at);
+        conn.ws.close(None).await.unwrap();
+    }
+    let span = times[6] - times[0];
+    // Six delays of at least 20ms each with ceilings 20..640ms: ~690ms expected, 120ms if the
+    // schedule never grew.
+    assert!(span >= Duration::from_millis(160), "reconnects too fast: {span:?} for 6 retries");
+
+    // A healthy session: the server keeps it up past healthy_after, then closes.
+    let mut healthy = server.next().await;
+    tokio::time::sleep(Duration::from_millis(400)).await; // the server's scripted uptime
+    healthy.ws.close(None).await.unwrap();
+    let closed = tokio::time::Instant::now();
+    let next = server.next().await;
+    let gap = next.at - closed;
+    assert!(gap < Duration::from_millis(150), "backoff did not reset after a healthy session: {gap:?}");
+    relay.stop().await;
+}

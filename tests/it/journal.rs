@@ -1,0 +1,105 @@
+//! The journal on disk: seqs survive restarts, cursors are per sink, delivered records are
+//! pruned, and a file that cannot be opened is one clear error.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use mews_relay::journal::{FILE_NAME, Journal};
+use mews_relay::record::{Origin, Record};
+use mews_relay::stats::Stats;
+use serde_json::value::RawValue;
+
+use crate::support::*;
+
+fn record(id: usize) -> Record {
+    Record {
+        property: "old-town".into(),
+        origin: Origin::Websocket,
+        received_at: "2026-11-23T12:00:00.000000Z".into(),
+        kind: Some("DeviceCommand".into()),
+        id: Some(format!("cmd-{id}")),
+        state: Some("Pending".into()),
+        event: RawValue::from_string(format!(r#"{{"Type":"DeviceCommand","Id":"cmd-{id}"}}"#)).unwrap(),
+        command: None,
+    }
+}
+
+async fn open(dir: &Path, sinks: &[&str]) -> (Journal, tokio::task::JoinHandle<()>) {
+    let names: Vec<String> = sinks.iter().map(|s| s.to_string()).collect();
+    let (journal, writer) = Journal::open(dir, &names, Arc::new(Stats::default())).unwrap();
+    (journal, tokio::spawn(writer.run()))
+}
+
+async fn close(journal: Journal, writer: tokio::task::JoinHandle<()>) {
+    drop(journal);
+    writer.await.unwrap();
+}
+
+/// Seqs continue after a restart, even when every record was pruned.
+#[tokio::test]
+async fn seqs_are_monotonic_across_restarts_and_pruning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, writer) = open(dir.path(), &["a"]).await;
+    assert_eq!(journal.append_committed((0..3).map(record).collect()).await.unwrap(), 3);
+    journal.advance("a", 3).await.unwrap();
+    journal.flush().await.unwrap();
+    close(journal, writer).await;
+
+    let (journal, writer) = open(dir.path(), &["a"]).await;
+    assert_eq!(journal.cursor("a"), 3);
+    assert!(journal.read_after(0, 10).await.unwrap().is_empty(), "records every sink passed are pruned");
+    assert_eq!(journal.append_committed(vec![record(3)]).await.unwrap(), 4);
+    let read = journal.read_after(3, 10).await.unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].seq, 4);
+    assert!(String::from_utf8_lossy(&read[0].json).starts_with(r#"{"seq":4,"property":"old-town""#));
+    close(journal, writer).await;
+}
+
+/// Records stay until the slowest sink passes them; a new sink starts at the end; a removed
+/// sink's cursor no longer holds records back.
+#[tokio::test]
+async fn records_stay_until_every_sink_has_passed_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, writer) = open(dir.path(), &["fast", "slow"]).await;
+    journal.append_committed((0..5).map(record).collect()).await.unwrap();
+    journal.advance("fast", 5).await.unwrap();
+    journal.advance("slow", 2).await.unwrap();
+    journal.flush().await.unwrap();
+    journal.flush().await.unwrap(); // pruning runs with the commit after the cursor moved
+    let left: Vec<u64> = journal.read_after(0, 10).await.unwrap().iter().map(|r| r.seq).collect();
+    assert_eq!(left, vec![3, 4, 5]);
+    close(journal, writer).await;
+
+    let (journal, writer) = open(dir.path(), &["fast", "new"]).await;
+    assert_eq!(journal.cursor("new"), 5, "a new sink starts after the last record");
+    assert_eq!(journal.cursor("slow"), 0, "a removed sink is forgotten");
+    journal.flush().await.unwrap();
+    assert!(journal.read_after(0, 10).await.unwrap().is_empty());
+    close(journal, writer).await;
+}
+
+/// A corrupt journal stops the daemon with exit 74 and one line saying where and what to do.
+#[tokio::test]
+async fn a_corrupt_journal_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(FILE_NAME), vec![0x5a; 64 * 1024]).unwrap();
+    let config = dir.path().join("relay.toml");
+    std::fs::write(&config, config_text("ws://127.0.0.1:9/ws/connector", dir.path(), "[[sink]]\ntype = \"stdout\"\n")).unwrap();
+    let mut daemon = Daemon::spawn(&["run", "--config", config.to_str().unwrap()], dir.path(), "relay");
+    assert_eq!(daemon.wait().await, Some(74));
+    let last = daemon.stderr_text().lines().last().unwrap_or_default().to_owned();
+    assert!(last.contains(&dir.path().join(FILE_NAME).display().to_string()), "{last}");
+    assert!(last.contains("move it aside"), "{last}");
+    assert_eq!(std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len(), 64 * 1024, "left as it was");
+}
+
+/// A second relay on the same state directory is refused instead of sharing the journal.
+#[tokio::test]
+async fn a_journal_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, writer) = open(dir.path(), &["a"]).await;
+    let err = Journal::open(dir.path(), &["a".into()], Arc::new(Stats::default())).err().expect("second open fails");
+    assert!(err.to_string().contains("in use by another mews-relay"), "{err}");
+    close(journal, writer).await;
+}
