@@ -23,11 +23,17 @@ enum Script {
     /// All messages as fast as the socket takes them.
     Burst(Vec<String>),
     /// `count` single-event messages, `rate` per second, each stamped with its send time.
-    Steady { count: usize, rate: u32, epoch: Instant },
+    Steady {
+        count: usize,
+        rate: u32,
+        epoch: Instant,
+    },
 }
 
 fn stamped(i: usize, sent_ns: u128) -> String {
-    format!(r#"{{"Events":[{{"Type":"DeviceCommand","Id":"cmd-{i}","State":"Pending","SentNs":{sent_ns}}}]}}"#)
+    format!(
+        r#"{{"Events":[{{"Type":"DeviceCommand","Id":"cmd-{i}","State":"Pending","SentNs":{sent_ns}}}]}}"#
+    )
 }
 
 fn burst_messages(events: usize, per_message: usize) -> Vec<String> {
@@ -61,12 +67,15 @@ async fn serve(script: Script) -> (String, oneshot::Receiver<Instant>) {
                 ws.flush().await.unwrap();
             }
             Script::Steady { count, rate, epoch } => {
-                let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+                let mut tick =
+                    tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 for i in 0..count {
                     tick.tick().await;
                     let sent = epoch.elapsed().as_nanos();
-                    ws.send(Message::Text(stamped(i, sent).into())).await.unwrap();
+                    ws.send(Message::Text(stamped(i, sent).into()))
+                        .await
+                        .unwrap();
                 }
             }
         }
@@ -108,7 +117,10 @@ fn tail(path: &PathBuf, lines: usize, poll: Duration, mut on_line: impl FnMut(&[
     let mut file = std::fs::File::open(path).unwrap();
     let (mut seen, mut pos, mut buf, mut pending) = (0, 0u64, vec![0u8; 1 << 20], Vec::new());
     while seen < lines {
-        assert!(Instant::now() < deadline, "benchmark stalled at {seen} of {lines} lines");
+        assert!(
+            Instant::now() < deadline,
+            "benchmark stalled at {seen} of {lines} lines"
+        );
         file.seek(SeekFrom::Start(pos)).unwrap();
         let n = file.read(&mut buf).unwrap();
         if n == 0 {
@@ -149,7 +161,12 @@ fn burst(rt: &tokio::runtime::Runtime, events: usize, per_message: usize) -> f64
     let messages = burst_messages(events, per_message);
     let (url, started) = rt.block_on(serve(Script::Burst(messages)));
     let relay = start_relay(rt, &url, dir.path());
-    tail(&dir.path().join("out.jsonl"), events, Duration::from_micros(500), |_| {});
+    tail(
+        &dir.path().join("out.jsonl"),
+        events,
+        Duration::from_micros(500),
+        |_| {},
+    );
     let done = Instant::now();
     let started = rt.block_on(started).unwrap();
     stop(rt, relay);
@@ -163,14 +180,19 @@ fn steady(rt: &tokio::runtime::Runtime, rate: u32, seconds: u32) -> Vec<Duration
     let (url, _started) = rt.block_on(serve(Script::Steady { count, rate, epoch }));
     let relay = start_relay(rt, &url, dir.path());
     let mut latencies = Vec::with_capacity(count);
-    tail(&dir.path().join("out.jsonl"), count, Duration::from_micros(100), |line| {
-        let now = epoch.elapsed().as_nanos();
-        let text = std::str::from_utf8(line).unwrap();
-        let at = text.find("\"SentNs\":").unwrap() + 9;
-        let end = at + text[at..].find('}').unwrap();
-        let sent: u128 = text[at..end].parse().unwrap();
-        latencies.push(Duration::from_nanos((now - sent) as u64));
-    });
+    tail(
+        &dir.path().join("out.jsonl"),
+        count,
+        Duration::from_micros(100),
+        |line| {
+            let now = epoch.elapsed().as_nanos();
+            let text = std::str::from_utf8(line).unwrap();
+            let at = text.find("\"SentNs\":").unwrap() + 9;
+            let end = at + text[at..].find('}').unwrap();
+            let sent: u128 = text[at..end].parse().unwrap();
+            latencies.push(Duration::from_nanos((now - sent) as u64));
+        },
+    );
     stop(rt, relay);
     latencies.sort();
     latencies
@@ -186,21 +208,37 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let quick = args.iter().any(|a| a == "--quick");
     // Optional filter: `burst` or `steady`.
-    let only = |name: &str| !args.iter().any(|a| a == "burst" || a == "steady") || args.iter().any(|a| a == name);
+    let only = |name: &str| {
+        !args.iter().any(|a| a == "burst" || a == "steady") || args.iter().any(|a| a == name)
+    };
     let (runs, steady_secs) = if quick { (1, 3) } else { (5, 10) };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    println!("mews-relay end-to-end benchmark ({runs} run(s) each, median; journal fsync per group commit, file sink fsync = \"interval\")\n");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "mews-relay end-to-end benchmark ({runs} run(s) each, median; journal fsync per group commit, file sink fsync = \"interval\")\n"
+    );
     println!("| scenario | result |");
     println!("| --- | --- |");
     for per_message in [1, 10].into_iter().filter(|_| only("burst")) {
-        let results: Vec<f64> = (0..runs).map(|_| burst(&rt, 200_000, per_message)).collect();
+        let results: Vec<f64> = (0..runs)
+            .map(|_| burst(&rt, 200_000, per_message))
+            .collect();
         println!(
             "| burst 200,000 events, {per_message} per message | {:.0} events/s (runs: {}) |",
             median(results.clone()),
-            results.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ")
+            results
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     if !only("steady") {

@@ -150,7 +150,14 @@ impl Store {
 
     /// Runs one transaction: records get seqs after `last_seq`. Returns the new last seq.
     pub fn commit(&self, last_seq: u64, commit: &Commit) -> Result<u64, JournalError> {
-        let db = self.db()?;
+        let db = match self.db() {
+            Ok(db) => db,
+            // An earlier reopen failed (e.g. still no space): try again now.
+            Err(_) => {
+                self.reopen()?;
+                self.db()?
+            }
+        };
         let err = |e: redb::Error| storage(&self.path, e);
         let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
         if !commit.durable {

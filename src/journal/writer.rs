@@ -38,8 +38,17 @@ pub struct JournalWriter {
     cursors: HashMap<String, u64>,
     pruned_to: u64,
     stats: Arc<Stats>,
-    failing: bool,
+    outage: Option<Outage>,
 }
+
+/// A run of failed commits, reported once at its start, then every [`REPORT_EVERY`].
+struct Outage {
+    lost: u64,
+    last_report: std::time::Instant,
+}
+
+/// While commits keep failing, a summary is logged this often.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Batch {
@@ -84,7 +93,7 @@ impl JournalWriter {
             cursors,
             pruned_to: 0,
             stats,
-            failing: false,
+            outage: None,
         }
     }
 
@@ -168,9 +177,12 @@ impl JournalWriter {
         };
         match result {
             Ok(seq) => {
-                if self.failing {
-                    tracing::warn!(path = %self.store.path().display(), "journal writes work again");
-                    self.failing = false;
+                if let Some(outage) = self.outage.take() {
+                    tracing::warn!(
+                        path = %self.store.path().display(),
+                        lost = outage.lost,
+                        "journal writes work again"
+                    );
                 }
                 self.last_seq = seq;
                 if let Some(to) = commit.prune_to {
@@ -186,28 +198,47 @@ impl JournalWriter {
                 }
             }
             Err(err) => {
-                let lost = Stats::add(&self.stats.records_lost, count);
-                tracing::error!(
-                    error = %err,
-                    records = count,
-                    lost_total = lost,
-                    "cannot write to the journal: these records are lost; check free space on the state directory"
-                );
-                self.failing = true;
+                let lost_total = Stats::add(&self.stats.records_lost, count);
+                match &mut self.outage {
+                    None => {
+                        tracing::error!(
+                            error = %err,
+                            records = count,
+                            lost_total,
+                            "cannot write to the journal: these records are lost (counted); check free space on the state directory"
+                        );
+                        self.outage = Some(Outage {
+                            lost: count,
+                            last_report: std::time::Instant::now(),
+                        });
+                    }
+                    Some(outage) => {
+                        outage.lost += count;
+                        if outage.last_report.elapsed() >= REPORT_EVERY {
+                            tracing::error!(error = %err, lost = outage.lost, lost_total, "still cannot write to the journal");
+                            outage.last_report = std::time::Instant::now();
+                        } else {
+                            tracing::debug!(error = %err, records = count, lost_total, "journal commit failed");
+                        }
+                    }
+                }
                 for (waiter, _) in waiters {
                     let _ = waiter.send(Err(JournalError::Write(err.to_string())));
                 }
+                // redb refuses every later write after an I/O error until the file is reopened.
                 if matches!(
                     &err,
                     JournalError::Storage {
-                        source: redb::Error::PreviousIo,
+                        source: redb::Error::Io(_) | redb::Error::PreviousIo,
                         ..
                     }
                 ) {
                     let store = Arc::clone(&self.store);
                     match tokio::task::spawn_blocking(move || store.reopen()).await {
-                        Ok(Ok(())) => tracing::warn!("journal reopened after an I/O error"),
-                        Ok(Err(err)) => tracing::error!(error = %err, "cannot reopen the journal"),
+                        Ok(Ok(())) => tracing::debug!("journal reopened after an I/O error"),
+                        Ok(Err(err)) => {
+                            tracing::debug!(error = %err, "cannot reopen the journal yet")
+                        }
                         Err(err) => tracing::error!(error = %err, "reopening the journal panicked"),
                     }
                 }

@@ -173,7 +173,7 @@ pub async fn drive(
         let mut cursor = journal.cursor(&name);
         let mut committed = journal.committed();
         let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
-        let mut failing = false;
+        let mut trouble = Trouble::default();
         tracing::debug!(cursor, "sink started");
         loop {
             if ctl.reopen.has_changed().unwrap_or(false) {
@@ -207,10 +207,11 @@ pub async fn drive(
                     continue;
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "cannot read the journal; retrying");
+                    let delay = backoff.next_delay();
+                    trouble.failed("cannot read the journal", &err, delay);
                     tokio::select! {
                         () = ctl.abort.cancelled() => break,
-                        () = sleep(backoff.next_delay()) => continue,
+                        () = sleep(delay) => continue,
                     }
                 }
             };
@@ -226,21 +227,12 @@ pub async fn drive(
                 };
                 match result {
                     Ok(()) => {
-                        if failing {
-                            tracing::info!("delivering again");
-                            failing = false;
-                        }
                         backoff.reset();
                         break;
                     }
                     Err(err) => {
                         let delay = backoff.next_delay();
-                        if failing {
-                            tracing::debug!(error = %err, retry_in = ?delay, "still failing");
-                        } else {
-                            tracing::error!(error = %err, retry_in = ?delay, "cannot deliver; retrying (other sinks and the WebSocket are not affected)");
-                            failing = true;
-                        }
+                        trouble.failed("cannot deliver; retrying (other sinks and the WebSocket are not affected)", &err, delay);
                         tokio::select! {
                             () = ctl.abort.cancelled() => return,
                             () = sleep(delay) => {}
@@ -248,6 +240,7 @@ pub async fn drive(
                     }
                 }
             }
+            trouble.recovered();
             cursor = batch.last().map_or(cursor, |r| r.seq);
             if journal.advance(&name, cursor).await.is_err() {
                 break;
@@ -260,6 +253,30 @@ pub async fn drive(
     }
     .instrument(span)
     .await
+}
+
+/// Logs a run of failures once at its start and once at its end.
+#[derive(Default)]
+struct Trouble {
+    failures: u64,
+}
+
+impl Trouble {
+    fn failed(&mut self, what: &str, err: &dyn std::fmt::Display, retry_in: Duration) {
+        self.failures += 1;
+        if self.failures == 1 {
+            tracing::error!(error = %err, ?retry_in, "{what}");
+        } else {
+            tracing::debug!(error = %err, ?retry_in, failures = self.failures, "{what}");
+        }
+    }
+
+    fn recovered(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(failures = self.failures, "delivering again");
+            self.failures = 0;
+        }
+    }
 }
 
 async fn reopen(sink: &mut AnySink) {

@@ -185,9 +185,6 @@ impl Source {
                     let _ = timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
                     return Ok(SessionEnd::Shutdown);
                 }
-                () = sleep_until(dead_at.unwrap_or(next_ping)), if dead_at.is_some() => {
-                    return Err(SessionError::PongTimeout(pong_timeout));
-                }
                 () = sleep_until(next_ping), if dead_at.is_none() => {
                     match timeout(pong_timeout, ws.send(Message::Ping(Default::default()))).await {
                         Err(_) => return Err(SessionError::PongTimeout(pong_timeout)),
@@ -213,6 +210,11 @@ impl Source {
                         Some(Err(err)) => return Err(SessionError::Read(err)),
                         None => return Ok(SessionEnd::Closed(None)),
                     }
+                }
+                // After the read branch: frames already waiting (e.g. while the journal was busy)
+                // prove the connection alive before the deadline is judged.
+                () = sleep_until(dead_at.unwrap_or(next_ping)), if dead_at.is_some() => {
+                    return Err(SessionError::PongTimeout(pong_timeout));
                 }
             }
         }

@@ -19,7 +19,8 @@ fn record(id: usize) -> Record {
         kind: Some("DeviceCommand".into()),
         id: Some(format!("cmd-{id}")),
         state: Some("Pending".into()),
-        event: RawValue::from_string(format!(r#"{{"Type":"DeviceCommand","Id":"cmd-{id}"}}"#)).unwrap(),
+        event: RawValue::from_string(format!(r#"{{"Type":"DeviceCommand","Id":"cmd-{id}"}}"#))
+            .unwrap(),
         command: None,
     }
 }
@@ -40,19 +41,30 @@ async fn close(journal: Journal, writer: tokio::task::JoinHandle<()>) {
 async fn seqs_are_monotonic_across_restarts_and_pruning() {
     let dir = tempfile::tempdir().unwrap();
     let (journal, writer) = open(dir.path(), &["a"]).await;
-    assert_eq!(journal.append_committed((0..3).map(record).collect()).await.unwrap(), 3);
+    assert_eq!(
+        journal
+            .append_committed((0..3).map(record).collect())
+            .await
+            .unwrap(),
+        3
+    );
     journal.advance("a", 3).await.unwrap();
     journal.flush().await.unwrap();
     close(journal, writer).await;
 
     let (journal, writer) = open(dir.path(), &["a"]).await;
     assert_eq!(journal.cursor("a"), 3);
-    assert!(journal.read_after(0, 10).await.unwrap().is_empty(), "records every sink passed are pruned");
+    assert!(
+        journal.read_after(0, 10).await.unwrap().is_empty(),
+        "records every sink passed are pruned"
+    );
     assert_eq!(journal.append_committed(vec![record(3)]).await.unwrap(), 4);
     let read = journal.read_after(3, 10).await.unwrap();
     assert_eq!(read.len(), 1);
     assert_eq!(read[0].seq, 4);
-    assert!(String::from_utf8_lossy(&read[0].json).starts_with(r#"{"seq":4,"property":"old-town""#));
+    assert!(
+        String::from_utf8_lossy(&read[0].json).starts_with(r#"{"seq":4,"property":"old-town""#)
+    );
     close(journal, writer).await;
 }
 
@@ -62,17 +74,30 @@ async fn seqs_are_monotonic_across_restarts_and_pruning() {
 async fn records_stay_until_every_sink_has_passed_them() {
     let dir = tempfile::tempdir().unwrap();
     let (journal, writer) = open(dir.path(), &["fast", "slow"]).await;
-    journal.append_committed((0..5).map(record).collect()).await.unwrap();
+    journal
+        .append_committed((0..5).map(record).collect())
+        .await
+        .unwrap();
     journal.advance("fast", 5).await.unwrap();
     journal.advance("slow", 2).await.unwrap();
     journal.flush().await.unwrap();
     journal.flush().await.unwrap(); // pruning runs with the commit after the cursor moved
-    let left: Vec<u64> = journal.read_after(0, 10).await.unwrap().iter().map(|r| r.seq).collect();
+    let left: Vec<u64> = journal
+        .read_after(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
     assert_eq!(left, vec![3, 4, 5]);
     close(journal, writer).await;
 
     let (journal, writer) = open(dir.path(), &["fast", "new"]).await;
-    assert_eq!(journal.cursor("new"), 5, "a new sink starts after the last record");
+    assert_eq!(
+        journal.cursor("new"),
+        5,
+        "a new sink starts after the last record"
+    );
     assert_eq!(journal.cursor("slow"), 0, "a removed sink is forgotten");
     journal.flush().await.unwrap();
     assert!(journal.read_after(0, 10).await.unwrap().is_empty());
@@ -85,13 +110,37 @@ async fn a_corrupt_journal_is_one_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(FILE_NAME), vec![0x5a; 64 * 1024]).unwrap();
     let config = dir.path().join("relay.toml");
-    std::fs::write(&config, config_text("ws://127.0.0.1:9/ws/connector", dir.path(), "[[sink]]\ntype = \"stdout\"\n")).unwrap();
-    let mut daemon = Daemon::spawn(&["run", "--config", config.to_str().unwrap()], dir.path(), "relay");
+    std::fs::write(
+        &config,
+        config_text(
+            "ws://127.0.0.1:9/ws/connector",
+            dir.path(),
+            "[[sink]]\ntype = \"stdout\"\n",
+        ),
+    )
+    .unwrap();
+    let mut daemon = Daemon::spawn(
+        &["run", "--config", config.to_str().unwrap()],
+        dir.path(),
+        "relay",
+    );
     assert_eq!(daemon.wait().await, Some(74));
-    let last = daemon.stderr_text().lines().last().unwrap_or_default().to_owned();
-    assert!(last.contains(&dir.path().join(FILE_NAME).display().to_string()), "{last}");
+    let last = daemon
+        .stderr_text()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        last.contains(&dir.path().join(FILE_NAME).display().to_string()),
+        "{last}"
+    );
     assert!(last.contains("move it aside"), "{last}");
-    assert_eq!(std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len(), 64 * 1024, "left as it was");
+    assert_eq!(
+        std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len(),
+        64 * 1024,
+        "left as it was"
+    );
 }
 
 /// A second relay on the same state directory is refused instead of sharing the journal.
@@ -99,7 +148,127 @@ async fn a_corrupt_journal_is_one_clear_error() {
 async fn a_journal_in_use_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (journal, writer) = open(dir.path(), &["a"]).await;
-    let err = Journal::open(dir.path(), &["a".into()], Arc::new(Stats::default())).err().expect("second open fails");
-    assert!(err.to_string().contains("in use by another mews-relay"), "{err}");
+    let err = Journal::open(dir.path(), &["a".into()], Arc::new(Stats::default()))
+        .err()
+        .expect("second open fails");
+    assert!(
+        err.to_string().contains("in use by another mews-relay"),
+        "{err}"
+    );
     close(journal, writer).await;
+}
+
+/// Disk full (simulated with the file-size limit RLIMIT_FSIZE, hit by the journal while the
+/// only sink is stuck): the relay logs and counts what it cannot store and keeps the WebSocket
+/// reading; once there is room again (the limit is lifted), records are stored and delivered.
+#[tokio::test]
+async fn a_full_disk_is_logged_and_counted_and_writing_resumes() {
+    use std::os::unix::process::CommandExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = MockServer::start().await;
+    let config = dir.path().join("relay.toml");
+    let text = config_text(&server.url(), dir.path(), "[[sink]]\ntype = \"stdout\"\n")
+        .replace("max_message_size = \"4KiB\"", "max_message_size = \"1MiB\"");
+    std::fs::write(&config, text).unwrap();
+    let stderr_path = dir.path().join("relay.stderr");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mews-relay"));
+    command
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_path).unwrap());
+    // SAFETY: only async-signal-safe calls (setrlimit, signal) between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            // Soft limit 1 MiB; the hard limit stays unlimited so the test can lift it later.
+            let unlimited = nix::sys::resource::RLIM_INFINITY;
+            nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_FSIZE,
+                1 << 20,
+                unlimited,
+            )?;
+            // Without this, passing the limit kills the process instead of failing the write.
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGXFSZ,
+                nix::sys::signal::SigHandler::SigIgn,
+            )?;
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let pid = child.id();
+    let pipe = child.stdout.take().unwrap();
+    let stderr = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let mut conn = server.next().await;
+
+    // Nobody reads stdout yet: the pipe fills, the sink blocks, the journal grows to the limit.
+    for start in (0..40_000).step_by(500) {
+        conn.send(&commands(start, start + 500)).await; // ~2.5 MiB of records, over the limit
+    }
+    wait_until("the relay reports that it cannot write", || {
+        stderr().contains("cannot write to the journal")
+    })
+    .await;
+    let log = stderr();
+    assert!(
+        log.contains("lost_total="),
+        "lost records are counted:\n{log}"
+    );
+    assert_eq!(
+        log.matches("cannot write to the journal").count(),
+        1,
+        "reported once, not per commit:\n{log}"
+    );
+
+    // Room again: lift the limit (as an admin freeing disk space would), and read stdout.
+    let lifted = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), "--fsize=unlimited:unlimited"])
+        .status()
+        .unwrap();
+    assert!(lifted.success());
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)) {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    conn.send(&commands(9_000_000, 9_000_003)).await;
+    let mut delivered = 0;
+    while delivered < 3 {
+        let line = tokio::time::timeout(WAIT, lines.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "events sent after recovery did not reach the sink:\n{}",
+                    stderr()
+                )
+            })
+            .expect("stdout open");
+        if line.contains("\"id\":\"cmd-900000") {
+            delivered += 1;
+        }
+    }
+    assert!(
+        stderr().contains("journal writes work again"),
+        "{}",
+        stderr()
+    );
+    assert!(
+        server.try_next().is_none(),
+        "the WebSocket was never dropped"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap().code())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{}", stderr());
 }

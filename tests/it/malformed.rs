@@ -1,6 +1,5 @@
 //! Bad messages are logged, counted and kept; the connection and later events carry on.
 
-use futures_util::SinkExt;
 use mews_relay::stats::Stats;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
@@ -20,10 +19,8 @@ async fn malformed_binary_and_oversized_messages_do_not_stop_later_events() {
     conn.send(&commands(0, 1)).await;
     conn.send("this is not JSON {").await;
     conn.send(r#"{"Events":{"Type":"DeviceCommand"}}"#).await;
-    conn.ws
-        .send(Message::Binary(vec![0u8, 159, 146, 150].into()))
-        .await
-        .unwrap();
+    conn.send_message(Message::Binary(vec![0u8, 159, 146, 150].into()))
+        .await;
     let oversized = commands(100, 200); // ~6 KiB, over the test's 4 KiB max_message_size
     assert!(oversized.len() > 4096);
     conn.send(&oversized).await;

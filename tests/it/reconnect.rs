@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
@@ -40,7 +39,7 @@ async fn reconnects_after_a_clean_close() {
     let relay = Relay::start(&config_text(&server.url(), dir.path(), &file_sink(&out)));
     let mut first = server.next().await;
     first.send(&commands(0, 1)).await;
-    first.ws.close(None).await.unwrap();
+    first.close().await;
 
     let mut second = server.next().await;
     second.send(&commands(1, 2)).await;
@@ -59,6 +58,7 @@ async fn detects_a_half_open_server_and_reconnects() {
     let relay = Relay::start(&config_text(&server.url(), dir.path(), &file_sink(&out)));
     // Held but never read: pings go unanswered, like a peer behind a dead NAT entry.
     let silent = server.next().await;
+    silent.go_silent();
     let second = server.next().await;
     let took = second.at - silent.at;
     // ping_interval 300ms + pong_timeout 300ms; backoff_max 200ms; margin 600ms.
@@ -85,12 +85,12 @@ async fn a_server_that_answers_pings_stays_connected() {
     // Reading lets tungstenite answer pings; count them over a few ping intervals.
     let mut pings = 0;
     while pings < 4 {
-        match tokio::time::timeout(WAIT, conn.ws.next())
+        match tokio::time::timeout(WAIT, conn.incoming.recv())
             .await
             .expect("a ping within the wait")
         {
-            Some(Ok(Message::Ping(_))) => pings += 1,
-            Some(Ok(other)) => panic!("unexpected {other:?}"),
+            Some(Message::Ping(_)) => pings += 1,
+            Some(other) => panic!("unexpected {other:?}"),
             other => panic!("connection ended: {other:?}"),
         }
     }
@@ -117,20 +117,26 @@ async fn backoff_grows_while_sessions_die_young_and_resets_after_a_healthy_one()
     for _ in 0..7 {
         let mut conn = server.next().await;
         times.push(conn.at);
-        conn.ws.close(None).await.unwrap();
+        conn.close().await;
     }
     let span = times[6] - times[0];
     // Six delays of at least 20ms each with ceilings 20..640ms: ~690ms expected, 120ms if the
     // schedule never grew.
-    assert!(span >= Duration::from_millis(160), "reconnects too fast: {span:?} for 6 retries");
+    assert!(
+        span >= Duration::from_millis(160),
+        "reconnects too fast: {span:?} for 6 retries"
+    );
 
     // A healthy session: the server keeps it up past healthy_after, then closes.
     let mut healthy = server.next().await;
     tokio::time::sleep(Duration::from_millis(400)).await; // the server's scripted uptime
-    healthy.ws.close(None).await.unwrap();
+    healthy.close().await;
     let closed = tokio::time::Instant::now();
     let next = server.next().await;
     let gap = next.at - closed;
-    assert!(gap < Duration::from_millis(150), "backoff did not reset after a healthy session: {gap:?}");
+    assert!(
+        gap < Duration::from_millis(150),
+        "backoff did not reset after a healthy session: {gap:?}"
+    );
     relay.stop().await;
 }

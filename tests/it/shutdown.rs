@@ -2,7 +2,6 @@
 
 use std::io::Read;
 
-use futures_util::StreamExt;
 use nix::sys::signal::Signal;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -26,8 +25,11 @@ async fn sigterm_drains_committed_records_and_exits_0() {
     let mut conn = commit_all(&mut server, dir.path()).await;
 
     daemon.signal(Signal::SIGTERM);
-    match tokio::time::timeout(WAIT, conn.ws.next()).await.unwrap() {
-        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
+    match tokio::time::timeout(WAIT, conn.incoming.recv())
+        .await
+        .unwrap()
+    {
+        Some(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::Away),
         other => panic!("expected a Close frame with 1001, got {other:?}"),
     }
     let reader = tokio::task::spawn_blocking(move || {

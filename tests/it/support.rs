@@ -10,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::SinkExt;
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
 use mews_relay::app::{AppError, Control};
 use mews_relay::config::{CredentialsDir, Settings};
 use mews_relay::stats::Stats;
@@ -29,28 +30,74 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub const CLIENT_TOKEN: &str = "E0D439EE522F44368DC78E1BFB03710C-D24FB11DBE31D4621C4817E028D9E1D";
 pub const ACCESS_TOKEN: &str = "C66EF7B239D24632943D115EDE9CB810-EA00F8FD8294692C940F6B5A8F9453D";
 
-/// An accepted WebSocket connection, handed to the test to script.
+/// An accepted WebSocket connection, handed to the test to script. A background reader
+/// answers pings (like a live server) and forwards every frame the relay sends to `incoming`.
 pub struct Conn {
-    pub ws: WebSocketStream<TcpStream>,
+    tx: SplitSink<WebSocketStream<TcpStream>, Message>,
+    pub incoming: mpsc::UnboundedReceiver<Message>,
+    reader: JoinHandle<()>,
+    socket: socket2::Socket,
     pub cookie: Option<String>,
     pub at: Instant,
 }
 
 impl Conn {
+    fn new(
+        ws: WebSocketStream<TcpStream>,
+        socket: socket2::Socket,
+        cookie: Option<String>,
+    ) -> Conn {
+        let (tx, mut rx) = ws.split();
+        let (frames, incoming) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            while let Some(Ok(message)) = rx.next().await {
+                let _ = frames.send(message);
+            }
+        });
+        Conn {
+            tx,
+            incoming,
+            reader,
+            socket,
+            cookie,
+            at: Instant::now(),
+        }
+    }
+
     pub async fn send(&mut self, text: &str) {
-        self.ws
+        self.tx
             .send(Message::Text(text.into()))
             .await
             .expect("mock server send");
     }
 
+    pub async fn send_message(&mut self, message: Message) {
+        self.tx.send(message).await.expect("mock server send");
+    }
+
+    /// Sends a Close frame (a clean close).
+    pub async fn close(&mut self) {
+        let _ = self.tx.send(Message::Close(None)).await;
+    }
+
+    /// Stops reading: no more pongs, like a peer that vanished without a FIN or RST.
+    pub fn go_silent(&self) {
+        self.reader.abort();
+    }
+
     /// Ends the TCP connection with a reset (RST), no Close frame.
     pub fn reset(self) {
-        let tcp = self.ws.get_ref();
-        socket2::SockRef::from(tcp)
+        self.socket
             .set_linger(Some(Duration::ZERO))
             .expect("set linger");
+        // Dropping closes the last descriptor; with linger 0 that sends the RST.
         drop(self);
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.reader.abort();
     }
 }
 
@@ -83,12 +130,11 @@ impl MockServer {
                             .map(|v| v.to_str().unwrap_or_default().to_owned());
                         Ok::<_, ErrorResponse>(resp)
                     };
+                    let socket = socket2::SockRef::from(&tcp)
+                        .try_clone()
+                        .expect("dup socket");
                     if let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await {
-                        let _ = tx.send(Conn {
-                            ws,
-                            cookie,
-                            at: Instant::now(),
-                        });
+                        let _ = tx.send(Conn::new(ws, socket, cookie));
                     }
                 });
             }
@@ -98,6 +144,11 @@ impl MockServer {
 
     pub fn url(&self) -> String {
         format!("ws://{}/ws/connector", self.addr)
+    }
+
+    /// A connection made since the last look, if any (no waiting).
+    pub fn try_next(&mut self) -> Option<Conn> {
+        self.conns.try_recv().ok()
     }
 
     /// The next connection the relay makes.
