@@ -1,6 +1,7 @@
 //! Config: read the TOML, validate it, resolve secrets, and hand out [`Settings`] with no gaps.
 
 mod file;
+mod sinks;
 mod validate;
 
 use std::path::{Path, PathBuf};

@@ -6,11 +6,8 @@ use std::path::{Path, PathBuf};
 use http::Uri;
 use serde::de::DeserializeOwned;
 
-use super::file::{ConfigFile, FileSinkFile, FsyncFile, StdoutSinkFile};
-use super::{
-    ConfigError, Connection, Fsync, Mews, Property, Settings, Shutdown, SinkKind, SinkSettings,
-    State, defaults,
-};
+use super::file::ConfigFile;
+use super::{ConfigError, Connection, Mews, Property, Settings, Shutdown, State, defaults};
 use crate::secret::Secret;
 
 /// systemd's `$CREDENTIALS_DIRECTORY` (set by `LoadCredential=`), if any.
@@ -25,13 +22,13 @@ impl CredentialsDir {
 }
 
 /// Errors for one file.
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     origin: &'a Path,
     text: &'a str,
 }
 
 impl Ctx<'_> {
-    fn err(&self, key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    pub(super) fn err(&self, key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.origin.to_owned(),
             key: key.into(),
@@ -47,7 +44,7 @@ impl Ctx<'_> {
     }
 
     /// Deserializes with the failing key's path in the error.
-    fn deserialize<'de, T, D>(&self, de: D, prefix: &str) -> Result<T, ConfigError>
+    pub(super) fn deserialize<'de, T, D>(&self, de: D, prefix: &str) -> Result<T, ConfigError>
     where
         T: DeserializeOwned,
         D: serde::Deserializer<'de, Error = toml::de::Error>,
@@ -140,7 +137,7 @@ pub(super) fn parse(
             .map_or(defaults::GRACE_PERIOD, |d| d.0),
     };
     let names: HashSet<&str> = properties.iter().map(|p| p.name.as_str()).collect();
-    let sinks = sinks(&ctx, raw.sinks, &names)?;
+    let sinks = super::sinks::validate(&ctx, raw.sinks, &names)?;
     Ok(Settings {
         origin: origin.to_owned(),
         mews,
@@ -258,7 +255,7 @@ fn properties(
 }
 
 /// Names end up in records, file names and credential names: keep them plain.
-fn check_name(ctx: &Ctx<'_>, key: &str, name: &str) -> Result<(), ConfigError> {
+pub(super) fn check_name(ctx: &Ctx<'_>, key: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -414,123 +411,4 @@ fn read_ca_file(
         ));
     }
     Ok(certs)
-}
-
-fn sinks(
-    ctx: &Ctx<'_>,
-    raw: Vec<toml::Table>,
-    properties: &HashSet<&str>,
-) -> Result<Vec<SinkSettings>, ConfigError> {
-    if raw.is_empty() {
-        return Err(ctx.err(
-            "sink",
-            r#"no [[sink]] is configured; add one, e.g. [[sink]] type = "stdout""#,
-        ));
-    }
-    let mut out: Vec<SinkSettings> = Vec::with_capacity(raw.len());
-    for (i, mut table) in raw.into_iter().enumerate() {
-        let prefix = format!("sink[{i}]");
-        let kind = match table.remove("type") {
-            Some(toml::Value::String(kind)) => kind,
-            Some(_) => {
-                return Err(ctx.err(
-                    format!("{prefix}.type"),
-                    r#"must be a string: "stdout" or "file""#,
-                ));
-            }
-            None => {
-                return Err(ctx.err(
-                    format!("{prefix}.type"),
-                    r#"missing; set type = "stdout" or type = "file""#,
-                ));
-            }
-        };
-        let value = toml::Value::Table(table);
-        let (name, kind, events, props) = match kind.as_str() {
-            "stdout" => {
-                let s: StdoutSinkFile = ctx.deserialize(value, &prefix)?;
-                if let Some(name) = &s.name {
-                    check_name(ctx, &format!("{prefix}.name"), name)?;
-                }
-                let name = s.name.unwrap_or_else(|| "stdout".into());
-                (name, SinkKind::Stdout, s.events, s.properties)
-            }
-            "file" => {
-                let s: FileSinkFile = ctx.deserialize(value, &prefix)?;
-                file_sink(ctx, &prefix, s)?
-            }
-            other => {
-                return Err(ctx.err(
-                    format!("{prefix}.type"),
-                    format!(r#"unknown sink type "{other}"; use "stdout" or "file""#),
-                ));
-            }
-        };
-        if out.iter().any(|s| s.name == name) {
-            return Err(ctx.err(
-                format!("{prefix}.name"),
-                format!(r#"two sinks are named "{name}"; set name = "…" to tell them apart (it keys the sink's position in the journal)"#),
-            ));
-        }
-        let events = events.unwrap_or_default();
-        if let Some(bad) = events.iter().position(String::is_empty) {
-            return Err(ctx.err(
-                format!("{prefix}.events[{bad}]"),
-                "is empty; write an event Type like \"DeviceCommand\"",
-            ));
-        }
-        let props = props.unwrap_or_default();
-        if let Some(unknown) = props.iter().find(|p| !properties.contains(p.as_str())) {
-            return Err(ctx.err(
-                format!("{prefix}.properties"),
-                format!(r#"names "{unknown}", which is no [[property]]; use one of the configured property names"#),
-            ));
-        }
-        out.push(SinkSettings {
-            name,
-            kind,
-            events,
-            properties: props,
-        });
-    }
-    Ok(out)
-}
-
-type SinkParts = (String, SinkKind, Option<Vec<String>>, Option<Vec<String>>);
-
-fn file_sink(ctx: &Ctx<'_>, prefix: &str, s: FileSinkFile) -> Result<SinkParts, ConfigError> {
-    if s.path.as_os_str().is_empty() {
-        return Err(ctx.err(
-            format!("{prefix}.path"),
-            "is empty; set the file to append to",
-        ));
-    }
-    if let Some(name) = &s.name {
-        check_name(ctx, &format!("{prefix}.name"), name)?;
-    }
-    let fsync = match s.fsync.unwrap_or(FsyncFile::Interval) {
-        FsyncFile::Always => Fsync::Always,
-        FsyncFile::Interval => Fsync::Interval,
-        FsyncFile::Never => Fsync::Never,
-    };
-    let fsync_interval = s.fsync_interval.map_or(defaults::FSYNC_INTERVAL, |d| d.0);
-    if fsync_interval.is_zero() {
-        return Err(ctx.err(
-            format!("{prefix}.fsync_interval"),
-            "must be longer than zero; for a sync after every write use fsync = \"always\"",
-        ));
-    }
-    let name = s
-        .name
-        .unwrap_or_else(|| format!("file:{}", s.path.display()));
-    Ok((
-        name,
-        SinkKind::File {
-            path: s.path,
-            fsync,
-            fsync_interval,
-        },
-        s.events,
-        s.properties,
-    ))
 }

@@ -93,23 +93,59 @@ async fn the_stdout_sink_prints_json_lines_and_logs_stay_on_stderr() {
 /// SIGHUP's reopen: after logrotate moves the file away, new records go to a new file.
 #[tokio::test]
 async fn file_sinks_reopen_their_file_after_rotation() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = MockServer::start().await;
-    let out = dir.path().join("out.jsonl");
-    let relay = Relay::start(&config_text(&server.url(), dir.path(), &file_sink(&out)));
-    let mut conn = server.next().await;
+    let mut h = Harness::start().await;
+    let mut conn = h.server.next().await;
     conn.send(&commands(0, 1)).await;
-    wait_for_lines(&out, 1).await;
-    let rotated = dir.path().join("out.jsonl.1");
-    std::fs::rename(&out, &rotated).unwrap();
-    relay.reopen.send_modify(|n| *n += 1);
-    wait_until("the sink reopened its file", || out.exists()).await;
+    wait_for_lines(&h.out, 1).await;
+    let rotated = h.dir.path().join("out.jsonl.1");
+    std::fs::rename(&h.out, &rotated).unwrap();
+    h.relay.reopen.send_modify(|n| *n += 1);
+    wait_until("the sink reopened its file", || h.out.exists()).await;
     conn.send(&commands(1, 2)).await;
-    let lines = wait_for_lines(&out, 1).await;
+    let lines = wait_for_lines(&h.out, 1).await;
     assert_eq!(lines[0]["id"], "cmd-1");
     assert_eq!(
         std::fs::read_to_string(&rotated).unwrap().lines().count(),
         1
     );
-    relay.stop().await;
+    h.relay.stop().await;
+}
+
+/// Each `[[property]]` gets its own connection with its own token; records carry the property
+/// name, and a sink filtered by property gets only that property's records.
+#[tokio::test]
+async fn each_property_has_its_own_connection_and_sinks_can_filter_by_property() {
+    const AIRPORT_TOKEN: &str = "CC150C355D6A4048A220AD20015483AB-B6D09C0C84B09538077CB8FFBB907B4";
+    let airport_only = std::cell::RefCell::new(std::path::PathBuf::new());
+    let mut h = Harness::start_with(|config| {
+        let dir = config.lines().find_map(|l| l.strip_prefix("dir = \"")).unwrap().trim_end_matches('"').to_owned();
+        let path = std::path::Path::new(&dir).join("airport.jsonl");
+        *airport_only.borrow_mut() = path.clone();
+        config.replace(
+            "[connection]",
+            &format!("[[property]]\nname = \"airport\"\naccess_token = \"{AIRPORT_TOKEN}\"\n\n[connection]"),
+        ) + &format!("\n[[sink]]\ntype = \"file\"\nname = \"airport-only\"\npath = \"{}\"\nproperties = [\"airport\"]\n", path.display())
+    })
+    .await;
+    let airport_only = airport_only.into_inner();
+    let mut first = h.server.next().await;
+    let mut second = h.server.next().await;
+    if !second.cookie.as_deref().unwrap().contains(AIRPORT_TOKEN) {
+        std::mem::swap(&mut first, &mut second);
+    }
+    let (mut old_town, mut airport) = (first, second);
+    assert!(old_town.cookie.as_deref().unwrap().contains(ACCESS_TOKEN));
+    assert!(airport.cookie.as_deref().unwrap().contains(AIRPORT_TOKEN));
+    old_town.send(&commands(0, 1)).await;
+    wait_for_lines(&h.out, 1).await;
+    airport.send(&commands(1, 2)).await;
+    let all = wait_for_lines(&h.out, 2).await;
+    assert_eq!(
+        (all[0]["property"].as_str(), all[1]["property"].as_str()),
+        (Some("old-town"), Some("airport"))
+    );
+    let filtered = wait_for_lines(&airport_only, 1).await;
+    assert_eq!(filtered.len(), 1);
+    assert_eq!(filtered[0]["id"], "cmd-1");
+    h.relay.stop().await;
 }

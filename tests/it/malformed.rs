@@ -10,11 +10,8 @@ use crate::support::*;
 /// events around them are delivered on the same connection.
 #[tokio::test]
 async fn malformed_binary_and_oversized_messages_do_not_stop_later_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = MockServer::start().await;
-    let out = dir.path().join("out.jsonl");
-    let relay = Relay::start(&config_text(&server.url(), dir.path(), &file_sink(&out)));
-    let mut conn = server.next().await;
+    let mut h = Harness::start().await;
+    let mut conn = h.server.next().await;
 
     conn.send(&commands(0, 1)).await;
     conn.send("this is not JSON {").await;
@@ -26,11 +23,11 @@ async fn malformed_binary_and_oversized_messages_do_not_stop_later_events() {
     conn.send(&oversized).await;
     conn.send(&commands(1, 2)).await;
 
-    let lines = wait_for_lines(&out, 2).await;
+    let lines = wait_for_lines(&h.out, 2).await;
     let ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
     assert_eq!(ids, vec!["cmd-0", "cmd-1"]);
 
-    let rejected = wait_for_lines(&dir.path().join("rejected.jsonl"), 4).await;
+    let rejected = wait_for_lines(&h.dir.path().join("rejected.jsonl"), 4).await;
     let reasons: Vec<&str> = rejected
         .iter()
         .map(|l| l["reason"].as_str().unwrap())
@@ -48,11 +45,11 @@ async fn malformed_binary_and_oversized_messages_do_not_stop_later_events() {
     );
     assert!(rejected.iter().all(|r| r["property"] == "old-town"));
 
-    assert_eq!(Stats::get(&relay.stats.messages_rejected), 4);
+    assert_eq!(Stats::get(&h.relay.stats.messages_rejected), 4);
     assert_eq!(
-        Stats::get(&relay.stats.connections),
+        Stats::get(&h.relay.stats.connections),
         1,
         "the connection carried on"
     );
-    relay.stop().await;
+    h.relay.stop().await;
 }

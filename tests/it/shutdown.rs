@@ -64,3 +64,27 @@ async fn the_grace_period_bounds_a_drain_that_cannot_finish() {
         daemon.stderr_text()
     );
 }
+
+/// A second SIGTERM during a drain exits at once.
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = MockServer::start().await;
+    let config = relay_config(dir.path(), &server.url(), "1h");
+    let mut daemon = Daemon::spawn_piped(
+        &["run", "--config", config.to_str().unwrap()],
+        dir.path(),
+        "relay",
+    );
+    let _pipe = daemon.child.stdout.take().unwrap(); // never read: the drain cannot finish
+    let _conn = commit_all(&mut server, dir.path()).await;
+    daemon.signal(Signal::SIGTERM);
+    wait_until("the first signal is logged", || {
+        daemon
+            .stderr_text()
+            .contains("send it again to exit at once")
+    })
+    .await;
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.wait().await, Some(130));
+}

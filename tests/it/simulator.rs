@@ -77,3 +77,33 @@ async fn the_relay_receives_all_four_event_types_from_the_simulator() {
     relay.stop().await;
     stop.cancel();
 }
+
+/// The README's first command: `demo` prints records as JSON lines on stdout and stops cleanly.
+#[tokio::test]
+async fn the_demo_command_prints_records_on_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::spawn(
+        &[
+            "demo",
+            "--duration",
+            "2s",
+            "--rate",
+            "50",
+            "--events-per-message",
+            "5",
+        ],
+        dir.path(),
+        "demo",
+    );
+    assert_eq!(daemon.wait().await, Some(0), "{}", daemon.stderr_text());
+    let stdout = daemon.stdout_text();
+    let records: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert!(records.len() >= 20, "{stdout}");
+    for (i, record) in records.iter().enumerate() {
+        assert_eq!(record["seq"], i as u64 + 1);
+        assert_eq!(record["property"], "demo-hotel");
+    }
+}

@@ -101,6 +101,13 @@ impl Drop for Conn {
     }
 }
 
+/// The upgrade request's Cookie header.
+fn cookie_of(req: &Request) -> Option<String> {
+    req.headers()
+        .get("cookie")
+        .map(|v| v.to_str().unwrap_or_default().to_owned())
+}
+
 /// A mock Mews WebSocket server; each accepted connection arrives on `conns`.
 pub struct MockServer {
     pub addr: SocketAddr,
@@ -124,10 +131,7 @@ impl MockServer {
                 tokio::spawn(async move {
                     let mut cookie = None;
                     let callback = |req: &Request, resp: Response| {
-                        cookie = req
-                            .headers()
-                            .get("cookie")
-                            .map(|v| v.to_str().unwrap_or_default().to_owned());
+                        cookie = cookie_of(req);
                         Ok::<_, ErrorResponse>(resp)
                     };
                     let socket = socket2::SockRef::from(&tcp)
@@ -176,13 +180,9 @@ impl RejectingServer {
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let callback = |req: &Request, _resp: Response| {
-                        let cookie = req
-                            .headers()
-                            .get("cookie")
-                            .map(|v| v.to_str().unwrap_or_default().to_owned());
                         let _ = tx.send(Attempt {
                             at: Instant::now(),
-                            cookie,
+                            cookie: cookie_of(req),
                         });
                         let mut resp = ErrorResponse::new(Some("unauthorized".into()));
                         *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
@@ -246,6 +246,38 @@ pub fn file_sink(path: &Path) -> String {
         "[[sink]]\ntype = \"file\"\npath = \"{}\"\nfsync = \"always\"\n",
         path.display()
     )
+}
+
+/// A mock server, a temporary state dir, and the relay in-process with one file sink at `out`.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub server: MockServer,
+    pub out: PathBuf,
+    pub relay: Relay,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Self::start_with(|config| config).await
+    }
+
+    /// `edit` may change the config text (timings, extra sinks) before the relay starts.
+    pub async fn start_with(edit: impl FnOnce(String) -> String) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let server = MockServer::start().await;
+        let out = dir.path().join("out.jsonl");
+        let relay = Relay::start(&edit(config_text(
+            &server.url(),
+            dir.path(),
+            &file_sink(&out),
+        )));
+        Harness {
+            dir,
+            server,
+            out,
+            relay,
+        }
+    }
 }
 
 /// The relay running in this process.
