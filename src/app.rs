@@ -67,7 +67,12 @@ pub async fn run_with_stats(
 ) -> Result<(), AppError> {
     let tls = tls::client_config(&settings.connection.extra_roots)?;
     let sink_names: Vec<String> = settings.sinks.iter().map(|s| s.name.clone()).collect();
-    let (journal, writer) = Journal::open(&settings.state.dir, &sink_names, Arc::clone(&stats))?;
+    let (journal, writer) = Journal::open(
+        &settings.state.dir,
+        &sink_names,
+        settings.state.max_bytes,
+        Arc::clone(&stats),
+    )?;
     let writer = tokio::spawn(writer.run());
     let rejects = Arc::new(Rejects::new(&settings.state.dir));
 

@@ -63,6 +63,7 @@ pub(crate) struct ConnectionFile {
 #[serde(deny_unknown_fields)]
 pub(crate) struct StateFile {
     pub dir: Option<PathBuf>,
+    pub max_bytes: Option<ByteSize>,
 }
 
 /// `[shutdown]`

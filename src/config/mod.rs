@@ -36,6 +36,8 @@ pub mod defaults {
     pub const MAX_MESSAGE_SIZE: u64 = 1 << 20;
     /// `[state] dir`
     pub const STATE_DIR: &str = "/var/lib/mews-relay";
+    /// `[state] max_bytes`
+    pub const STATE_MAX_BYTES: u64 = 1 << 30;
     /// `[shutdown] grace_period`
     pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
     /// `[[sink]] fsync_interval` for file sinks
@@ -134,8 +136,10 @@ pub struct Connection {
 /// `[state]`
 #[derive(Debug, Clone, Serialize)]
 pub struct State {
-    /// Journal, rejected messages and marks live here.
+    /// Journal, rejected messages and dead letters live here.
     pub dir: PathBuf,
+    /// Past this many bytes of journaled records, the oldest undelivered ones are dead-lettered.
+    pub max_bytes: u64,
 }
 
 /// `[shutdown]`

@@ -126,7 +126,17 @@ pub(super) fn parse(
             .state
             .dir
             .unwrap_or_else(|| PathBuf::from(defaults::STATE_DIR)),
+        max_bytes: raw
+            .state
+            .max_bytes
+            .map_or(defaults::STATE_MAX_BYTES, |b| b.0),
     };
+    if state.max_bytes < 1 << 20 {
+        return Err(ctx.err(
+            "state.max_bytes",
+            "is below 1MiB; give the journal room for an outage, e.g. \"1GiB\"",
+        ));
+    }
     if state.dir.as_os_str().is_empty() {
         return Err(ctx.err("state.dir", "is empty; set a directory for the journal"));
     }

@@ -5,6 +5,7 @@
 //! seq. Sinks only ever see committed records.
 
 mod store;
+mod value;
 mod writer;
 
 use std::collections::HashMap;
@@ -16,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::record::Record;
 use crate::stats::Stats;
 
-pub use store::StoredRecord;
+pub use value::{Entry, Replay, StoredRecord, record_key};
 pub use writer::JournalWriter;
 
 use store::Store;
@@ -59,14 +60,18 @@ pub struct Journal {
     ops: mpsc::Sender<Op>,
     committed: watch::Receiver<u64>,
     cursors: Arc<HashMap<String, u64>>,
+    shed: Arc<HashMap<String, watch::Receiver<u64>>>,
+    journal_id: u64,
 }
 
 impl Journal {
     /// Opens (or creates) `<dir>/journal.redb` for these sinks. Sinks new to the journal start
-    /// after its last record; cursors of sinks no longer configured are dropped.
+    /// after its last record; cursors of sinks no longer configured are dropped. Past
+    /// `max_bytes`, the sinks holding the journal back are told to shed their oldest records.
     pub fn open(
         dir: &Path,
         sinks: &[String],
+        max_bytes: u64,
         stats: Arc<Stats>,
     ) -> Result<(Journal, JournalWriter), JournalError> {
         std::fs::create_dir_all(dir).map_err(|err| JournalError::Open {
@@ -75,24 +80,34 @@ impl Journal {
                 "cannot create the state directory: {err}; check state.dir and its permissions"
             ),
         })?;
-        let (store, last_seq, cursors) = Store::open(&dir.join(FILE_NAME), sinks)?;
+        let (store, opened) = Store::open(&dir.join(FILE_NAME), sinks)?;
         let store = Arc::new(store);
         let (ops_tx, ops_rx) = mpsc::channel(writer::QUEUE);
-        let (committed_tx, committed_rx) = watch::channel(last_seq);
-        let writer = JournalWriter::new(
-            Arc::clone(&store),
-            ops_rx,
-            committed_tx,
-            last_seq,
-            cursors.clone(),
-            stats,
-        );
+        let (committed_tx, committed_rx) = watch::channel(opened.last_seq);
+        let (shed_tx, shed_rx): (HashMap<_, _>, HashMap<_, _>) = sinks
+            .iter()
+            .map(|name| {
+                let (tx, rx) = watch::channel(0);
+                ((name.clone(), tx), (name.clone(), rx))
+            })
+            .unzip();
         let journal = Journal {
-            store,
+            store: Arc::clone(&store),
             ops: ops_tx,
             committed: committed_rx,
-            cursors: Arc::new(cursors),
+            cursors: Arc::new(opened.cursors.clone()),
+            shed: Arc::new(shed_rx),
+            journal_id: opened.journal_id,
         };
+        let writer = JournalWriter::new(writer::Setup {
+            store,
+            ops: ops_rx,
+            committed: committed_tx,
+            opened,
+            max_bytes,
+            shed: shed_tx,
+            stats,
+        });
         Ok((journal, writer))
     }
 
@@ -101,17 +116,18 @@ impl Journal {
         if records.is_empty() {
             return Ok(());
         }
+        let entries = records.into_iter().map(Entry::Record).collect();
         self.ops
-            .send(Op::Append(records, None))
+            .send(Op::Append(entries, None))
             .await
             .map_err(|_| JournalError::Closed)
     }
 
     /// Appends and waits for the durable commit; returns the last seq given.
-    pub async fn append_committed(&self, records: Vec<Record>) -> Result<u64, JournalError> {
+    pub async fn append_committed(&self, entries: Vec<Entry>) -> Result<u64, JournalError> {
         let (tx, rx) = oneshot::channel();
         self.ops
-            .send(Op::Append(records, Some(tx)))
+            .send(Op::Append(entries, Some(tx)))
             .await
             .map_err(|_| JournalError::Closed)?;
         rx.await.map_err(|_| JournalError::Closed)?
@@ -155,6 +171,20 @@ impl Journal {
         tokio::task::spawn_blocking(move || store.read_after(after, max))
             .await
             .map_err(|_| JournalError::Closed)?
+    }
+
+    /// Raised by the writer when the journal is over `max_bytes`: the sink should dead-letter
+    /// its records up to this seq and move on.
+    pub fn shed_signal(&self, sink: &str) -> watch::Receiver<u64> {
+        match self.shed.get(sink) {
+            Some(rx) => rx.clone(),
+            None => watch::channel(0).1,
+        }
+    }
+
+    /// This journal's random id, part of every record key.
+    pub fn journal_id(&self) -> u64 {
+        self.journal_id
     }
 
     /// The journal file.

@@ -7,32 +7,30 @@ use std::sync::{Arc, RwLock};
 use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::JournalError;
-use crate::record::Record;
+use super::value::{self, Entry, StoredRecord};
 
-/// seq -> encoded record (see [`encode_value`]).
+/// seq -> encoded entry (see [`value::encode`]).
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 /// sink name -> last seq the sink has passed.
 const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
-/// `last_seq` -> the last seq ever given (survives pruning).
+/// `last_seq`: the last seq ever given (survives pruning); `stored_bytes`: the size of all
+/// entries; `journal_id`: random, set once, part of every record key.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const LAST_SEQ: &str = "last_seq";
+const STORED_BYTES: &str = "stored_bytes";
+const JOURNAL_ID: &str = "journal_id";
 
-/// A committed record as a sink reads it.
-#[derive(Debug, Clone)]
-pub struct StoredRecord {
-    /// Its position in the journal.
-    pub seq: u64,
-    /// The property it belongs to (for filters).
-    pub property: String,
-    /// The event `Type` (for filters).
-    pub kind: Option<String>,
-    /// The record's JSON line, without the newline.
-    pub json: Vec<u8>,
+/// What the journal knew when it was opened.
+pub(super) struct Opened {
+    pub last_seq: u64,
+    pub stored_bytes: u64,
+    pub journal_id: u64,
+    pub cursors: HashMap<String, u64>,
 }
 
 /// What one transaction does.
 pub(super) struct Commit {
-    pub records: Vec<Record>,
+    pub entries: Vec<Entry>,
     pub cursors: Vec<(String, u64)>,
     pub prune_to: Option<u64>,
     pub durable: bool,
@@ -41,6 +39,7 @@ pub(super) struct Commit {
 /// The database, replaceable after an I/O error poisoned it.
 pub(super) struct Store {
     path: PathBuf,
+    journal_id: u64,
     db: RwLock<Option<Arc<Database>>>,
 }
 
@@ -67,20 +66,29 @@ fn open_db(path: &Path) -> Result<Database, JournalError> {
 
 impl Store {
     /// Opens the file, registers the sinks, and returns the last seq and every sink's cursor.
-    pub fn open(
-        path: &Path,
-        sinks: &[String],
-    ) -> Result<(Store, u64, HashMap<String, u64>), JournalError> {
+    pub fn open(path: &Path, sinks: &[String]) -> Result<(Store, Opened), JournalError> {
         let db = open_db(path)?;
         let txn = db.begin_write().map_err(|e| storage(path, e))?;
-        let (last_seq, cursors) = {
+        let opened = {
             let _records = txn.open_table(RECORDS).map_err(|e| storage(path, e))?;
-            let meta = txn.open_table(META).map_err(|e| storage(path, e))?;
+            let mut meta = txn.open_table(META).map_err(|e| storage(path, e))?;
+            let get = |meta: &redb::Table<&str, u64>, key| -> Result<Option<u64>, JournalError> {
+                Ok(meta
+                    .get(key)
+                    .map_err(|e| storage(path, e))?
+                    .map(|v| v.value()))
+            };
+            let journal_id = match get(&meta, JOURNAL_ID)? {
+                Some(id) => id,
+                None => {
+                    let id = fastrand::u64(..);
+                    meta.insert(JOURNAL_ID, id).map_err(|e| storage(path, e))?;
+                    id
+                }
+            };
+            let stored_bytes = get(&meta, STORED_BYTES)?.unwrap_or(0);
             let mut table = txn.open_table(CURSORS).map_err(|e| storage(path, e))?;
-            let last_seq = meta
-                .get(LAST_SEQ)
-                .map_err(|e| storage(path, e))?
-                .map_or(0, |v| v.value());
+            let last_seq = get(&meta, LAST_SEQ)?.unwrap_or(0);
             let mut stored = HashMap::new();
             for entry in table.iter().map_err(|e| storage(path, e))? {
                 let (name, seq) = entry.map_err(|e| storage(path, e))?;
@@ -104,14 +112,20 @@ impl Store {
                 tracing::info!(sink = %name, at_seq = seq, "dropping the position of a sink that is no longer configured");
                 table.remove(name.as_str()).map_err(|e| storage(path, e))?;
             }
-            (last_seq, cursors)
+            Opened {
+                last_seq,
+                stored_bytes,
+                journal_id,
+                cursors,
+            }
         };
         txn.commit().map_err(|e| storage(path, e))?;
         let store = Store {
             path: path.to_owned(),
+            journal_id: opened.journal_id,
             db: RwLock::new(Some(Arc::new(db))),
         };
-        Ok((store, last_seq, cursors))
+        Ok((store, opened))
     }
 
     pub fn path(&self) -> &Path {
@@ -143,13 +157,14 @@ impl Store {
             .take(max)
         {
             let (seq, value) = entry.map_err(|e| storage(&self.path, e))?;
-            out.push(decode_value(seq.value(), value.value()));
+            out.push(value::decode(self.journal_id, seq.value(), value.value()));
         }
         Ok(out)
     }
 
-    /// Runs one transaction: records get seqs after `last_seq`. Returns the new last seq.
-    pub fn commit(&self, last_seq: u64, commit: &Commit) -> Result<u64, JournalError> {
+    /// Runs one transaction: entries get seqs after `at.0`; `at.1` is the stored size before.
+    /// Returns the new last seq and stored size.
+    pub fn commit(&self, at: (u64, u64), commit: &Commit) -> Result<(u64, u64), JournalError> {
         let db = match self.db() {
             Ok(db) => db,
             // An earlier reopen failed (e.g. still no space): try again now.
@@ -164,39 +179,63 @@ impl Store {
             txn.set_durability(Durability::None)
                 .map_err(|e| err(e.into()))?;
         }
-        let mut seq = last_seq;
+        let (mut seq, mut bytes) = at;
         {
-            if !commit.records.is_empty() {
-                let mut table = txn.open_table(RECORDS).map_err(|e| err(e.into()))?;
-                let mut buf = Vec::with_capacity(512);
-                for record in &commit.records {
-                    seq += 1;
-                    buf.clear();
-                    encode_value(seq, record, &mut buf);
-                    table
-                        .insert(seq, buf.as_slice())
-                        .map_err(|e| err(e.into()))?;
-                }
-                let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
-                meta.insert(LAST_SEQ, seq).map_err(|e| err(e.into()))?;
-            }
-            if !commit.cursors.is_empty() {
-                let mut table = txn.open_table(CURSORS).map_err(|e| err(e.into()))?;
-                for (name, at) in &commit.cursors {
-                    table
-                        .insert(name.as_str(), *at)
-                        .map_err(|e| err(e.into()))?;
-                }
+            let mut table = txn.open_table(RECORDS).map_err(|e| err(e.into()))?;
+            let mut buf = Vec::with_capacity(512);
+            for entry in &commit.entries {
+                seq += 1;
+                buf.clear();
+                value::encode(seq, entry, &mut buf);
+                bytes += buf.len() as u64;
+                table
+                    .insert(seq, buf.as_slice())
+                    .map_err(|e| err(e.into()))?;
             }
             if let Some(to) = commit.prune_to {
-                let mut table = txn.open_table(RECORDS).map_err(|e| err(e.into()))?;
-                table
-                    .retain_in(..=to, |_, _| false)
+                for entry in table
+                    .extract_from_if(..=to, |_, _| true)
+                    .map_err(|e| err(e.into()))?
+                {
+                    let (_, value) = entry.map_err(|e| err(e.into()))?;
+                    bytes = bytes.saturating_sub(value.value().len() as u64);
+                }
+            }
+            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            meta.insert(LAST_SEQ, seq).map_err(|e| err(e.into()))?;
+            meta.insert(STORED_BYTES, bytes)
+                .map_err(|e| err(e.into()))?;
+            let mut cursors = txn.open_table(CURSORS).map_err(|e| err(e.into()))?;
+            for (name, at) in &commit.cursors {
+                cursors
+                    .insert(name.as_str(), *at)
                     .map_err(|e| err(e.into()))?;
             }
         }
         txn.commit().map_err(|e| err(e.into()))?;
-        Ok(seq)
+        Ok((seq, bytes))
+    }
+
+    /// The seq up to which the oldest entries after `after` add up to at least `bytes`.
+    pub fn seq_covering(&self, after: u64, bytes: u64) -> Result<u64, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| storage(&self.path, e))?;
+        let table = txn
+            .open_table(RECORDS)
+            .map_err(|e| storage(&self.path, e))?;
+        let (mut sum, mut last) = (0u64, after);
+        for entry in table
+            .range(after.saturating_add(1)..)
+            .map_err(|e| storage(&self.path, e))?
+        {
+            let (seq, value) = entry.map_err(|e| storage(&self.path, e))?;
+            sum += value.value().len() as u64;
+            last = seq.value();
+            if sum >= bytes {
+                break;
+            }
+        }
+        Ok(last)
     }
 
     /// After an I/O error redb refuses further writes until the file is opened again.
@@ -217,74 +256,5 @@ impl Store {
         let db = open_db(&self.path)?;
         *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
         Ok(())
-    }
-}
-
-/// Value layout: `u16 len | property | u16 len (0xFFFF = none) | type | JSON line`.
-fn encode_value(seq: u64, record: &Record, out: &mut Vec<u8>) {
-    let property = record.property.as_bytes();
-    let property = &property[..property.len().min(u16::MAX as usize - 1)];
-    out.extend_from_slice(&(property.len() as u16).to_le_bytes());
-    out.extend_from_slice(property);
-    match record.kind.as_deref().map(str::as_bytes) {
-        Some(kind) if kind.len() < u16::MAX as usize => {
-            out.extend_from_slice(&(kind.len() as u16).to_le_bytes());
-            out.extend_from_slice(kind);
-        }
-        _ => out.extend_from_slice(&u16::MAX.to_le_bytes()),
-    }
-    record.encode(seq, out);
-}
-
-fn decode_value(seq: u64, value: &[u8]) -> StoredRecord {
-    // Written only by encode_value; a short value yields empty fields rather than a panic.
-    let take = |at: usize| -> (Option<&[u8]>, usize) {
-        let Some(len) = value.get(at..at + 2) else {
-            return (None, value.len());
-        };
-        let len = u16::from_le_bytes([len[0], len[1]]);
-        if len == u16::MAX {
-            return (None, at + 2);
-        }
-        let end = (at + 2 + len as usize).min(value.len());
-        (value.get(at + 2..end), end)
-    };
-    let (property, at) = take(0);
-    let (kind, at) = take(at);
-    let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
-    StoredRecord {
-        seq,
-        property: text(property).unwrap_or_default(),
-        kind: text(kind),
-        json: value.get(at..).unwrap_or_default().to_vec(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::record::Origin;
-    use serde_json::value::RawValue;
-
-    #[test]
-    fn values_round_trip_with_and_without_a_type() {
-        for kind in [Some("DeviceCommand".to_owned()), None] {
-            let record = Record {
-                property: "old-town".into(),
-                origin: Origin::Websocket,
-                received_at: "t".into(),
-                kind: kind.clone(),
-                id: None,
-                state: None,
-                event: RawValue::from_string("{}".into()).unwrap(),
-                command: None,
-            };
-            let mut buf = Vec::new();
-            encode_value(3, &record, &mut buf);
-            let stored = decode_value(3, &buf);
-            assert_eq!(stored.property, "old-town");
-            assert_eq!(stored.kind, kind);
-            assert!(stored.json.starts_with(br#"{"seq":3,"#));
-        }
     }
 }

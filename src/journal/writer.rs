@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::JournalError;
-use super::store::{Commit, Store};
-use crate::record::Record;
+use super::store::{Commit, Opened, Store};
+use super::value::Entry;
 use crate::stats::Stats;
 
 /// Queue depth: how many appends may wait while a commit runs before producers wait too.
@@ -23,7 +23,7 @@ type Waiter = oneshot::Sender<Result<u64, JournalError>>;
 
 /// A request to the writer.
 pub(super) enum Op {
-    Append(Vec<Record>, Option<Waiter>),
+    Append(Vec<Entry>, Option<Waiter>),
     Cursor(String, u64),
     Flush(oneshot::Sender<()>),
 }
@@ -35,10 +35,25 @@ pub struct JournalWriter {
     ops: mpsc::Receiver<Op>,
     committed: watch::Sender<u64>,
     last_seq: u64,
+    stored_bytes: u64,
+    max_bytes: u64,
     cursors: HashMap<String, u64>,
     pruned_to: u64,
+    shed: HashMap<String, watch::Sender<u64>>,
+    shed_to: u64,
     stats: Arc<Stats>,
     outage: Option<Outage>,
+}
+
+/// What [`JournalWriter::new`] needs.
+pub(super) struct Setup {
+    pub store: Arc<Store>,
+    pub ops: mpsc::Receiver<Op>,
+    pub committed: watch::Sender<u64>,
+    pub opened: Opened,
+    pub max_bytes: u64,
+    pub shed: HashMap<String, watch::Sender<u64>>,
+    pub stats: Arc<Stats>,
 }
 
 /// A run of failed commits, reported once at its start, then every [`REPORT_EVERY`].
@@ -52,7 +67,7 @@ const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Batch {
-    records: Vec<Record>,
+    records: Vec<Entry>,
     waiters: Vec<(Waiter, usize)>,
     cursors: HashMap<String, u64>,
     flushes: Vec<oneshot::Sender<()>>,
@@ -77,22 +92,19 @@ impl Batch {
 }
 
 impl JournalWriter {
-    pub(super) fn new(
-        store: Arc<Store>,
-        ops: mpsc::Receiver<Op>,
-        committed: watch::Sender<u64>,
-        last_seq: u64,
-        cursors: HashMap<String, u64>,
-        stats: Arc<Stats>,
-    ) -> Self {
+    pub(super) fn new(setup: Setup) -> Self {
         JournalWriter {
-            store,
-            ops,
-            committed,
-            last_seq,
-            cursors,
+            store: setup.store,
+            ops: setup.ops,
+            committed: setup.committed,
+            last_seq: setup.opened.last_seq,
+            stored_bytes: setup.opened.stored_bytes,
+            max_bytes: setup.max_bytes,
+            cursors: setup.opened.cursors,
             pruned_to: 0,
-            stats,
+            shed: setup.shed,
+            shed_to: 0,
+            stats: setup.stats,
             outage: None,
         }
     }
@@ -132,6 +144,47 @@ impl JournalWriter {
         tracing::debug!(last_seq = self.last_seq, "journal writer stopped");
     }
 
+    /// Over `max_bytes`: the sinks holding the journal back dead-letter their oldest records
+    /// until it is back under 90 % of the limit.
+    async fn shed_oldest(&mut self) {
+        let min = self
+            .cursors
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(self.last_seq);
+        let excess = self.stored_bytes - self.max_bytes / 10 * 9;
+        let store = Arc::clone(&self.store);
+        let target =
+            match tokio::task::spawn_blocking(move || store.seq_covering(min, excess)).await {
+                Ok(Ok(seq)) => seq,
+                Ok(Err(err)) => return tracing::warn!(error = %err, "cannot size the journal"),
+                Err(err) => return tracing::warn!(error = %err, "sizing the journal panicked"),
+            };
+        if target <= self.shed_to {
+            return; // already under way
+        }
+        self.shed_to = target;
+        let lagging: Vec<&str> = self
+            .cursors
+            .iter()
+            .filter(|(_, at)| **at < target)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        tracing::error!(
+            stored_bytes = self.stored_bytes,
+            max_bytes = self.max_bytes,
+            up_to_seq = target,
+            sinks = ?lagging,
+            "the journal is over state.max_bytes: the oldest records these sinks have not delivered go to their dead-letter files"
+        );
+        for name in lagging {
+            if let Some(tx) = self.shed.get(name) {
+                tx.send_replace(target);
+            }
+        }
+    }
+
     fn prune_target(&self) -> Option<u64> {
         let min = self
             .cursors
@@ -156,15 +209,15 @@ impl JournalWriter {
         }
         let count = records.len() as u64;
         let commit = Commit {
-            records,
+            entries: records,
             cursors: cursors.into_iter().collect(),
             prune_to: self.prune_target(),
             durable,
         };
         let store = Arc::clone(&self.store);
-        let last_seq = self.last_seq;
+        let at = (self.last_seq, self.stored_bytes);
         let result = tokio::task::spawn_blocking(move || {
-            let result = store.commit(last_seq, &commit);
+            let result = store.commit(at, &commit);
             (result, commit)
         })
         .await;
@@ -176,7 +229,8 @@ impl JournalWriter {
             }
         };
         match result {
-            Ok(seq) => {
+            Ok((seq, bytes)) => {
+                self.stored_bytes = bytes;
                 if let Some(outage) = self.outage.take() {
                     tracing::warn!(
                         path = %self.store.path().display(),
@@ -195,6 +249,9 @@ impl JournalWriter {
                 let first = seq - count;
                 for (waiter, upto) in waiters {
                     let _ = waiter.send(Ok(first + upto as u64));
+                }
+                if self.stored_bytes > self.max_bytes {
+                    self.shed_oldest().await;
                 }
             }
             Err(err) => {

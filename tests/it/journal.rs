@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use mews_relay::journal::{FILE_NAME, Journal};
+use mews_relay::journal::{Entry, FILE_NAME, Journal};
 use mews_relay::record::{Origin, Record};
 use mews_relay::stats::Stats;
 use serde_json::value::RawValue;
@@ -27,7 +27,8 @@ fn record(id: usize) -> Record {
 
 async fn open(dir: &Path, sinks: &[&str]) -> (Journal, tokio::task::JoinHandle<()>) {
     let names: Vec<String> = sinks.iter().map(|s| s.to_string()).collect();
-    let (journal, writer) = Journal::open(dir, &names, Arc::new(Stats::default())).unwrap();
+    let (journal, writer) =
+        Journal::open(dir, &names, 1 << 30, Arc::new(Stats::default())).unwrap();
     (journal, tokio::spawn(writer.run()))
 }
 
@@ -43,7 +44,7 @@ async fn seqs_are_monotonic_across_restarts_and_pruning() {
     let (journal, writer) = open(dir.path(), &["a"]).await;
     assert_eq!(
         journal
-            .append_committed((0..3).map(record).collect())
+            .append_committed((0..3).map(record).map(Entry::Record).collect())
             .await
             .unwrap(),
         3
@@ -58,7 +59,13 @@ async fn seqs_are_monotonic_across_restarts_and_pruning() {
         journal.read_after(0, 10).await.unwrap().is_empty(),
         "records every sink passed are pruned"
     );
-    assert_eq!(journal.append_committed(vec![record(3)]).await.unwrap(), 4);
+    assert_eq!(
+        journal
+            .append_committed(vec![Entry::Record(record(3))])
+            .await
+            .unwrap(),
+        4
+    );
     let read = journal.read_after(3, 10).await.unwrap();
     assert_eq!(read.len(), 1);
     assert_eq!(read[0].seq, 4);
@@ -75,7 +82,7 @@ async fn records_stay_until_every_sink_has_passed_them() {
     let dir = tempfile::tempdir().unwrap();
     let (journal, writer) = open(dir.path(), &["fast", "slow"]).await;
     journal
-        .append_committed((0..5).map(record).collect())
+        .append_committed((0..5).map(record).map(Entry::Record).collect())
         .await
         .unwrap();
     journal.advance("fast", 5).await.unwrap();
@@ -148,9 +155,14 @@ async fn a_corrupt_journal_is_one_clear_error() {
 async fn a_journal_in_use_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (journal, writer) = open(dir.path(), &["a"]).await;
-    let err = Journal::open(dir.path(), &["a".into()], Arc::new(Stats::default()))
-        .err()
-        .expect("second open fails");
+    let err = Journal::open(
+        dir.path(),
+        &["a".into()],
+        1 << 30,
+        Arc::new(Stats::default()),
+    )
+    .err()
+    .expect("second open fails");
     assert!(
         err.to_string().contains("in use by another mews-relay"),
         "{err}"

@@ -1,0 +1,161 @@
+//! What a journal entry holds on disk, and the record a sink reads back.
+
+use crate::record::Record;
+
+/// A committed record as a sink reads it.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    /// Its position in the journal.
+    pub seq: u64,
+    /// The property it belongs to (for filters).
+    pub property: String,
+    /// The event `Type` (for filters).
+    pub kind: Option<String>,
+    /// Stable id for receivers to drop redeliveries (`Idempotency-Key`): the same on every
+    /// retry, after a restart, and after a dead-letter replay.
+    pub key: String,
+    /// Set for a replayed dead letter: only this sink delivers it.
+    pub only_sink: Option<String>,
+    /// The record's JSON line, without the newline.
+    pub json: Vec<u8>,
+}
+
+/// A dead letter put back into the journal for one sink, exactly as it was first journaled.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    /// The only sink that delivers it.
+    pub sink: String,
+    /// Its original key.
+    pub key: String,
+    /// Its property.
+    pub property: String,
+    /// Its event type.
+    pub kind: Option<String>,
+    /// Its original JSON line (with its original `seq`).
+    pub json: Vec<u8>,
+}
+
+/// What is appended: a new record, or a replayed dead letter.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    /// A record from a source; it gets the next seq and a key derived from it.
+    Record(Record),
+    /// A dead letter for one sink.
+    Replay(Replay),
+}
+
+/// The key of the record journaled at `seq` in the journal `journal_id`.
+pub fn record_key(journal_id: u64, seq: u64) -> String {
+    format!("{journal_id:016x}-{seq}")
+}
+
+/// Layout: four length-prefixed strings (`u16`, `0xFFFF` = none) — property, type, key (none =
+/// derived from the seq), only-sink — then the JSON line.
+pub(super) fn encode(seq: u64, entry: &Entry, out: &mut Vec<u8>) {
+    match entry {
+        Entry::Record(record) => {
+            put(out, Some(&record.property));
+            put(out, record.kind.as_deref());
+            put(out, None);
+            put(out, None);
+            record.encode(seq, out);
+        }
+        Entry::Replay(replay) => {
+            put(out, Some(&replay.property));
+            put(out, replay.kind.as_deref());
+            put(out, Some(&replay.key));
+            put(out, Some(&replay.sink));
+            out.extend_from_slice(&replay.json);
+        }
+    }
+}
+
+fn put(out: &mut Vec<u8>, field: Option<&str>) {
+    match field.map(str::as_bytes) {
+        Some(bytes) if bytes.len() < u16::MAX as usize => {
+            out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        _ => out.extend_from_slice(&u16::MAX.to_le_bytes()),
+    }
+}
+
+/// Reads an entry back; a damaged value yields empty fields rather than a panic.
+pub(super) fn decode(journal_id: u64, seq: u64, value: &[u8]) -> StoredRecord {
+    let mut at = 0;
+    let mut take = || -> Option<String> {
+        let len = value.get(at..at + 2)?;
+        let len = u16::from_le_bytes([len[0], len[1]]);
+        at += 2;
+        if len == u16::MAX {
+            return None;
+        }
+        let end = (at + len as usize).min(value.len());
+        let text = String::from_utf8_lossy(value.get(at..end)?).into_owned();
+        at = end;
+        Some(text)
+    };
+    let property = take().unwrap_or_default();
+    let kind = take();
+    let key = take().unwrap_or_else(|| record_key(journal_id, seq));
+    let only_sink = take();
+    StoredRecord {
+        seq,
+        property,
+        kind,
+        key,
+        only_sink,
+        json: value.get(at..).unwrap_or_default().to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Origin;
+    use serde_json::value::RawValue;
+
+    #[test]
+    fn records_and_replays_round_trip() {
+        for kind in [Some("DeviceCommand".to_owned()), None] {
+            let record = Record {
+                property: "old-town".into(),
+                origin: Origin::Websocket,
+                received_at: "t".into(),
+                kind: kind.clone(),
+                id: None,
+                state: None,
+                event: RawValue::from_string("{}".into()).unwrap(),
+                command: None,
+            };
+            let mut buf = Vec::new();
+            encode(3, &Entry::Record(record), &mut buf);
+            let stored = decode(0xab, 3, &buf);
+            assert_eq!(stored.property, "old-town");
+            assert_eq!(stored.kind, kind);
+            assert_eq!(stored.key, "00000000000000ab-3");
+            assert_eq!(stored.only_sink, None);
+            assert!(stored.json.starts_with(br#"{"seq":3,"#));
+        }
+        let replay = Replay {
+            sink: "hooks".into(),
+            key: "00000000000000ab-3".into(),
+            property: "p".into(),
+            kind: None,
+            json: br#"{"seq":3}"#.to_vec(),
+        };
+        let mut buf = Vec::new();
+        encode(9, &Entry::Replay(replay), &mut buf);
+        let stored = decode(0xab, 9, &buf);
+        assert_eq!((stored.seq, stored.key.as_str()), (9, "00000000000000ab-3"));
+        assert_eq!(stored.only_sink.as_deref(), Some("hooks"));
+        assert_eq!(stored.json, br#"{"seq":3}"#);
+    }
+
+    #[test]
+    fn a_damaged_value_does_not_panic() {
+        let stored = decode(1, 1, &[5, 0, b'a']);
+        assert_eq!(stored.property, "a");
+        assert!(stored.json.is_empty());
+    }
+}
