@@ -11,8 +11,9 @@ use crate::config::Settings;
 use crate::journal::{Journal, JournalError};
 use crate::rejects::Rejects;
 use crate::sink::{self, BuildError, SinkControl};
-use crate::source::{Source, tls};
+use crate::source::Source;
 use crate::stats::Stats;
+use crate::tls;
 
 /// How the outside (signals, a test) steers a running relay.
 #[derive(Clone)]
@@ -65,7 +66,7 @@ pub async fn run_with_stats(
     control: Control,
     stats: Arc<Stats>,
 ) -> Result<(), AppError> {
-    let tls = tls::client_config(&settings.connection.extra_roots)?;
+    let tls = tls::client_config(&settings.connection.extra_roots, None)?;
     let sink_names: Vec<String> = settings.sinks.iter().map(|s| s.name.clone()).collect();
     let (journal, writer) = Journal::open(
         &settings.state.dir,
@@ -80,7 +81,7 @@ pub async fn run_with_stats(
     let abort = CancellationToken::new();
     let mut sinks = JoinSet::new();
     for sink_settings in &settings.sinks {
-        let sink = match sink_settings.build().await {
+        let sink = match sink_settings.build(&settings.state.dir).await {
             Ok(sink) => sink,
             Err(err) => {
                 abort.cancel();
@@ -92,6 +93,7 @@ pub async fn run_with_stats(
             drain: drain.clone(),
             abort: abort.clone(),
             reopen: control.reopen.clone(),
+            state_dir: settings.state.dir.clone(),
         };
         sinks.spawn(sink::drive(
             sink_settings.clone(),

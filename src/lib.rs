@@ -29,6 +29,7 @@ pub mod simulator;
 pub mod sink;
 pub mod source;
 pub mod stats;
+pub mod tls;
 
 pub use app::{Control, run};
 pub use config::{ConfigError, Settings};

@@ -94,6 +94,27 @@ pub(crate) struct FileSinkFile {
     pub properties: Option<Vec<String>>,
 }
 
+/// `[[sink]] type = "http"`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HttpSinkFile {
+    pub name: Option<String>,
+    pub url: String,
+    pub method: Option<String>,
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    pub headers_file: Option<PathBuf>,
+    pub timeout: Option<Dur>,
+    pub batch_max: Option<u64>,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub retry_min: Option<Dur>,
+    pub retry_max: Option<Dur>,
+    pub give_up_after: Option<Dur>,
+    pub events: Option<Vec<String>>,
+    pub properties: Option<Vec<String>>,
+}
+
 /// `fsync = "always" | "interval" | "never"`
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "lowercase")]

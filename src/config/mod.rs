@@ -4,6 +4,7 @@ mod file;
 mod sinks;
 mod validate;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 
 use crate::secret::Secret;
+use crate::tls::ClientAuth;
 
 pub use validate::CredentialsDir;
 
@@ -42,6 +44,14 @@ pub mod defaults {
     pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
     /// `[[sink]] fsync_interval` for file sinks
     pub const FSYNC_INTERVAL: Duration = Duration::from_secs(1);
+    /// `[[sink]] timeout` for HTTP sinks
+    pub const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+    /// `[[sink]] retry_min` for HTTP sinks
+    pub const HTTP_RETRY_MIN: Duration = Duration::from_secs(1);
+    /// `[[sink]] retry_max` for HTTP sinks
+    pub const HTTP_RETRY_MAX: Duration = Duration::from_secs(60);
+    /// `[[sink]] give_up_after` for HTTP sinks
+    pub const HTTP_GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
 }
 
 /// A config that failed to load: one line naming the file, the key and the fix.
@@ -182,6 +192,50 @@ pub enum SinkKind {
         #[serde(with = "human")]
         fsync_interval: Duration,
     },
+    /// Records POSTed to an HTTP endpoint, retried until delivered or dead-lettered.
+    Http(Box<HttpSettings>),
+}
+
+/// `[[sink]] type = "http"`
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpSettings {
+    /// The endpoint (`check` shows it without user info and query, which may hold secrets).
+    #[serde(serialize_with = "redacted_url")]
+    pub url: String,
+    /// `POST`, `PUT` or `PATCH`.
+    pub method: String,
+    /// Extra request headers; values are secrets (they often hold bearer tokens).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, Secret>,
+    /// Limit for one request, connect to last byte.
+    #[serde(with = "human")]
+    pub timeout: Duration,
+    /// 1: the body is one record; more: a JSON array of up to this many.
+    pub batch_max: usize,
+    /// First retry delay.
+    #[serde(with = "human")]
+    pub retry_min: Duration,
+    /// Largest retry delay.
+    #[serde(with = "human")]
+    pub retry_max: Duration,
+    /// A record still failing after this long is dead-lettered.
+    #[serde(with = "human")]
+    pub give_up_after: Duration,
+    /// Extra CA certificates (PEM) for the endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// Its key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    /// Certificates read from `ca_file`.
+    #[serde(skip)]
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// Read from `client_cert` and `client_key`.
+    #[serde(skip)]
+    pub client_auth: Option<ClientAuth>,
 }
 
 /// When a file sink calls fsync.
@@ -224,11 +278,54 @@ impl Settings {
     }
 }
 
+/// A URL with any user info and query replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, _)) => (base, "?***"),
+        None => (url, ""),
+    };
+    match base.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('/') {
+            Some((authority, path)) if authority.contains('@') => {
+                format!(
+                    "{scheme}://***@{}/{path}{query}",
+                    authority.rsplit('@').next().unwrap_or_default()
+                )
+            }
+            None if rest.contains('@') => format!(
+                "{scheme}://***@{}{query}",
+                rest.rsplit('@').next().unwrap_or_default()
+            ),
+            _ => format!("{base}{query}"),
+        },
+        None => format!("{base}{query}"),
+    }
+}
+
+fn redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url))
+}
+
 /// Durations written back the way they are read: `"20s"`.
 mod human {
     use std::time::Duration;
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn urls_lose_user_info_and_query() {
+        assert_eq!(redact_url("https://h.example/x"), "https://h.example/x");
+        assert_eq!(
+            redact_url("https://u:p@h.example/x?token=1"),
+            "https://***@h.example/x?***"
+        );
+        assert_eq!(redact_url("http://u:p@h.example"), "http://***@h.example");
     }
 }

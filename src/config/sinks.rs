@@ -2,9 +2,15 @@
 
 use std::collections::HashSet;
 
-use super::file::{FileSinkFile, FsyncFile, StdoutSinkFile};
-use super::validate::{Ctx, check_name};
-use super::{ConfigError, Fsync, SinkKind, SinkSettings, defaults};
+use std::collections::BTreeMap;
+
+use http::Uri;
+
+use super::file::{FileSinkFile, FsyncFile, HttpSinkFile, StdoutSinkFile};
+use super::validate::{Ctx, check_name, is_cookie_safe, read_certs, read_key, read_secret};
+use super::{ConfigError, Fsync, HttpSettings, SinkKind, SinkSettings, defaults};
+use crate::secret::Secret;
+use crate::tls::ClientAuth;
 
 /// Validates the `[[sink]]` tables; `properties` are the configured property names.
 pub(super) fn validate(
@@ -26,13 +32,13 @@ pub(super) fn validate(
             Some(_) => {
                 return Err(ctx.err(
                     format!("{prefix}.type"),
-                    r#"must be a string: "stdout" or "file""#,
+                    r#"must be a string: "stdout", "file" or "http""#,
                 ));
             }
             None => {
                 return Err(ctx.err(
                     format!("{prefix}.type"),
-                    r#"missing; set type = "stdout" or type = "file""#,
+                    r#"missing; set type = "stdout", "file" or "http""#,
                 ));
             }
         };
@@ -50,10 +56,14 @@ pub(super) fn validate(
                 let s: FileSinkFile = ctx.deserialize(value, &prefix)?;
                 file_sink(ctx, &prefix, s)?
             }
+            "http" => {
+                let s: HttpSinkFile = ctx.deserialize(value, &prefix)?;
+                http_sink(ctx, &prefix, s)?
+            }
             other => {
                 return Err(ctx.err(
                     format!("{prefix}.type"),
-                    format!(r#"unknown sink type "{other}"; use "stdout" or "file""#),
+                    format!(r#"unknown sink type "{other}"; use "stdout", "file" or "http""#),
                 ));
             }
         };
@@ -121,6 +131,160 @@ fn file_sink(ctx: &Ctx<'_>, prefix: &str, s: FileSinkFile) -> Result<SinkParts, 
             fsync,
             fsync_interval,
         },
+        s.events,
+        s.properties,
+    ))
+}
+
+fn http_sink(ctx: &Ctx<'_>, prefix: &str, s: HttpSinkFile) -> Result<SinkParts, ConfigError> {
+    let key = |k: &str| format!("{prefix}.{k}");
+    if let Some(name) = &s.name {
+        check_name(ctx, &key("name"), name)?;
+    }
+    let uri: Uri = s.url.parse().map_err(|err| {
+        ctx.err(
+            key("url"),
+            format!(r#"is not a URL ({err}); write it like "https://keys.example.com/mews""#),
+        )
+    })?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
+        return Err(ctx.err(key("url"), r#"must be an http:// or https:// URL with a host, like "https://keys.example.com/mews""#));
+    }
+    let method = s
+        .method
+        .unwrap_or_else(|| "POST".into())
+        .to_ascii_uppercase();
+    if !matches!(method.as_str(), "POST" | "PUT" | "PATCH") {
+        return Err(ctx.err(
+            key("method"),
+            format!(r#""{method}" cannot carry a body; use "POST", "PUT" or "PATCH""#),
+        ));
+    }
+    let mut headers = BTreeMap::new();
+    for (name, value) in s.headers.unwrap_or_default() {
+        headers.insert(name, Secret::new(value));
+    }
+    if let Some(path) = &s.headers_file {
+        let text = read_secret(ctx, &key("headers_file"), path)?;
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        {
+            let Some((name, value)) = line.split_once(':') else {
+                return Err(ctx.err(
+                    key("headers_file"),
+                    format!(
+                        "line {} of {} is not \"Name: value\"; write one header per line",
+                        n + 1,
+                        path.display()
+                    ),
+                ));
+            };
+            headers.insert(name.trim().to_owned(), Secret::new(value.trim()));
+        }
+    }
+    for (name, value) in &headers {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(ctx.err(
+                key("headers"),
+                format!(r#""{name}" is not a valid header name"#),
+            ));
+        }
+        if value
+            .expose()
+            .chars()
+            .any(|c| !(is_cookie_safe(c) || c == ' ' || c == ',' || c == ';' || c == '"'))
+        {
+            return Err(ctx.err(
+                key("headers"),
+                format!(r#"the value of "{name}" holds characters a header cannot carry"#),
+            ));
+        }
+        if matches!(
+            name.to_ascii_lowercase().as_str(),
+            "idempotency-key" | "content-type" | "content-length" | "host"
+        ) {
+            return Err(ctx.err(
+                key("headers"),
+                format!(r#""{name}" is set by mews-relay; remove it"#),
+            ));
+        }
+    }
+    let pick = |v: Option<super::file::Dur>, d| v.map_or(d, |v| v.0);
+    let timeout = pick(s.timeout, defaults::HTTP_TIMEOUT);
+    let retry_min = pick(s.retry_min, defaults::HTTP_RETRY_MIN);
+    let retry_max = pick(s.retry_max, defaults::HTTP_RETRY_MAX);
+    let give_up_after = pick(s.give_up_after, defaults::HTTP_GIVE_UP_AFTER);
+    for (k, v) in [
+        ("timeout", timeout),
+        ("retry_min", retry_min),
+        ("retry_max", retry_max),
+        ("give_up_after", give_up_after),
+    ] {
+        if v.is_zero() {
+            return Err(ctx.err(key(k), "must be longer than zero"));
+        }
+    }
+    if retry_min > retry_max {
+        return Err(ctx.err(
+            key("retry_min"),
+            "is larger than retry_max; make retry_min <= retry_max",
+        ));
+    }
+    let batch_max = s.batch_max.unwrap_or(1);
+    if !(1..=10_000).contains(&batch_max) {
+        return Err(ctx.err(
+            key("batch_max"),
+            "must be between 1 (one record per request) and 10000",
+        ));
+    }
+    let extra_roots = match &s.ca_file {
+        Some(path) => read_certs(ctx, &key("ca_file"), path)?,
+        None => Vec::new(),
+    };
+    let client_auth = match (&s.client_cert, &s.client_key) {
+        (Some(cert), Some(k)) => Some(ClientAuth {
+            certs: read_certs(ctx, &key("client_cert"), cert)?,
+            key: read_key(ctx, &key("client_key"), k)?,
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ctx.err(key("client_key"), "missing; client_cert needs its key"));
+        }
+        (None, Some(_)) => {
+            return Err(ctx.err(
+                key("client_cert"),
+                "missing; client_key needs its certificate",
+            ));
+        }
+    };
+    // The default name leaves out user info and query, which may hold secrets.
+    let name = s.name.unwrap_or_else(|| {
+        format!(
+            "http:{}{}",
+            uri.authority()
+                .map_or("", |a| a.as_str().rsplit('@').next().unwrap_or_default()),
+            uri.path()
+        )
+    });
+    Ok((
+        name,
+        SinkKind::Http(Box::new(HttpSettings {
+            url: s.url,
+            method,
+            headers,
+            timeout,
+            batch_max: batch_max as usize,
+            retry_min,
+            retry_max,
+            give_up_after,
+            ca_file: s.ca_file,
+            client_cert: s.client_cert,
+            client_key: s.client_key,
+            extra_roots,
+            client_auth,
+        })),
         s.events,
         s.properties,
     ))

@@ -335,11 +335,11 @@ fn secret(
 }
 
 /// Characters allowed in a cookie value (RFC 6265 `cookie-octet`).
-fn is_cookie_safe(c: char) -> bool {
+pub(super) fn is_cookie_safe(c: char) -> bool {
     c.is_ascii_graphic() && !matches!(c, '"' | ',' | ';' | '\\')
 }
 
-fn read_secret(ctx: &Ctx<'_>, key: &str, path: &Path) -> Result<String, ConfigError> {
+pub(super) fn read_secret(ctx: &Ctx<'_>, key: &str, path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path)
         .map(|text| text.trim().to_owned())
         .map_err(|err| {
@@ -394,14 +394,16 @@ fn connection(ctx: &Ctx<'_>, raw: super::file::ConnectionFile) -> Result<Connect
         ));
     }
     let extra_roots = match &c.ca_file {
-        Some(path) => read_ca_file(ctx, path)?,
+        Some(path) => read_certs(ctx, "connection.ca_file", path)?,
         None => Vec::new(),
     };
     Ok(Connection { extra_roots, ..c })
 }
 
-fn read_ca_file(
+/// Reads PEM certificates (a CA bundle or a client chain) for `key`.
+pub(super) fn read_certs(
     ctx: &Ctx<'_>,
+    key: &str,
     path: &Path,
 ) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, ConfigError> {
     use rustls_pki_types::CertificateDer;
@@ -410,15 +412,31 @@ fn read_ca_file(
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
         .map_err(|err| {
             ctx.err(
-                "connection.ca_file",
-                format!("cannot read PEM certificates from {}: {err}; point it at a PEM file of CA certificates", path.display()),
+                key,
+                format!("cannot read PEM certificates from {}: {err}; point it at a PEM file of certificates", path.display()),
             )
         })?;
     if certs.is_empty() {
         return Err(ctx.err(
-            "connection.ca_file",
-            format!("{} holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\"); point it at a PEM file of CA certificates", path.display()),
+            key,
+            format!("{} holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\"); point it at a PEM file of certificates", path.display()),
         ));
     }
     Ok(certs)
+}
+
+/// Reads a PEM private key for `key`.
+pub(super) fn read_key(
+    ctx: &Ctx<'_>,
+    key: &str,
+    path: &Path,
+) -> Result<rustls_pki_types::PrivateKeyDer<'static>, ConfigError> {
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject;
+    PrivateKeyDer::from_pem_file(path).map_err(|err| {
+        ctx.err(
+            key,
+            format!("cannot read a PEM private key from {}: {err}; point it at the key of the client certificate", path.display()),
+        )
+    })
 }

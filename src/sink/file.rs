@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use super::Sink;
 use super::stdout::join_lines;
 use crate::config::Fsync;
+use crate::journal::StoredRecord;
 
 /// Appends to `path`; a failed write is cut back so the file never holds half a line.
 pub struct FileSink {
@@ -20,6 +21,8 @@ pub struct FileSink {
     file: Option<File>,
     /// Length of the file after the last complete write.
     len: u64,
+    /// A write started and did not finish (its future was dropped): cut back before the next.
+    dirty: bool,
     unsynced_since: Option<Instant>,
     buf: Vec<u8>,
 }
@@ -33,6 +36,7 @@ impl FileSink {
             interval,
             file: None,
             len: 0,
+            dirty: false,
             unsynced_since: None,
             buf: Vec::with_capacity(64 * 1024),
         };
@@ -47,13 +51,15 @@ impl FileSink {
                     .await
                     .map_err(|e| with_path(e, "cannot create the directory of", &self.path))?;
             }
-            let file = OpenOptions::new()
+            let mut file = OpenOptions::new()
                 .create(true)
+                .read(true)
                 .append(true)
                 .open(&self.path)
                 .await
                 .map_err(|e| with_path(e, "cannot open", &self.path))?;
-            self.len = file.metadata().await?.len();
+            self.len = whole_lines(&mut file, &self.path).await?;
+            self.dirty = false;
             self.file = Some(file);
         }
         self.file
@@ -70,16 +76,45 @@ impl FileSink {
     }
 }
 
+/// The file's length without an incomplete last line (left by a crash mid-write), which is cut.
+async fn whole_lines(file: &mut File, path: &Path) -> io::Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let len = file.metadata().await?.len();
+    if len == 0 {
+        return Ok(0);
+    }
+    let start = len.saturating_sub(64 * 1024);
+    file.seek(std::io::SeekFrom::Start(start)).await?;
+    let mut tail = Vec::with_capacity((len - start) as usize);
+    file.read_to_end(&mut tail).await?;
+    if tail.last() == Some(&b'\n') {
+        return Ok(len);
+    }
+    let keep = match tail.iter().rposition(|b| *b == b'\n') {
+        Some(at) => start + at as u64 + 1,
+        None if start == 0 => 0,
+        None => return Ok(len), // a line longer than 64 KiB: leave it
+    };
+    tracing::warn!(file = %path.display(), bytes = len - keep, "cutting an incomplete last line left by an interrupted write");
+    file.set_len(keep).await?;
+    Ok(keep)
+}
+
 fn with_path(err: io::Error, what: &str, path: &Path) -> io::Error {
     io::Error::new(err.kind(), format!("{what} {}: {err}", path.display()))
 }
 
 impl Sink for FileSink {
-    async fn write(&mut self, lines: &[&[u8]]) -> io::Result<()> {
+    async fn write(&mut self, records: &[&StoredRecord]) -> io::Result<()> {
         let mut buf = std::mem::take(&mut self.buf);
-        join_lines(lines, &mut buf);
+        join_lines(records, &mut buf);
+        let len = self.len;
+        let dirty = std::mem::replace(&mut self.dirty, true);
         let result = async {
             let file = self.ensure_open().await?;
+            if dirty {
+                file.set_len(len).await?;
+            }
             file.write_all(&buf).await?;
             file.flush().await
         }
@@ -94,6 +129,7 @@ impl Sink for FileSink {
             return Err(with_path(err, "cannot write to", &self.path));
         }
         self.len += written;
+        self.dirty = false;
         match self.fsync {
             Fsync::Always => self.sync().await?,
             Fsync::Interval => {
@@ -128,6 +164,7 @@ impl Sink for FileSink {
 
 #[cfg(test)]
 mod tests {
+    use super::super::stdout::test_record;
     use super::*;
 
     #[tokio::test]
@@ -137,10 +174,10 @@ mod tests {
         let mut sink = FileSink::open(&path, Fsync::Always, Duration::from_secs(1))
             .await
             .unwrap();
-        sink.write(&[b"{\"seq\":1}"]).await.unwrap();
+        sink.write(&[&test_record("{\"seq\":1}")]).await.unwrap();
         std::fs::rename(&path, dir.path().join("events.jsonl.1")).unwrap();
         sink.reopen().await.unwrap();
-        sink.write(&[b"{\"seq\":2}"]).await.unwrap();
+        sink.write(&[&test_record("{\"seq\":2}")]).await.unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"seq\":2}\n");
         assert_eq!(
             std::fs::read_to_string(dir.path().join("events.jsonl.1")).unwrap(),
@@ -159,9 +196,30 @@ mod tests {
         .await
         .unwrap();
         assert!(sink.due().is_none());
-        sink.write(&[b"{}"]).await.unwrap();
+        sink.write(&[&test_record("{}")]).await.unwrap();
         assert!(sink.due().is_some());
         sink.on_due().await.unwrap();
         assert!(sink.due().is_none());
+    }
+}
+
+#[cfg(test)]
+mod repair_tests {
+    use super::super::stdout::test_record;
+    use super::*;
+
+    #[tokio::test]
+    async fn an_incomplete_last_line_is_cut_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.jsonl");
+        std::fs::write(&path, "{\"seq\":1}\n{\"seq\":2,\"ev").unwrap();
+        let mut sink = FileSink::open(&path, Fsync::Never, Duration::from_secs(1))
+            .await
+            .unwrap();
+        sink.write(&[&test_record("{\"seq\":2}")]).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"seq\":1}\n{\"seq\":2}\n"
+        );
     }
 }

@@ -5,6 +5,7 @@ use std::io;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::Sink;
+use crate::journal::StoredRecord;
 
 /// Writes each record as one line to `W`, flushing after every batch.
 pub struct WriterSink<W> {
@@ -27,24 +28,37 @@ impl<W: AsyncWrite + Unpin + Send> WriterSink<W> {
     }
 }
 
-/// Joins lines into `buf`, each followed by `\n`.
-pub(super) fn join_lines(lines: &[&[u8]], buf: &mut Vec<u8>) {
+/// Joins the records' JSON into `buf`, each followed by `\n`.
+pub(super) fn join_lines(records: &[&StoredRecord], buf: &mut Vec<u8>) {
     buf.clear();
-    for line in lines {
-        buf.extend_from_slice(line);
+    for record in records {
+        buf.extend_from_slice(&record.json);
         buf.push(b'\n');
     }
 }
 
 impl<W: AsyncWrite + Unpin + Send> Sink for WriterSink<W> {
-    async fn write(&mut self, lines: &[&[u8]]) -> io::Result<()> {
-        join_lines(lines, &mut self.buf);
+    async fn write(&mut self, records: &[&StoredRecord]) -> io::Result<()> {
+        join_lines(records, &mut self.buf);
         self.writer.write_all(&self.buf).await?;
         self.writer.flush().await
     }
 
     async fn close(&mut self) -> io::Result<()> {
         self.writer.flush().await
+    }
+}
+
+/// A stored record holding `json`, for tests.
+#[cfg(test)]
+pub(super) fn test_record(json: &str) -> StoredRecord {
+    StoredRecord {
+        seq: 1,
+        property: "p".into(),
+        kind: None,
+        key: "k".into(),
+        only_sink: None,
+        json: json.as_bytes().to_vec(),
     }
 }
 
@@ -55,10 +69,13 @@ mod tests {
     #[tokio::test]
     async fn writes_one_line_per_record() {
         let mut sink = WriterSink::new(Vec::new());
-        sink.write(&[br#"{"seq":1}"#, br#"{"seq":2}"#])
-            .await
-            .unwrap();
-        sink.write(&[br#"{"seq":3}"#]).await.unwrap();
+        let (a, b, c) = (
+            test_record(r#"{"seq":1}"#),
+            test_record(r#"{"seq":2}"#),
+            test_record(r#"{"seq":3}"#),
+        );
+        sink.write(&[&a, &b]).await.unwrap();
+        sink.write(&[&c]).await.unwrap();
         assert_eq!(
             sink.into_inner(),
             b"{\"seq\":1}\n{\"seq\":2}\n{\"seq\":3}\n"

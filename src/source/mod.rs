@@ -1,7 +1,6 @@
 //! One WebSocket per property, reconnected forever with backoff; records go to the journal only.
 
 mod session;
-pub mod tls;
 
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;

@@ -1,0 +1,154 @@
+//! Dead letters: records a sink gave up on, kept in `<state.dir>/dead-letter/<sink>.jsonl` with
+//! the reason, so they can be looked at and replayed (`mews-relay dead-letters replay`).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::journal::StoredRecord;
+use crate::record::format_time;
+
+/// Folder of dead-letter files inside `state.dir`.
+pub const DIR: &str = "dead-letter";
+
+/// The dead-letter file of sink `name` (characters unsafe in a file name become `_`).
+pub fn path_for(state_dir: &Path, name: &str) -> PathBuf {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    state_dir.join(DIR).join(format!("{safe}.jsonl"))
+}
+
+/// Why records were dead-lettered.
+pub struct Reason<'a> {
+    /// One line for people.
+    pub text: &'a str,
+    /// The HTTP status, when there was a response.
+    pub status: Option<u16>,
+    /// The start of the response body.
+    pub response: Option<&'a str>,
+}
+
+/// One line of a dead-letter file.
+#[derive(Serialize, Deserialize)]
+pub struct Line<'a> {
+    /// When it was given up on.
+    pub dead_lettered_at: String,
+    /// The sink.
+    pub sink: String,
+    /// Why.
+    pub reason: String,
+    /// HTTP status, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status: Option<u16>,
+    /// Start of the response body, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub response: Option<String>,
+    /// The record's stable key (`Idempotency-Key`).
+    pub key: String,
+    /// The record as the sink would have delivered it.
+    #[serde(borrow)]
+    pub record: &'a RawValue,
+}
+
+/// Appends dead letters for one sink; the file is created on first use.
+pub struct DeadLetters {
+    sink: String,
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl DeadLetters {
+    /// Dead letters of `sink` under `state_dir`.
+    pub fn new(state_dir: &Path, sink: &str) -> Self {
+        DeadLetters {
+            sink: sink.to_owned(),
+            path: path_for(state_dir, sink),
+            file: None,
+        }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends the records with the reason, and syncs the file.
+    pub fn write(&mut self, records: &[&StoredRecord], reason: &Reason<'_>) -> io::Result<()> {
+        let mut buf = Vec::new();
+        let now = format_time(SystemTime::now());
+        for record in records {
+            let raw = std::str::from_utf8(&record.json)
+                .ok()
+                .and_then(|text| serde_json::from_str::<&RawValue>(text).ok());
+            let fallback;
+            let raw = match raw {
+                Some(raw) => raw,
+                None => {
+                    fallback =
+                        serde_json::value::to_raw_value(&String::from_utf8_lossy(&record.json))?;
+                    &fallback
+                }
+            };
+            let line = Line {
+                dead_lettered_at: now.clone(),
+                sink: self.sink.clone(),
+                reason: reason.text.to_owned(),
+                status: reason.status,
+                response: reason.response.map(str::to_owned),
+                key: record.key.clone(),
+                record: raw,
+            };
+            serde_json::to_writer(&mut buf, &line)?;
+            buf.push(b'\n');
+        }
+        if self.file.is_none() {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            self.file = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            );
+        }
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("dead-letter file not open"))?;
+        let result = file.write_all(&buf).and_then(|()| file.sync_data());
+        if result.is_err() {
+            self.file = None;
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sink_names_become_safe_file_names() {
+        let path = path_for(
+            Path::new("/var/lib/mews-relay"),
+            "http:keys.example:8443/mews hooks",
+        );
+        assert_eq!(
+            path,
+            Path::new("/var/lib/mews-relay/dead-letter/http_keys.example_8443_mews_hooks.jsonl")
+        );
+    }
+}

@@ -1,0 +1,255 @@
+//! The loop every sink runs: wait for committed records, read them after the cursor, deliver,
+//! move the cursor; retry failures; shed to dead letters when the journal is over its size.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::dead_letter::{DeadLetters, Reason};
+use super::{AnySink, Filter, Sink};
+use crate::backoff::Backoff;
+use crate::config::SinkSettings;
+use crate::journal::{Journal, StoredRecord};
+
+/// Retry delays of a failing sink.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How the app steers a running sink.
+#[derive(Clone)]
+pub struct SinkControl {
+    /// Sources have stopped: deliver what is committed, then end.
+    pub drain: CancellationToken,
+    /// The grace period is over: end now, leaving the rest in the journal.
+    pub abort: CancellationToken,
+    /// Bumped on SIGHUP: reopen outputs.
+    pub reopen: watch::Receiver<u64>,
+    /// Where dead letters go.
+    pub state_dir: PathBuf,
+}
+
+/// One sink's task state.
+struct Driver {
+    name: String,
+    sink: AnySink,
+    filter: Filter,
+    journal: Journal,
+    ctl: SinkControl,
+    cursor: u64,
+    shed: watch::Receiver<u64>,
+    dead: DeadLetters,
+    trouble: Trouble,
+}
+
+/// Runs one sink until drained or aborted.
+pub async fn drive(settings: SinkSettings, sink: AnySink, journal: Journal, ctl: SinkControl) {
+    let span = tracing::info_span!("sink", sink = %settings.name);
+    let driver = Driver {
+        filter: settings.filter(),
+        cursor: journal.cursor(&settings.name),
+        shed: journal.shed_signal(&settings.name),
+        dead: DeadLetters::new(&ctl.state_dir, &settings.name),
+        name: settings.name,
+        sink,
+        journal,
+        ctl,
+        trouble: Trouble::default(),
+    };
+    driver.run().instrument(span).await
+}
+
+/// What happened while waiting for or delivering records.
+enum Step {
+    Continue,
+    Stop,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut committed = self.journal.committed();
+        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+        tracing::debug!(cursor = self.cursor, "sink started");
+        loop {
+            if self.ctl.reopen.has_changed().unwrap_or(false) {
+                self.ctl.reopen.borrow_and_update();
+                self.reopen().await;
+            }
+            let shed_to = *self.shed.borrow_and_update();
+            if shed_to > self.cursor {
+                if let Step::Stop = self.shed_until(shed_to).await {
+                    break;
+                }
+                continue;
+            }
+            let last = *committed.borrow_and_update();
+            if last <= self.cursor {
+                if self.ctl.drain.is_cancelled() {
+                    break;
+                }
+                let due = self.sink.due();
+                tokio::select! {
+                    () = self.ctl.abort.cancelled() => break,
+                    () = self.ctl.drain.cancelled() => {}
+                    changed = committed.changed() => if changed.is_err() { break },
+                    Ok(()) = self.ctl.reopen.changed() => self.reopen().await,
+                    Ok(()) = self.shed.changed() => {}
+                    () = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                        if let Err(err) = self.sink.on_due().await {
+                            tracing::warn!(error = %err, "housekeeping failed");
+                        }
+                    }
+                }
+                continue;
+            }
+            let batch = match self
+                .journal
+                .read_after(self.cursor, self.sink.batch_limit())
+                .await
+            {
+                Ok(batch) if !batch.is_empty() => batch,
+                Ok(_) => {
+                    tracing::error!(
+                        cursor = self.cursor,
+                        last,
+                        "the journal holds no records after the cursor; skipping to the end"
+                    );
+                    self.cursor = last;
+                    continue;
+                }
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    self.trouble.failed("cannot read the journal", &err, delay);
+                    tokio::select! {
+                        () = self.ctl.abort.cancelled() => break,
+                        () = sleep(delay) => continue,
+                    }
+                }
+            };
+            let records: Vec<&StoredRecord> =
+                batch.iter().filter(|r| self.filter.matches(r)).collect();
+            while !records.is_empty() {
+                let result = tokio::select! {
+                    () = self.ctl.abort.cancelled() => return,
+                    // The journal is full and wants this sink to shed: stop trying these.
+                    Ok(()) = self.shed.changed() => break,
+                    result = self.sink.write(&records) => result,
+                };
+                match result {
+                    Ok(()) => {
+                        backoff.reset();
+                        self.trouble.recovered();
+                        break;
+                    }
+                    Err(err) => {
+                        let delay = backoff.next_delay();
+                        self.trouble.failed(
+                            "cannot deliver; retrying (other sinks and the WebSocket are not affected)",
+                            &err,
+                            delay,
+                        );
+                        tokio::select! {
+                            () = self.ctl.abort.cancelled() => return,
+                            Ok(()) = self.shed.changed() => break,
+                            () = sleep(delay) => {}
+                        }
+                    }
+                }
+            }
+            if *self.shed.borrow() > self.cursor {
+                continue; // shed first; what was not delivered is dead-lettered there
+            }
+            if let Step::Stop = self
+                .advance(batch.last().map_or(self.cursor, |r| r.seq))
+                .await
+            {
+                break;
+            }
+        }
+        if let Err(err) = self.sink.close().await {
+            tracing::warn!(error = %err, "closing failed");
+        }
+        tracing::debug!(cursor = self.cursor, "sink stopped");
+    }
+
+    async fn advance(&mut self, to: u64) -> Step {
+        self.cursor = to;
+        match self.journal.advance(&self.name, to).await {
+            Ok(()) => Step::Continue,
+            Err(_) => Step::Stop,
+        }
+    }
+
+    /// Moves this sink's undelivered records up to `to` into its dead-letter file.
+    async fn shed_until(&mut self, to: u64) -> Step {
+        let mut moved = 0usize;
+        while self.cursor < to {
+            let batch = match self.journal.read_after(self.cursor, super::BATCH).await {
+                Ok(batch) => batch,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the journal to shed records");
+                    return Step::Continue;
+                }
+            };
+            let in_range: Vec<&StoredRecord> = batch.iter().take_while(|r| r.seq <= to).collect();
+            let Some(last) = in_range.last().map(|r| r.seq) else {
+                return self.advance(to).await;
+            };
+            let records: Vec<&StoredRecord> = in_range
+                .into_iter()
+                .filter(|r| self.filter.matches(r))
+                .collect();
+            let reason = Reason {
+                text: "the journal was over state.max_bytes while this sink was behind",
+                status: None,
+                response: None,
+            };
+            if let Err(err) = self.dead.write(&records, &reason) {
+                tracing::error!(error = %err, file = %self.dead.path().display(), "cannot write dead letters; keeping the records");
+                return Step::Continue;
+            }
+            moved += records.len();
+            if let Step::Stop = self.advance(last).await {
+                return Step::Stop;
+            }
+        }
+        tracing::error!(records = moved, up_to_seq = to, file = %self.dead.path().display(), "undelivered records moved to dead letters to keep the journal under state.max_bytes");
+        Step::Continue
+    }
+
+    async fn reopen(&mut self) {
+        match self.sink.reopen().await {
+            Ok(()) => tracing::info!("reopened"),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot reopen; will retry on the next write")
+            }
+        }
+    }
+}
+
+/// Logs a run of failures once at its start and once at its end.
+#[derive(Default)]
+struct Trouble {
+    failures: u64,
+}
+
+impl Trouble {
+    fn failed(&mut self, what: &str, err: &dyn std::fmt::Display, retry_in: Duration) {
+        self.failures += 1;
+        if self.failures == 1 {
+            tracing::error!(error = %err, ?retry_in, "{what}");
+        } else {
+            tracing::debug!(error = %err, ?retry_in, failures = self.failures, "{what}");
+        }
+    }
+
+    fn recovered(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(failures = self.failures, "delivering again");
+            self.failures = 0;
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! A sink that POSTs records to an HTTP endpoint: retried with backoff (and `Retry-After`) until
+//! delivered, dead-lettered on a non-retryable answer or after `give_up_after`.
+
+use std::io;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use tokio::time::Instant;
+
+use super::Sink;
+use super::dead_letter::{DeadLetters, Reason};
+use crate::backoff::Backoff;
+use crate::config::HttpSettings;
+use crate::journal::StoredRecord;
+
+/// Bytes of a response body kept with a dead letter.
+const EXCERPT_BYTES: usize = 512;
+
+/// Delivers records to one endpoint, in order, one request at a time.
+pub struct HttpSink {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    method: Method,
+    headers: HeaderMap,
+    settings: HttpSettings,
+    dead: DeadLetters,
+}
+
+/// What one request came to.
+enum Outcome {
+    Delivered,
+    /// Worth another try; `after` is the server's `Retry-After`.
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+    /// The endpoint refused this record for good.
+    Refused {
+        status: StatusCode,
+        excerpt: String,
+    },
+}
+
+impl HttpSink {
+    /// A client for the endpoint; dead letters go under `state_dir`.
+    pub fn new(name: &str, settings: &HttpSettings, state_dir: &Path) -> io::Result<Self> {
+        let tls = crate::tls::client_config(&settings.extra_roots, settings.client_auth.as_ref())
+            .map_err(io::Error::other)?;
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured((*tls).clone())
+            .connect_timeout(settings.timeout)
+            .timeout(settings.timeout)
+            .user_agent(concat!("mews-relay/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()
+            .map_err(|err| io::Error::other(err.without_url()))?;
+        let url = reqwest::Url::parse(&settings.url)
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+        let method = Method::from_bytes(settings.method.as_bytes())
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        for (name, value) in &settings.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+            let mut value = HeaderValue::from_str(value.expose())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "invalid header value"))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        Ok(HttpSink {
+            client,
+            url,
+            method,
+            headers,
+            settings: settings.clone(),
+            dead: DeadLetters::new(state_dir, name),
+        })
+    }
+
+    /// Sends one request until it is delivered or dead-lettered.
+    async fn deliver(&mut self, records: &[&StoredRecord]) -> io::Result<()> {
+        let body = body(records);
+        let key = match records {
+            [one] => one.key.clone(),
+            [first, .., last] => format!("{}..{}", first.key, last.key),
+            [] => return Ok(()),
+        };
+        let started = Instant::now();
+        let mut backoff = Backoff::new(self.settings.retry_min, self.settings.retry_max);
+        let mut failures = 0u32;
+        loop {
+            match self.send(&body, &key).await {
+                Outcome::Delivered => {
+                    if failures > 0 {
+                        tracing::info!(failures, "endpoint accepts records again");
+                    }
+                    return Ok(());
+                }
+                Outcome::Refused { status, excerpt } => {
+                    tracing::warn!(
+                        status = status.as_u16(),
+                        response = %crate::rejects::sample(&excerpt),
+                        records = records.len(),
+                        file = %self.dead.path().display(),
+                        "the endpoint refused records; they are dead-lettered and the sink goes on"
+                    );
+                    let text = format!("HTTP {status}");
+                    let reason = Reason {
+                        text: &text,
+                        status: Some(status.as_u16()),
+                        response: Some(&excerpt),
+                    };
+                    return self.dead.write(records, &reason);
+                }
+                Outcome::Retry { reason, after } => {
+                    failures += 1;
+                    let elapsed = started.elapsed();
+                    if elapsed >= self.settings.give_up_after {
+                        tracing::error!(
+                            error = %reason,
+                            records = records.len(),
+                            give_up_after = ?self.settings.give_up_after,
+                            file = %self.dead.path().display(),
+                            "still failing after give_up_after: records dead-lettered"
+                        );
+                        let text = format!("gave up after {failures} attempts: {reason}");
+                        return self.dead.write(
+                            records,
+                            &Reason {
+                                text: &text,
+                                status: None,
+                                response: None,
+                            },
+                        );
+                    }
+                    let delay = after
+                        .unwrap_or_else(|| backoff.next_delay())
+                        .min(self.settings.give_up_after - elapsed);
+                    if failures == 1 {
+                        tracing::error!(error = %reason, retry_in = ?delay, "cannot deliver; retrying (other sinks and the WebSocket are not affected)");
+                    } else {
+                        tracing::debug!(error = %reason, retry_in = ?delay, failures, "still cannot deliver");
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn send(&self, body: &[u8], key: &str) -> Outcome {
+        let request = self
+            .client
+            .request(self.method.clone(), self.url.clone())
+            .headers(self.headers.clone())
+            .header("Idempotency-Key", key)
+            .body(body.to_vec());
+        let response = match request.send().await {
+            Ok(response) => response,
+            // Without the URL: it may hold a token in its query.
+            Err(err) => {
+                return Outcome::Retry {
+                    reason: describe(&err),
+                    after: None,
+                };
+            }
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Outcome::Delivered;
+        }
+        let after = match status {
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                retry_after(response.headers())
+            }
+            _ => None,
+        };
+        let excerpt = excerpt(response).await;
+        if status == StatusCode::REQUEST_TIMEOUT
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || status.is_server_error()
+        {
+            Outcome::Retry {
+                reason: format!("HTTP {status}"),
+                after,
+            }
+        } else {
+            Outcome::Refused { status, excerpt }
+        }
+    }
+}
+
+/// One record as the body, or a JSON array of several.
+fn body(records: &[&StoredRecord]) -> Vec<u8> {
+    if let [one] = records {
+        return one.json.clone();
+    }
+    let mut out = Vec::with_capacity(records.iter().map(|r| r.json.len() + 1).sum::<usize>() + 2);
+    out.push(b'[');
+    for (i, record) in records.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&record.json);
+    }
+    out.push(b']');
+    out
+}
+
+/// A reqwest error as one line, without the URL, with its cause.
+fn describe(err: &reqwest::Error) -> String {
+    let kind = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    let mut text = kind.to_owned();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// The first bytes of the body, as text.
+async fn excerpt(mut response: reqwest::Response) -> String {
+    let mut bytes = Vec::new();
+    while bytes.len() < EXCERPT_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    bytes.truncate(EXCERPT_BYTES);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+impl Sink for HttpSink {
+    fn batch_limit(&self) -> usize {
+        self.settings.batch_max
+    }
+
+    async fn write(&mut self, records: &[&StoredRecord]) -> io::Result<()> {
+        for chunk in records.chunks(self.settings.batch_max) {
+            self.deliver(chunk).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("2"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(2)));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        headers.insert(RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
+        let d = retry_after(&headers).unwrap();
+        assert!(
+            d > Duration::from_secs(28) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+        headers.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn bodies_are_one_record_or_an_array() {
+        let record = |seq: u64| StoredRecord {
+            seq,
+            property: "p".into(),
+            kind: None,
+            key: format!("k-{seq}"),
+            only_sink: None,
+            json: format!(r#"{{"seq":{seq}}}"#).into_bytes(),
+        };
+        let (a, b) = (record(1), record(2));
+        assert_eq!(body(&[&a]), br#"{"seq":1}"#);
+        assert_eq!(body(&[&a, &b]), br#"[{"seq":1},{"seq":2}]"#);
+    }
+}
