@@ -38,6 +38,23 @@ enum Command {
     Simulate(SimulateArgs),
     /// Run the simulator and the relay together and print events to stdout.
     Demo(DemoArgs),
+    /// Work with the records sinks gave up on (<state.dir>/dead-letter/<sink>.jsonl).
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// Put a sink's dead letters back into the journal for another try (stop the daemon first).
+    Replay {
+        /// The sink's name.
+        #[arg(long)]
+        sink: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 #[derive(Args)]
@@ -103,6 +120,12 @@ fn main() -> ExitCode {
         },
         Command::Simulate(args) => simulate(args),
         Command::Demo(args) => demo(args),
+        Command::DeadLetters {
+            action: DeadLetterAction::Replay { sink, config },
+        } => match load(&config.config) {
+            Ok(settings) => replay(&settings, &sink),
+            Err(code) => code,
+        },
     }
 }
 
@@ -139,6 +162,25 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(code) => code,
+    }
+}
+
+fn replay(settings: &Settings, sink: &str) -> ExitCode {
+    match runtime().block_on(mews_relay::sink::dead_letter::replay(settings, sink)) {
+        Ok(count) => {
+            eprintln!(
+                "mews-relay: {count} dead letters of \"{sink}\" are back in the journal; they are delivered when the relay runs"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err @ mews_relay::sink::dead_letter::ReplayError::Journal(_)) => {
+            eprintln!("mews-relay: {err}");
+            ExitCode::from(EXIT_JOURNAL)
+        }
+        Err(err) => {
+            eprintln!("mews-relay: {err}");
+            ExitCode::FAILURE
+        }
     }
 }
 

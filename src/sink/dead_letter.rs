@@ -152,3 +152,78 @@ mod tests {
         );
     }
 }
+
+/// Why dead letters could not be replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// No such sink in the config.
+    #[error("no sink is named \"{0}\" in the config; the names are: {1}")]
+    UnknownSink(String, String),
+    /// The file could not be read or parsed.
+    #[error("{path}: {problem}", path = .0.display(), problem = .1)]
+    File(PathBuf, String),
+    /// The journal could not take them.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+}
+
+/// Puts sink `sink`'s dead letters back into the journal, for that sink only, and renames the
+/// file to `…jsonl.replayed-<unix time>`. The relay must not be running (the journal is
+/// opened here). Returns how many records were put back.
+pub async fn replay(settings: &crate::config::Settings, sink: &str) -> Result<usize, ReplayError> {
+    use crate::journal::{Entry, Journal, Replay};
+    let names: Vec<String> = settings.sinks.iter().map(|s| s.name.clone()).collect();
+    if !names.iter().any(|n| n == sink) {
+        return Err(ReplayError::UnknownSink(sink.to_owned(), names.join(", ")));
+    }
+    let path = path_for(&settings.state.dir, sink);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(err) => return Err(ReplayError::File(path, err.to_string())),
+    };
+    #[derive(Deserialize)]
+    struct Head {
+        property: Option<String>,
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    }
+    let mut entries = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let bad = |err: serde_json::Error| {
+            ReplayError::File(
+                path.clone(),
+                format!("line {}: {err}; fix or remove that line", n + 1),
+            )
+        };
+        let line: Line<'_> = serde_json::from_str(line).map_err(bad)?;
+        let head: Head = serde_json::from_str(line.record.get()).map_err(bad)?;
+        entries.push(Entry::Replay(Replay {
+            sink: sink.to_owned(),
+            key: line.key,
+            property: head.property.unwrap_or_default(),
+            kind: head.kind,
+            json: line.record.get().as_bytes().to_vec(),
+        }));
+    }
+    let count = entries.len();
+    let stats = std::sync::Arc::new(crate::stats::Stats::default());
+    let (journal, writer) =
+        Journal::open(&settings.state.dir, &names, settings.state.max_bytes, stats)?;
+    let writer = tokio::spawn(writer.run());
+    let result = journal.append_committed(entries).await;
+    drop(journal);
+    let _ = writer.await;
+    result?;
+    let stamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let done = path.with_extension(format!("jsonl.replayed-{stamp}"));
+    std::fs::rename(&path, &done)
+        .map_err(|err| ReplayError::File(path.clone(), err.to_string()))?;
+    Ok(count)
+}

@@ -254,6 +254,8 @@ pub struct Harness {
     pub server: MockServer,
     pub out: PathBuf,
     pub relay: Relay,
+    /// The config the relay runs with, to start it again.
+    pub config: String,
 }
 
 impl Harness {
@@ -266,16 +268,14 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let server = MockServer::start().await;
         let out = dir.path().join("out.jsonl");
-        let relay = Relay::start(&edit(config_text(
-            &server.url(),
-            dir.path(),
-            &file_sink(&out),
-        )));
+        let config = edit(config_text(&server.url(), dir.path(), &file_sink(&out)));
+        let relay = Relay::start(&config);
         Harness {
             dir,
             server,
             out,
             relay,
+            config,
         }
     }
 }

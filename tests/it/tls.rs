@@ -5,45 +5,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::pki::Ca;
 use crate::support::*;
-
-struct Pki {
-    ca_pem: String,
-    server: rustls::ServerConfig,
-}
-
-fn pki(ca_name: &str) -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, ca_name);
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    let cert = params.signed_by(&key, &ca).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .unwrap();
-    Pki {
-        ca_pem: ca.pem(),
-        server,
-    }
-}
 
 /// A `wss://` server that sends one event on each connection and reports every TLS handshake.
 async fn start_wss(
@@ -89,9 +56,9 @@ fn tls_config(dir: &Path, url: &str, ca_pem: &str) -> String {
 #[tokio::test]
 async fn wss_works_with_a_test_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = pki("mews-relay test CA");
-    let (url, mut handshakes) = start_wss(pki.server).await;
-    let relay = Relay::start(&tls_config(dir.path(), &url, &pki.ca_pem));
+    let ca = Ca::new("mews-relay test CA");
+    let (url, mut handshakes) = start_wss(ca.server_config(None)).await;
+    let relay = Relay::start(&tls_config(dir.path(), &url, &ca.pem()));
     let handshake = tokio::time::timeout(WAIT, handshakes.recv())
         .await
         .unwrap()
@@ -106,11 +73,11 @@ async fn wss_works_with_a_test_ca() {
 #[tokio::test]
 async fn a_wrong_ca_fails_with_a_clear_error_and_keeps_retrying() {
     let dir = tempfile::tempdir().unwrap();
-    let (url, mut handshakes) = start_wss(pki("server CA").server).await;
+    let (url, mut handshakes) = start_wss(Ca::new("server CA").server_config(None)).await;
     let config = dir.path().join("relay.toml");
     std::fs::write(
         &config,
-        tls_config(dir.path(), &url, &pki("another CA").ca_pem),
+        tls_config(dir.path(), &url, &Ca::new("another CA").pem()),
     )
     .unwrap();
     let mut daemon = Daemon::spawn(
