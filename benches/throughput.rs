@@ -1,15 +1,19 @@
 //! End-to-end benchmark: WebSocket frame in, line in the file sink out, journal on with durable
 //! (fsync'd) group commits. Run with `cargo bench --bench throughput` (add `-- --quick` for a
-//! shorter run, `-- burst` or `-- steady` for one kind). Prints a Markdown table.
+//! shorter run; `-- burst`, `-- steady` or `-- http` for one kind). Prints a Markdown table.
 //!
 //! Scenarios: bursts of 200,000 events at 1 and at 10 events per message (events/s until the
 //! last line is in the file), and a steady 1,000 events/s for 10 s (latency from the server's
 //! send to the line in the file: p50/p99/p99.9; the file is tailed every 100 µs, so figures
-//! include up to 0.1 ms of polling).
+//! include up to 0.1 ms of polling); and the HTTP sink into a local endpoint: records/s with
+//! `batch_max` 1 and 100, and the catch-up after a 10-minute outage at 100 events/s.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use futures_util::SinkExt;
 use mews_relay::app::{self, Control};
@@ -86,7 +90,8 @@ async fn serve(script: Script) -> (String, oneshot::Receiver<Instant>) {
     (url, started_rx)
 }
 
-fn settings(url: &str, dir: &Path) -> Settings {
+/// A relay config with a file sink at `<dir>/out.jsonl` and the given extra sinks.
+fn settings(url: &str, dir: &Path, extra_sinks: &str) -> Settings {
     let text = format!(
         r#"
 [mews]
@@ -102,6 +107,7 @@ dir = "{dir}"
 [[sink]]
 type = "file"
 path = "{dir}/out.jsonl"
+{extra_sinks}
 "#,
         dir = dir.display()
     );
@@ -144,9 +150,9 @@ struct Running {
     handle: tokio::task::JoinHandle<Result<(), app::AppError>>,
 }
 
-fn start_relay(rt: &tokio::runtime::Runtime, url: &str, dir: &Path) -> Running {
+fn start_relay(rt: &tokio::runtime::Runtime, url: &str, dir: &Path, extra_sinks: &str) -> Running {
     let (control, _reopen) = Control::new();
-    let settings = settings(url, dir);
+    let settings = settings(url, dir, extra_sinks);
     let handle = rt.spawn(app::run(settings, control.clone()));
     Running { control, handle }
 }
@@ -160,7 +166,7 @@ fn burst(rt: &tokio::runtime::Runtime, events: usize, per_message: usize) -> f64
     let dir = tempfile::tempdir().unwrap();
     let messages = burst_messages(events, per_message);
     let (url, started) = rt.block_on(serve(Script::Burst(messages)));
-    let relay = start_relay(rt, &url, dir.path());
+    let relay = start_relay(rt, &url, dir.path(), "");
     tail(
         &dir.path().join("out.jsonl"),
         events,
@@ -178,7 +184,7 @@ fn steady(rt: &tokio::runtime::Runtime, rate: u32, seconds: u32) -> Vec<Duration
     let epoch = Instant::now();
     let count = (rate * seconds) as usize;
     let (url, _started) = rt.block_on(serve(Script::Steady { count, rate, epoch }));
-    let relay = start_relay(rt, &url, dir.path());
+    let relay = start_relay(rt, &url, dir.path(), "");
     let mut latencies = Vec::with_capacity(count);
     tail(
         &dir.path().join("out.jsonl"),
@@ -198,6 +204,82 @@ fn steady(rt: &tokio::runtime::Runtime, rate: u32, seconds: u32) -> Vec<Duration
     latencies
 }
 
+/// A local HTTP endpoint that counts the records it accepts; answers 503 while `up` is false.
+struct Endpoint {
+    url: String,
+    received: Arc<AtomicUsize>,
+    up: Arc<AtomicBool>,
+}
+
+fn endpoint(rt: &tokio::runtime::Runtime) -> Endpoint {
+    let received = Arc::new(AtomicUsize::new(0));
+    let up = Arc::new(AtomicBool::new(true));
+    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let (count, open) = (Arc::clone(&received), Arc::clone(&up));
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let (count, open) = (Arc::clone(&count), Arc::clone(&open));
+        async move {
+            if !open.load(Ordering::Relaxed) {
+                return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+            }
+            let records = body.windows(6).filter(|w| w == b"\"seq\":").count();
+            count.fetch_add(records, Ordering::Relaxed);
+            axum::http::StatusCode::OK
+        }
+    });
+    rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Endpoint { url, received, up }
+}
+
+fn http_sink(url: &str, batch_max: usize) -> String {
+    format!(
+        "[[sink]]\ntype = \"http\"\nname = \"bench\"\nurl = \"{url}\"\nbatch_max = {batch_max}\nretry_min = \"100ms\"\nretry_max = \"100ms\"\n"
+    )
+}
+
+fn wait_for(count: &AtomicUsize, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while count.load(Ordering::Relaxed) < n {
+        assert!(Instant::now() < deadline, "HTTP benchmark stalled");
+        std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
+/// Records/s from the WebSocket into a local HTTP endpoint.
+fn http_burst(rt: &tokio::runtime::Runtime, events: usize, batch_max: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let ep = endpoint(rt);
+    let (url, started) = rt.block_on(serve(Script::Burst(burst_messages(events, 100))));
+    let relay = start_relay(rt, &url, dir.path(), &http_sink(&ep.url, batch_max));
+    wait_for(&ep.received, events);
+    let done = Instant::now();
+    let started = rt.block_on(started).unwrap();
+    stop(rt, relay);
+    events as f64 / (done - started).as_secs_f64()
+}
+
+/// Time to deliver a backlog of `backlog` committed records once the endpoint is back.
+fn http_catch_up(rt: &tokio::runtime::Runtime, backlog: usize, batch_max: usize) -> Duration {
+    let dir = tempfile::tempdir().unwrap();
+    let ep = endpoint(rt);
+    ep.up.store(false, Ordering::Relaxed);
+    let (url, _started) = rt.block_on(serve(Script::Burst(burst_messages(backlog, 100))));
+    let relay = start_relay(rt, &url, dir.path(), &http_sink(&ep.url, batch_max));
+    tail(
+        &dir.path().join("out.jsonl"),
+        backlog,
+        Duration::from_millis(1),
+        |_| {},
+    ); // committed
+    let back = Instant::now();
+    ep.up.store(true, Ordering::Relaxed);
+    wait_for(&ep.received, backlog);
+    let took = back.elapsed();
+    stop(rt, relay);
+    took
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
@@ -213,9 +295,10 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     let quick = args.iter().any(|a| a == "--quick");
-    // Optional filter: `burst` or `steady`.
+    // Optional filter: `burst`, `steady` or `http`.
+    let kinds = ["burst", "steady", "http"];
     let only = |name: &str| {
-        !args.iter().any(|a| a == "burst" || a == "steady") || args.iter().any(|a| a == name)
+        !args.iter().any(|a| kinds.contains(&a.as_str())) || args.iter().any(|a| a == name)
     };
     let (runs, steady_secs) = if quick { (1, 3) } else { (5, 10) };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -240,6 +323,31 @@ fn main() {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+    }
+    if only("http") {
+        for batch_max in [1, 100] {
+            let events = if batch_max == 1 { 20_000 } else { 200_000 };
+            let results: Vec<f64> = (0..runs)
+                .map(|_| http_burst(&rt, events, batch_max))
+                .collect();
+            println!(
+                "| HTTP sink, batch_max {batch_max}, {events} records | {:.0} records/s (runs: {}) |",
+                median(results.clone()),
+                results
+                    .iter()
+                    .map(|r| format!("{r:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        // A 10-minute outage at 100 events/s leaves 60,000 records waiting.
+        for batch_max in [1, 100] {
+            let took = http_catch_up(&rt, 60_000, batch_max);
+            println!(
+                "| HTTP catch-up after a 10-min outage at 100 events/s (60,000 records), batch_max {batch_max} | {:.1} s |",
+                took.as_secs_f64()
+            );
+        }
     }
     if !only("steady") {
         return;
