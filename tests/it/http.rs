@@ -389,3 +389,32 @@ async fn past_max_bytes_the_lagging_sink_sheds_to_dead_letters() {
     );
     h.relay.stop().await;
 }
+
+/// A record still failing after `give_up_after` is dead-lettered and the sink goes on.
+#[tokio::test]
+async fn a_record_failing_past_give_up_after_is_dead_lettered() {
+    let mut receiver = Receiver::start().await;
+    receiver.set_default(Reply::Status(503, "down"));
+    let mut h =
+        Harness::start_with(|c| c + &hooks(&receiver.url(), "give_up_after = \"1s\"")).await;
+    h.server.next().await.send(&commands(0, 2)).await;
+    let dead = wait_for_lines(&h.dir.path().join("dead-letter/hooks.jsonl"), 1).await;
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("gave up after"),
+        "{}",
+        dead[0]
+    );
+    assert_eq!(dead[0]["record"]["id"], "cmd-0");
+    receiver.set_default(Reply::Ok);
+    receiver.forget();
+    loop {
+        let request = receiver.next().await;
+        if request.records()[0]["id"] == "cmd-1" {
+            break; // the sink went on with the next record
+        }
+    }
+    h.relay.stop().await;
+}
