@@ -284,6 +284,17 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
+/// Prints a table row: the median rate and every run.
+fn rate_row(label: &str, unit: &str, runs: impl Iterator<Item = f64>) {
+    let results: Vec<f64> = runs.collect();
+    let each: Vec<String> = results.iter().map(|r| format!("{r:.0}")).collect();
+    println!(
+        "| {label} | {:.0} {unit} (runs: {}) |",
+        median(results.clone()),
+        each.join(", ")
+    );
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
@@ -311,33 +322,21 @@ fn main() {
     println!("| scenario | result |");
     println!("| --- | --- |");
     for per_message in [1, 10].into_iter().filter(|_| only("burst")) {
-        let results: Vec<f64> = (0..runs)
-            .map(|_| burst(&rt, 200_000, per_message))
-            .collect();
-        println!(
-            "| burst 200,000 events, {per_message} per message | {:.0} events/s (runs: {}) |",
-            median(results.clone()),
-            results
-                .iter()
-                .map(|r| format!("{r:.0}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+        let label = format!("burst 200,000 events, {per_message} per message");
+        rate_row(
+            &label,
+            "events/s",
+            (0..runs).map(|_| burst(&rt, 200_000, per_message)),
         );
     }
     if only("http") {
         for batch_max in [1, 100] {
             let events = if batch_max == 1 { 20_000 } else { 200_000 };
-            let results: Vec<f64> = (0..runs)
-                .map(|_| http_burst(&rt, events, batch_max))
-                .collect();
-            println!(
-                "| HTTP sink, batch_max {batch_max}, {events} records | {:.0} records/s (runs: {}) |",
-                median(results.clone()),
-                results
-                    .iter()
-                    .map(|r| format!("{r:.0}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+            let label = format!("HTTP sink, batch_max {batch_max}, {events} records");
+            rate_row(
+                &label,
+                "records/s",
+                (0..runs).map(|_| http_burst(&rt, events, batch_max)),
             );
         }
         // A 10-minute outage at 100 events/s leaves 60,000 records waiting.

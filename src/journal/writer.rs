@@ -147,12 +147,7 @@ impl JournalWriter {
     /// Over `max_bytes`: the sinks holding the journal back dead-letter their oldest records
     /// until it is back under 90 % of the limit.
     async fn shed_oldest(&mut self) {
-        let min = self
-            .cursors
-            .values()
-            .copied()
-            .min()
-            .unwrap_or(self.last_seq);
+        let min = self.min_cursor();
         let excess = self.stored_bytes - self.max_bytes / 10 * 9;
         let store = Arc::clone(&self.store);
         let target =
@@ -185,13 +180,17 @@ impl JournalWriter {
         }
     }
 
-    fn prune_target(&self) -> Option<u64> {
-        let min = self
-            .cursors
+    /// Where the slowest sink stands (the last seq when there is no sink).
+    fn min_cursor(&self) -> u64 {
+        self.cursors
             .values()
             .copied()
             .min()
-            .unwrap_or(self.last_seq);
+            .unwrap_or(self.last_seq)
+    }
+
+    fn prune_target(&self) -> Option<u64> {
+        let min = self.min_cursor();
         (min > self.pruned_to).then_some(min)
     }
 

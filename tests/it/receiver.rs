@@ -101,18 +101,6 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
 }
 
 impl Receiver {
-    fn parts() -> (Arc<Shared>, mpsc::UnboundedReceiver<Request>, Router) {
-        let (tx, requests) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            script: Mutex::new((VecDeque::new(), Reply::Ok)),
-            requests: tx,
-        });
-        let router = Router::new()
-            .fallback(handle)
-            .with_state(Arc::clone(&shared));
-        (shared, requests, router)
-    }
-
     pub async fn start() -> Receiver {
         Self::start_on("127.0.0.1:0".parse().unwrap()).await
     }
@@ -120,19 +108,7 @@ impl Receiver {
     pub async fn start_on(addr: SocketAddr) -> Receiver {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (shared, requests, router) = Self::parts();
-        let stop = CancellationToken::new();
-        tokio::spawn(
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.clone().cancelled_owned())
-                .into_future(),
-        );
-        Receiver {
-            addr,
-            shared,
-            requests,
-            stop,
-        }
+        Self::serve(listener, addr)
     }
 
     /// Over TLS; every handshake's outcome goes to the returned channel.
@@ -147,22 +123,33 @@ impl Receiver {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
             handshakes: handshakes_tx,
         };
-        let (shared, requests, router) = Self::parts();
+        (Self::serve(listener, addr), handshakes)
+    }
+
+    fn serve<L>(listener: L, addr: SocketAddr) -> Receiver
+    where
+        L: axum::serve::Listener<Addr = SocketAddr>,
+    {
+        let (tx, requests) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            script: Mutex::new((VecDeque::new(), Reply::Ok)),
+            requests: tx,
+        });
+        let router = Router::new()
+            .fallback(handle)
+            .with_state(Arc::clone(&shared));
         let stop = CancellationToken::new();
         tokio::spawn(
             axum::serve(listener, router)
                 .with_graceful_shutdown(stop.clone().cancelled_owned())
                 .into_future(),
         );
-        (
-            Receiver {
-                addr,
-                shared,
-                requests,
-                stop,
-            },
-            handshakes,
-        )
+        Receiver {
+            addr,
+            shared,
+            requests,
+            stop,
+        }
     }
 
     pub fn url(&self) -> String {
