@@ -8,6 +8,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::ingress::Ingress;
 use crate::journal::{Journal, JournalError};
 use crate::rejects::Rejects;
 use crate::sink::{self, BuildError, SinkControl};
@@ -50,6 +51,9 @@ pub enum AppError {
     /// The TLS configuration could not be built.
     #[error("TLS set-up failed: {0}; check connection.ca_file")]
     Tls(#[from] rustls::Error),
+    /// The webhook listener could not start.
+    #[error(transparent)]
+    Ingress(#[from] crate::ingress::IngressError),
     /// A task ended on its own (a bug); the relay stopped so that systemd restarts it.
     #[error("the {0} task stopped unexpectedly")]
     TaskEnded(&'static str),
@@ -115,6 +119,20 @@ pub async fn run_with_stats(
             Arc::clone(&stats),
         );
         sources.spawn(source.run(sources_stop.clone()));
+    }
+    if let Some(webhooks) = &settings.webhooks {
+        match Ingress::bind(&settings, webhooks, journal.clone(), Arc::clone(&stats)).await {
+            Ok(ingress) => {
+                sources.spawn(ingress.run(sources_stop.clone()));
+            }
+            Err(err) => {
+                sources_stop.cancel();
+                abort.cancel();
+                while sources.join_next().await.is_some() {}
+                while sinks.join_next().await.is_some() {}
+                return Err(err.into());
+            }
+        }
     }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),

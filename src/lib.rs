@@ -5,12 +5,13 @@
 //!  Mews WS ──▶ source::Source (one per property: connect, ping, reconnect with backoff)
 //!                 │ record::decode: {"Events":[…]} → one Record per event, raw JSON kept
 //!                 │ (anything undecodable → rejects: rejected.jsonl, counted, logged)
+//!  Webhooks ─▶ ingress::Ingress (token, shape; 202 only after the commit)
 //!                 ▼
 //!            journal::Journal (redb; group commit, one fsync per batch; seq numbers)
 //!                 │           │
 //!        cursor "stdout"   cursor "file:…"     (each sink its own task and cursor)
 //!                 ▼           ▼
-//!            sink::WriterSink  sink::FileSink
+//!            sink::WriterSink  sink::FileSink  sink::HttpSink (→ dead letters)
 //! ```
 //!
 //! The WebSocket reader never waits on a sink: the journal is the only hand-off. `app::run`
@@ -21,6 +22,7 @@
 pub mod app;
 pub mod backoff;
 pub mod config;
+pub mod ingress;
 pub mod journal;
 pub mod record;
 pub mod rejects;

@@ -82,6 +82,9 @@ struct SimulateArgs {
     /// Accept only this AccessToken (default: any non-empty one).
     #[arg(long)]
     access_token: Option<String>,
+    /// Also POST Mews General webhooks here every 2 s (include ?Token=…).
+    #[arg(long)]
+    webhook_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -275,6 +278,7 @@ fn simulate(args: SimulateArgs) -> ExitCode {
             events_per_message: args.events.events_per_message,
             client_token: args.client_token,
             access_token: args.access_token,
+            webhook_url: args.webhook_url,
         };
         tracing::info!(
             "simulator listening on ws://{}{}",
@@ -337,9 +341,23 @@ fn demo(args: DemoArgs) -> ExitCode {
     };
     settings.mews.websocket_url = format!("ws://{addr}{}", simulator::WS_PATH);
     settings.state.dir = state.path().to_owned();
+    // The webhook listener gets a free port, and the simulator posts to it.
+    let webhook_url = settings.webhooks.as_mut().and_then(|webhooks| {
+        webhooks.listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?;
+        Some(format!(
+            "http://{}{}?Token={}",
+            webhooks.listen,
+            webhooks.path,
+            webhooks.token.expose()
+        ))
+    });
     let config = SimulatorConfig {
         rate: args.events.rate,
         events_per_message: args.events.events_per_message,
+        webhook_url,
         ..SimulatorConfig::default()
     };
     eprintln!(

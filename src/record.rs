@@ -37,6 +37,10 @@ pub struct Record {
     pub event: Box<RawValue>,
     /// Enrichment: the command's details.
     pub command: Option<Box<RawValue>>,
+    /// Webhooks: the `EnterpriseId` Mews sent.
+    pub enterprise_id: Option<String>,
+    /// Webhooks: the `IntegrationId` Mews sent.
+    pub integration_id: Option<String>,
 }
 
 /// The public JSON shape (README "Record format"); field order is part of it.
@@ -53,6 +57,10 @@ struct Wire<'a> {
     event: &'a RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
     command: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    enterprise_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    integration_id: Option<&'a str>,
 }
 
 impl Record {
@@ -68,6 +76,8 @@ impl Record {
             state: self.state.as_deref(),
             event: &self.event,
             command: self.command.as_deref(),
+            enterprise_id: self.enterprise_id.as_deref(),
+            integration_id: self.integration_id.as_deref(),
         };
         // Serializing plain strings and already-valid raw JSON into a Vec cannot fail.
         serde_json::to_writer(out, &wire).expect("record serialization is infallible"); // ok: no I/O, valid raw JSON
@@ -135,6 +145,8 @@ pub fn decode(
                 state: head.state,
                 event: raw.to_owned(),
                 command: None,
+                enterprise_id: None,
+                integration_id: None,
             }
         })
         .collect())

@@ -13,6 +13,10 @@ pub struct Stats {
     pub messages_rejected: AtomicU64,
     /// WebSocket connections established.
     pub connections: AtomicU64,
+    /// Webhook requests refused for a missing or wrong token (401).
+    pub webhooks_refused: AtomicU64,
+    /// Webhook bodies that were not a Mews webhook (400).
+    pub webhooks_malformed: AtomicU64,
 }
 
 impl Stats {

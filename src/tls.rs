@@ -6,33 +6,33 @@ use std::sync::Arc;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// A client certificate chain and its key, for mTLS.
-pub struct ClientAuth {
+/// A certificate chain and its key: a client certificate (mTLS) or a server certificate.
+pub struct Identity {
     /// The chain, leaf first.
     pub certs: Vec<CertificateDer<'static>>,
     /// The private key.
     pub key: PrivateKeyDer<'static>,
 }
 
-impl Clone for ClientAuth {
+impl Clone for Identity {
     fn clone(&self) -> Self {
-        ClientAuth {
+        Identity {
             certs: self.certs.clone(),
             key: self.key.clone_key(),
         }
     }
 }
 
-impl std::fmt::Debug for ClientAuth {
+impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ClientAuth {{ certs: {}, key: *** }}", self.certs.len())
+        write!(f, "Identity {{ certs: {}, key: *** }}", self.certs.len())
     }
 }
 
 /// Builds a TLS client config trusting the system's roots and `extra_roots`.
 pub fn client_config(
     extra_roots: &[CertificateDer<'static>],
-    client_auth: Option<&ClientAuth>,
+    client_auth: Option<&Identity>,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();

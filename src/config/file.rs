@@ -19,6 +19,7 @@ pub(crate) struct ConfigFile {
     pub state: StateFile,
     #[serde(default)]
     pub shutdown: ShutdownFile,
+    pub webhooks: Option<WebhooksFile>,
     /// Sinks stay tables here: `type` picks the struct they are read into, so errors name it.
     #[serde(default, rename = "sink")]
     pub sinks: Vec<toml::Table>,
@@ -39,6 +40,7 @@ pub(crate) struct MewsFile {
 #[serde(deny_unknown_fields)]
 pub(crate) struct PropertyFile {
     pub name: String,
+    pub enterprise_id: Option<String>,
     pub access_token: Option<String>,
     pub access_token_file: Option<PathBuf>,
 }
@@ -64,6 +66,19 @@ pub(crate) struct ConnectionFile {
 pub(crate) struct StateFile {
     pub dir: Option<PathBuf>,
     pub max_bytes: Option<ByteSize>,
+}
+
+/// `[webhooks]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WebhooksFile {
+    pub listen: Option<std::net::SocketAddr>,
+    pub path: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub max_body: Option<ByteSize>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[shutdown]`

@@ -12,7 +12,7 @@ use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 
 use crate::secret::Secret;
-use crate::tls::ClientAuth;
+use crate::tls::Identity;
 
 pub use validate::CredentialsDir;
 
@@ -42,6 +42,12 @@ pub mod defaults {
     pub const STATE_MAX_BYTES: u64 = 1 << 30;
     /// `[shutdown] grace_period`
     pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
+    /// `[webhooks] listen`
+    pub const WEBHOOKS_LISTEN: &str = "127.0.0.1:8088";
+    /// `[webhooks] path`
+    pub const WEBHOOKS_PATH: &str = "/mews/webhooks";
+    /// `[webhooks] max_body`
+    pub const WEBHOOKS_MAX_BODY: u64 = 1 << 20;
     /// `[[sink]] fsync_interval` for file sinks
     pub const FSYNC_INTERVAL: Duration = Duration::from_secs(1);
     /// `[[sink]] timeout` for HTTP sinks
@@ -83,6 +89,9 @@ pub struct Settings {
     pub state: State,
     /// `[shutdown]`
     pub shutdown: Shutdown,
+    /// `[webhooks]`, when Mews webhooks are received too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<Webhooks>,
     /// `[[sink]]`, at least one.
     #[serde(rename = "sink")]
     pub sinks: Vec<SinkSettings>,
@@ -105,6 +114,9 @@ pub struct Mews {
 pub struct Property {
     /// Label used in records, logs and file names.
     pub name: String,
+    /// The Mews enterprise id, to label webhook events with this property's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enterprise_id: Option<String>,
     /// The enterprise's AccessToken.
     pub access_token: Secret,
 }
@@ -150,6 +162,28 @@ pub struct State {
     pub dir: PathBuf,
     /// Past this many bytes of journaled records, the oldest undelivered ones are dead-lettered.
     pub max_bytes: u64,
+}
+
+/// `[webhooks]`
+#[derive(Debug, Clone, Serialize)]
+pub struct Webhooks {
+    /// Address of the HTTP listener.
+    pub listen: std::net::SocketAddr,
+    /// Path Mews POSTs to.
+    pub path: String,
+    /// The shared secret Mews sends as `?Token=`.
+    pub token: Secret,
+    /// Larger bodies get 413.
+    pub max_body: u64,
+    /// Server certificate (PEM) for built-in TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Read from `tls_cert` and `tls_key`.
+    #[serde(skip)]
+    pub tls: Option<Identity>,
 }
 
 /// `[shutdown]`
@@ -235,7 +269,7 @@ pub struct HttpSettings {
     pub extra_roots: Vec<CertificateDer<'static>>,
     /// Read from `client_cert` and `client_key`.
     #[serde(skip)]
-    pub client_auth: Option<ClientAuth>,
+    pub client_auth: Option<Identity>,
 }
 
 /// When a file sink calls fsync.

@@ -10,7 +10,7 @@ use super::file::{FileSinkFile, FsyncFile, HttpSinkFile, StdoutSinkFile};
 use super::validate::{Ctx, check_name, is_cookie_safe, read_certs, read_key, read_secret};
 use super::{ConfigError, Fsync, HttpSettings, SinkKind, SinkSettings, defaults};
 use crate::secret::Secret;
-use crate::tls::ClientAuth;
+use crate::tls::Identity;
 
 /// Validates the `[[sink]]` tables; `properties` are the configured property names.
 pub(super) fn validate(
@@ -244,7 +244,7 @@ fn http_sink(ctx: &Ctx<'_>, prefix: &str, s: HttpSinkFile) -> Result<SinkParts, 
         None => Vec::new(),
     };
     let client_auth = match (&s.client_cert, &s.client_key) {
-        (Some(cert), Some(k)) => Some(ClientAuth {
+        (Some(cert), Some(k)) => Some(Identity {
             certs: read_certs(ctx, &key("client_cert"), cert)?,
             key: read_key(ctx, &key("client_key"), k)?,
         }),

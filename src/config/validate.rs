@@ -146,6 +146,10 @@ pub(super) fn parse(
             .grace_period
             .map_or(defaults::GRACE_PERIOD, |d| d.0),
     };
+    let webhooks = match raw.webhooks {
+        Some(w) => Some(webhooks(&ctx, w, credentials)?),
+        None => None,
+    };
     let names: HashSet<&str> = properties.iter().map(|p| p.name.as_str()).collect();
     let sinks = super::sinks::validate(&ctx, raw.sinks, &names)?;
     Ok(Settings {
@@ -155,7 +159,73 @@ pub(super) fn parse(
         connection,
         state,
         shutdown,
+        webhooks,
         sinks,
+    })
+}
+
+fn webhooks(
+    ctx: &Ctx<'_>,
+    raw: super::file::WebhooksFile,
+    credentials: &CredentialsDir,
+) -> Result<super::Webhooks, ConfigError> {
+    let listen = match raw.listen {
+        Some(addr) => addr,
+        None => defaults::WEBHOOKS_LISTEN
+            .parse()
+            .map_err(|_| ctx.err("webhooks.listen", "bad default"))?,
+    };
+    let path = raw
+        .path
+        .unwrap_or_else(|| defaults::WEBHOOKS_PATH.to_owned());
+    if !path.starts_with('/') || path.contains('?') {
+        return Err(ctx.err(
+            "webhooks.path",
+            r#"must be a path starting with '/', like "/mews/webhooks""#,
+        ));
+    }
+    let token = secret(
+        ctx,
+        "webhooks.token",
+        raw.token,
+        raw.token_file,
+        "webhook_token",
+        credentials,
+    )?;
+    if token.expose().len() < 16 {
+        return Err(ctx.err("webhooks.token", "is shorter than 16 characters; use a long random string (e.g. `openssl rand -hex 24`) and give the same to Mews support"));
+    }
+    let max_body = raw.max_body.map_or(defaults::WEBHOOKS_MAX_BODY, |b| b.0);
+    if max_body < 1024 {
+        return Err(ctx.err(
+            "webhooks.max_body",
+            "is below 1KiB; Mews sends batches of hundreds of events, use \"1MiB\"",
+        ));
+    }
+    let tls = match (&raw.tls_cert, &raw.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::Identity {
+            certs: read_certs(ctx, "webhooks.tls_cert", cert)?,
+            key: read_key(ctx, "webhooks.tls_key", key)?,
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ctx.err("webhooks.tls_key", "missing; tls_cert needs its key"));
+        }
+        (None, Some(_)) => {
+            return Err(ctx.err(
+                "webhooks.tls_cert",
+                "missing; tls_key needs its certificate",
+            ));
+        }
+    };
+    Ok(super::Webhooks {
+        listen,
+        path,
+        token,
+        max_body,
+        tls_cert: raw.tls_cert,
+        tls_key: raw.tls_key,
+        tls,
     })
 }
 
@@ -256,8 +326,18 @@ fn properties(
             &format!("{}.access_token", p.name),
             credentials,
         )?;
+        if p.enterprise_id
+            .as_deref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            return Err(ctx.err(
+                format!("property[{i}].enterprise_id"),
+                "is empty; write the enterprise's Mews id or leave it out",
+            ));
+        }
         out.push(Property {
             name: p.name,
+            enterprise_id: p.enterprise_id,
             access_token,
         });
     }

@@ -127,6 +127,8 @@ mod tests {
                 state: None,
                 event: RawValue::from_string("{}".into()).unwrap(),
                 command: None,
+                enterprise_id: None,
+                integration_id: None,
             };
             let mut buf = Vec::new();
             encode(3, &Entry::Record(record), &mut buf);

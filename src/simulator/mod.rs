@@ -2,6 +2,7 @@
 //! realistic events of the four documented types at a chosen rate.
 
 mod events;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub struct SimulatorConfig {
     pub client_token: Option<String>,
     /// When set, the `AccessToken` cookie must equal it; otherwise any value is accepted.
     pub access_token: Option<String>,
+    /// When set, General webhooks are POSTed here (include `?Token=…`), one every 2 seconds.
+    pub webhook_url: Option<String>,
 }
 
 impl Default for SimulatorConfig {
@@ -42,6 +45,7 @@ impl Default for SimulatorConfig {
             events_per_message: 1,
             client_token: None,
             access_token: None,
+            webhook_url: None,
         }
     }
 }
@@ -57,6 +61,9 @@ pub async fn serve(
     config: SimulatorConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    if let Some(url) = config.webhook_url.clone() {
+        tokio::spawn(webhooks::send(url, shutdown.clone()));
+    }
     let shared = Arc::new(Shared {
         config,
         shutdown: shutdown.clone(),

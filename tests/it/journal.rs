@@ -22,6 +22,8 @@ fn record(id: usize) -> Record {
         event: RawValue::from_string(format!(r#"{{"Type":"DeviceCommand","Id":"cmd-{id}"}}"#))
             .unwrap(),
         command: None,
+        enterprise_id: None,
+        integration_id: None,
     }
 }
 

@@ -15,3 +15,4 @@ mod shutdown;
 mod simulator;
 mod support;
 mod tls;
+mod webhooks;

@@ -49,6 +49,11 @@ impl Ca {
         }
     }
 
+    /// A server certificate for 127.0.0.1 and localhost.
+    pub fn server(&self) -> Issued {
+        self.issue(&["localhost", "127.0.0.1"])
+    }
+
     /// A client certificate signed by this CA.
     pub fn client(&self) -> Issued {
         self.issue(&["mews-relay-client"])
@@ -57,7 +62,7 @@ impl Ca {
     /// A server config for 127.0.0.1 and localhost; with `clients`, a client certificate from
     /// that CA is required.
     pub fn server_config(&self, clients: Option<&Ca>) -> rustls::ServerConfig {
-        let server = self.issue(&["localhost", "127.0.0.1"]);
+        let server = self.server();
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .unwrap();

@@ -44,6 +44,7 @@ async fn the_relay_receives_all_four_event_types_from_the_simulator() {
         events_per_message: 10,
         client_token: Some("DEMO-CLIENT-TOKEN".into()),
         access_token: Some("DEMO-ACCESS-TOKEN".into()),
+        webhook_url: None,
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
