@@ -1,12 +1,13 @@
 //! End-to-end benchmark: WebSocket frame in, line in the file sink out, journal on with durable
 //! (fsync'd) group commits. Run with `cargo bench --bench throughput` (add `-- --quick` for a
-//! shorter run; `-- burst`, `-- steady` or `-- http` for one kind). Prints a Markdown table.
+//! shorter run; `-- burst`, `-- steady`, `-- http` or `-- nats` for one kind). Prints a Markdown table.
 //!
 //! Scenarios: bursts of 200,000 events at 1 and at 10 events per message (events/s until the
 //! last line is in the file), and a steady 1,000 events/s for 10 s (latency from the server's
 //! send to the line in the file: p50/p99/p99.9; the file is tailed every 100 µs, so figures
 //! include up to 0.1 ms of polling); and the HTTP sink into a local endpoint: records/s with
-//! `batch_max` 1 and 100, and the catch-up after a 10-minute outage at 100 events/s.
+//! `batch_max` 1 and 100, and the catch-up after a 10-minute outage at 100 events/s; and the
+//! NATS sink into a local nats-server with JetStream, 1 and 64 publishes in flight (`-- nats`).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -280,6 +281,72 @@ fn http_catch_up(rt: &tokio::runtime::Runtime, backlog: usize, batch_max: usize)
     took
 }
 
+/// A nats-server with JetStream on a free port, killed on drop.
+struct NatsServer(std::process::Child, String, tempfile::TempDir);
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nats_server() -> Option<NatsServer> {
+    let binary = [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let store = tempfile::tempdir().ok()?;
+    let child = std::process::Command::new(binary)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(store.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(NatsServer(child, format!("nats://127.0.0.1:{port}"), store))
+}
+
+/// Records/s from the WebSocket into a JetStream stream (acknowledged publishes).
+fn nats_burst(rt: &tokio::runtime::Runtime, events: usize, in_flight: usize) -> Option<f64> {
+    let nats = nats_server()?;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!(
+        "[[sink]]\ntype = \"nats\"\nname = \"bench\"\nservers = [\"{}\"]\nstream = \"MEWS\"\ncreate_stream = true\nmax_in_flight = {in_flight}\n",
+        nats.1
+    );
+    let (url, started) = rt.block_on(serve(Script::Burst(burst_messages(events, 100))));
+    let relay = start_relay(rt, &url, dir.path(), &sink);
+    let done = rt.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(nats.1.as_str()).await.unwrap());
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            if let Ok(mut stream) = js.get_stream("MEWS").await {
+                if stream.info().await.map(|i| i.state.messages).unwrap_or(0) >= events as u64 {
+                    return Instant::now();
+                }
+            }
+            assert!(Instant::now() < deadline, "NATS benchmark stalled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let started = rt.block_on(started).unwrap();
+    stop(rt, relay);
+    Some(events as f64 / (done - started).as_secs_f64())
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
@@ -307,7 +374,7 @@ fn main() {
         .collect();
     let quick = args.iter().any(|a| a == "--quick");
     // Optional filter: `burst`, `steady` or `http`.
-    let kinds = ["burst", "steady", "http"];
+    let kinds = ["burst", "steady", "http", "nats"];
     let only = |name: &str| {
         !args.iter().any(|a| kinds.contains(&a.as_str())) || args.iter().any(|a| a == name)
     };
@@ -346,6 +413,21 @@ fn main() {
                 "| HTTP catch-up after a 10-min outage at 100 events/s (60,000 records), batch_max {batch_max} | {:.1} s |",
                 took.as_secs_f64()
             );
+        }
+    }
+    if only("nats") {
+        for in_flight in [1, 64] {
+            let label =
+                format!("NATS JetStream sink, {in_flight} publish(es) in flight, 50,000 records");
+            match (0..runs)
+                .map(|_| nats_burst(&rt, 50_000, in_flight))
+                .collect::<Option<Vec<f64>>>()
+            {
+                Some(results) => rate_row(&label, "records/s", results.into_iter()),
+                None => println!(
+                    "| {label} | skipped: nats-server is not installed (apt-get install nats-server) |"
+                ),
+            }
         }
     }
     if !only("steady") {

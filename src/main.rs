@@ -135,7 +135,8 @@ fn main() -> ExitCode {
 /// Logs to stderr; plain under journald (it adds its own timestamps), coloured on a terminal.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // async-nats logs every failed reconnect itself; the NATS sink reports changes once.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

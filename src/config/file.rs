@@ -130,6 +130,33 @@ pub(crate) struct HttpSinkFile {
     pub properties: Option<Vec<String>>,
 }
 
+/// `[[sink]] type = "nats"`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NatsSinkFile {
+    pub name: Option<String>,
+    pub servers: Vec<String>,
+    pub subject: Option<String>,
+    pub stream: String,
+    pub create_stream: Option<bool>,
+    pub max_age: Option<Dur>,
+    pub duplicate_window: Option<Dur>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub nkey_seed_file: Option<PathBuf>,
+    pub creds_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub ack_timeout: Option<Dur>,
+    pub max_in_flight: Option<u64>,
+    pub events: Option<Vec<String>>,
+    pub properties: Option<Vec<String>>,
+}
+
 /// `fsync = "always" | "interval" | "never"`
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -1,6 +1,7 @@
 //! Config: read the TOML, validate it, resolve secrets, and hand out [`Settings`] with no gaps.
 
 mod file;
+mod nats;
 mod sinks;
 mod validate;
 
@@ -58,6 +59,16 @@ pub mod defaults {
     pub const HTTP_RETRY_MAX: Duration = Duration::from_secs(60);
     /// `[[sink]] give_up_after` for HTTP sinks
     pub const HTTP_GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
+    /// `[[sink]] subject` for NATS sinks
+    pub const NATS_SUBJECT: &str = "mews.{property}.{type}";
+    /// `[[sink]] ack_timeout` for NATS sinks
+    pub const NATS_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+    /// `[[sink]] max_in_flight` for NATS sinks
+    pub const NATS_MAX_IN_FLIGHT: usize = 64;
+    /// `[[sink]] max_age` for a stream the NATS sink creates
+    pub const NATS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// `[[sink]] duplicate_window` for a stream the NATS sink creates
+    pub const NATS_DUPLICATE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 }
 
 /// A config that failed to load: one line naming the file, the key and the fix.
@@ -228,6 +239,70 @@ pub enum SinkKind {
     },
     /// Records POSTed to an HTTP endpoint, retried until delivered or dead-lettered.
     Http(Box<HttpSettings>),
+    /// Records published into a NATS JetStream stream.
+    Nats(Box<NatsSettings>),
+}
+
+/// How a NATS sink authenticates.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NatsAuth {
+    /// No credentials.
+    None,
+    /// `user` + `password`.
+    UserPassword {
+        /// The user.
+        user: String,
+        /// The password.
+        password: Secret,
+    },
+    /// `token`.
+    Token(Secret),
+    /// An nkey seed (read from `nkey_seed_file`).
+    Nkey(Secret),
+    /// A `.creds` file (JWT + seed).
+    CredsFile(PathBuf),
+}
+
+/// `[[sink]] type = "nats"`
+#[derive(Debug, Clone, Serialize)]
+pub struct NatsSettings {
+    /// `nats://` or `tls://` URLs.
+    pub servers: Vec<String>,
+    /// Subject template: `{property}` and `{type}` are replaced.
+    pub subject: String,
+    /// The JetStream stream that covers the subjects.
+    pub stream: String,
+    /// Create the stream (subjects `mews.>`) when it does not exist.
+    pub create_stream: bool,
+    /// Retention of a created stream.
+    #[serde(with = "human")]
+    pub max_age: Duration,
+    /// Duplicate window of a created stream: must cover the longest outage.
+    #[serde(with = "human")]
+    pub duplicate_window: Duration,
+    /// Credentials.
+    pub auth: NatsAuth,
+    /// Extra CA (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// Its key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    /// Certificates from `ca_file`.
+    #[serde(skip)]
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// From `client_cert` + `client_key`.
+    #[serde(skip)]
+    pub client_auth: Option<Identity>,
+    /// How long a publish may wait for its acknowledgement.
+    #[serde(with = "human")]
+    pub ack_timeout: Duration,
+    /// Publishes awaiting acknowledgement at once.
+    pub max_in_flight: usize,
 }
 
 /// `[[sink]] type = "http"`

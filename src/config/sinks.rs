@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use http::Uri;
 
-use super::file::{FileSinkFile, FsyncFile, HttpSinkFile, StdoutSinkFile};
+use super::file::{FileSinkFile, FsyncFile, HttpSinkFile, NatsSinkFile, StdoutSinkFile};
 use super::validate::{Ctx, check_name, is_cookie_safe, read_certs, read_key, read_secret};
 use super::{ConfigError, Fsync, HttpSettings, SinkKind, SinkSettings, defaults};
 use crate::secret::Secret;
@@ -32,13 +32,13 @@ pub(super) fn validate(
             Some(_) => {
                 return Err(ctx.err(
                     format!("{prefix}.type"),
-                    r#"must be a string: "stdout", "file" or "http""#,
+                    r#"must be a string: "stdout", "file", "http" or "nats""#,
                 ));
             }
             None => {
                 return Err(ctx.err(
                     format!("{prefix}.type"),
-                    r#"missing; set type = "stdout", "file" or "http""#,
+                    r#"missing; set type = "stdout", "file", "http" or "nats""#,
                 ));
             }
         };
@@ -60,10 +60,16 @@ pub(super) fn validate(
                 let s: HttpSinkFile = ctx.deserialize(value, &prefix)?;
                 http_sink(ctx, &prefix, s)?
             }
+            "nats" => {
+                let s: NatsSinkFile = ctx.deserialize(value, &prefix)?;
+                super::nats::nats_sink(ctx, &prefix, s)?
+            }
             other => {
                 return Err(ctx.err(
                     format!("{prefix}.type"),
-                    format!(r#"unknown sink type "{other}"; use "stdout", "file" or "http""#),
+                    format!(
+                        r#"unknown sink type "{other}"; use "stdout", "file", "http" or "nats""#
+                    ),
                 ));
             }
         };
@@ -97,7 +103,7 @@ pub(super) fn validate(
     Ok(out)
 }
 
-type SinkParts = (String, SinkKind, Option<Vec<String>>, Option<Vec<String>>);
+pub(super) type SinkParts = (String, SinkKind, Option<Vec<String>>, Option<Vec<String>>);
 
 fn file_sink(ctx: &Ctx<'_>, prefix: &str, s: FileSinkFile) -> Result<SinkParts, ConfigError> {
     if s.path.as_os_str().is_empty() {

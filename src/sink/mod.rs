@@ -5,6 +5,7 @@ pub mod dead_letter;
 mod drive;
 mod file;
 mod http;
+mod nats;
 mod stdout;
 
 use std::collections::HashSet;
@@ -20,6 +21,7 @@ use crate::journal::StoredRecord;
 pub use drive::{SinkControl, drive};
 pub use file::FileSink;
 pub use http::HttpSink;
+pub use nats::NatsSink;
 pub use stdout::WriterSink;
 
 /// Records read from the journal per batch, unless a sink asks for fewer.
@@ -64,6 +66,8 @@ pub enum AnySink {
     File(FileSink),
     /// `type = "http"`
     Http(Box<HttpSink>),
+    /// `type = "nats"`
+    Nats(Box<NatsSink>),
 }
 
 /// Runs `$body` with `$sink` bound to whichever sink `$any` holds.
@@ -73,6 +77,7 @@ macro_rules! each {
             AnySink::Stdout($sink) => $body,
             AnySink::File($sink) => $body,
             AnySink::Http($sink) => $body,
+            AnySink::Nats($sink) => $body,
         }
     };
 }
@@ -127,6 +132,9 @@ impl SinkSettings {
             ),
             SinkKind::Http(http) => AnySink::Http(Box::new(
                 HttpSink::new(&self.name, http, state_dir).map_err(err)?,
+            )),
+            SinkKind::Nats(nats) => AnySink::Nats(Box::new(
+                NatsSink::new(&self.name, nats).await.map_err(err)?,
             )),
         })
     }

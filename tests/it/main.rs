@@ -8,6 +8,7 @@ mod delivery;
 mod http;
 mod journal;
 mod malformed;
+mod nats;
 mod pki;
 mod receiver;
 mod reconnect;

@@ -1,0 +1,178 @@
+//! `[[sink]] type = "nats"`: servers, subject template, stream, credentials, TLS.
+
+use super::file::NatsSinkFile;
+use super::sinks::SinkParts;
+use super::validate::{Ctx, check_name, read_certs, read_key, read_secret};
+use super::{ConfigError, NatsAuth, NatsSettings, SinkKind, defaults};
+use crate::secret::Secret;
+use crate::tls::Identity;
+
+pub(super) fn nats_sink(
+    ctx: &Ctx<'_>,
+    prefix: &str,
+    s: NatsSinkFile,
+) -> Result<SinkParts, ConfigError> {
+    let key = |k: &str| format!("{prefix}.{k}");
+    if let Some(name) = &s.name {
+        check_name(ctx, &key("name"), name)?;
+    }
+    if s.servers.is_empty() {
+        return Err(ctx.err(
+            key("servers"),
+            r#"is empty; list at least one, like ["nats://127.0.0.1:4222"]"#,
+        ));
+    }
+    for server in &s.servers {
+        let ok = ["nats://", "tls://"].iter().any(|scheme| {
+            server
+                .strip_prefix(scheme)
+                .is_some_and(|rest| !rest.is_empty())
+        });
+        if !ok {
+            return Err(ctx.err(
+                key("servers"),
+                format!(r#""{server}" is not a nats:// or tls:// URL"#),
+            ));
+        }
+    }
+    let auth = auth(ctx, prefix, &s)?;
+    let subject = s
+        .subject
+        .unwrap_or_else(|| defaults::NATS_SUBJECT.to_owned());
+    let sample = subject.replace("{property}", "p").replace("{type}", "t");
+    let token_ok = |t: &str| !t.is_empty() && !t.contains(['*', '>', ' ', '\t', '{', '}']);
+    if !sample.split('.').all(token_ok) {
+        return Err(ctx.err(
+            key("subject"),
+            format!(r#""{subject}" is not a subject template: dot-separated tokens, no wildcards, placeholders {{property}} and {{type}}"#),
+        ));
+    }
+    if s.stream.is_empty() || s.stream.contains(['.', '*', '>', ' ', '/', '\\']) {
+        return Err(ctx.err(
+            key("stream"),
+            format!(
+                r#""{}" is not a stream name; use letters, digits, '-' or '_'"#,
+                s.stream
+            ),
+        ));
+    }
+    let pick = |v: Option<super::file::Dur>, d| v.map_or(d, |v| v.0);
+    let ack_timeout = pick(s.ack_timeout, defaults::NATS_ACK_TIMEOUT);
+    if ack_timeout.is_zero() {
+        return Err(ctx.err(key("ack_timeout"), "must be longer than zero"));
+    }
+    let max_in_flight = s
+        .max_in_flight
+        .map_or(defaults::NATS_MAX_IN_FLIGHT as u64, |n| n);
+    if !(1..=4096).contains(&max_in_flight) {
+        return Err(ctx.err(key("max_in_flight"), "must be between 1 and 4096"));
+    }
+    let extra_roots = match &s.ca_file {
+        Some(path) => read_certs(ctx, &key("ca_file"), path)?,
+        None => Vec::new(),
+    };
+    let client_auth = match (&s.client_cert, &s.client_key) {
+        (Some(cert), Some(k)) => Some(Identity {
+            certs: read_certs(ctx, &key("client_cert"), cert)?,
+            key: read_key(ctx, &key("client_key"), k)?,
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ctx.err(key("client_key"), "missing; client_cert needs its key"));
+        }
+        (None, Some(_)) => {
+            return Err(ctx.err(
+                key("client_cert"),
+                "missing; client_key needs its certificate",
+            ));
+        }
+    };
+    let name = s.name.unwrap_or_else(|| format!("nats:{}", s.stream));
+    Ok((
+        name,
+        SinkKind::Nats(Box::new(NatsSettings {
+            servers: s.servers,
+            subject,
+            stream: s.stream,
+            create_stream: s.create_stream.unwrap_or(false),
+            max_age: pick(s.max_age, defaults::NATS_MAX_AGE),
+            duplicate_window: pick(s.duplicate_window, defaults::NATS_DUPLICATE_WINDOW),
+            auth,
+            ca_file: s.ca_file,
+            client_cert: s.client_cert,
+            client_key: s.client_key,
+            extra_roots,
+            client_auth,
+            ack_timeout,
+            max_in_flight: max_in_flight as usize,
+        })),
+        s.events,
+        s.properties,
+    ))
+}
+
+/// One way to authenticate, secrets read from their files.
+fn auth(ctx: &Ctx<'_>, prefix: &str, s: &NatsSinkFile) -> Result<NatsAuth, ConfigError> {
+    let key = |k: &str| format!("{prefix}.{k}");
+    let secret = |inline: &Option<String>,
+                  file: &Option<std::path::PathBuf>,
+                  name: &str|
+     -> Result<Option<Secret>, ConfigError> {
+        match (inline, file) {
+            (Some(_), Some(_)) => Err(ctx.err(
+                key(name),
+                format!("is set twice; keep either {name} or {name}_file"),
+            )),
+            (Some(value), None) => Ok(Some(Secret::new(value.clone()))),
+            (None, Some(path)) => Ok(Some(Secret::new(read_secret(
+                ctx,
+                &key(&format!("{name}_file")),
+                path,
+            )?))),
+            (None, None) => Ok(None),
+        }
+    };
+    let password = secret(&s.password, &s.password_file, "password")?;
+    let token = secret(&s.token, &s.token_file, "token")?;
+    let nkey = match &s.nkey_seed_file {
+        Some(path) => Some(Secret::new(read_secret(ctx, &key("nkey_seed_file"), path)?)),
+        None => None,
+    };
+    let chosen = [
+        s.user.is_some() || password.is_some(),
+        token.is_some(),
+        nkey.is_some(),
+        s.creds_file.is_some(),
+    ]
+    .iter()
+    .filter(|set| **set)
+    .count();
+    if chosen > 1 {
+        return Err(ctx.err(key("user"), "more than one way to authenticate; use one of user + password, token, nkey_seed_file or creds_file"));
+    }
+    Ok(match (&s.user, password, token, nkey, &s.creds_file) {
+        (Some(user), Some(password), ..) => NatsAuth::UserPassword {
+            user: user.clone(),
+            password,
+        },
+        (Some(_), None, ..) => {
+            return Err(ctx.err(
+                key("password"),
+                "missing; user needs password or password_file",
+            ));
+        }
+        (None, Some(_), ..) => return Err(ctx.err(key("user"), "missing; password needs a user")),
+        (_, _, Some(token), ..) => NatsAuth::Token(token),
+        (_, _, _, Some(seed), _) => NatsAuth::Nkey(seed),
+        (_, _, _, _, Some(path)) => {
+            if !path.is_file() {
+                return Err(ctx.err(
+                    key("creds_file"),
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+            NatsAuth::CredsFile(path.clone())
+        }
+        _ => NatsAuth::None,
+    })
+}
