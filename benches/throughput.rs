@@ -281,8 +281,12 @@ fn http_catch_up(rt: &tokio::runtime::Runtime, backlog: usize, batch_max: usize)
     took
 }
 
-/// A nats-server with JetStream on a free port, killed on drop.
-struct NatsServer(std::process::Child, String, tempfile::TempDir);
+/// A nats-server with JetStream on a free port, killed on drop (the store is removed with it).
+struct NatsServer(
+    std::process::Child,
+    String,
+    #[allow(dead_code)] tempfile::TempDir,
+);
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
@@ -333,10 +337,10 @@ fn nats_burst(rt: &tokio::runtime::Runtime, events: usize, in_flight: usize) -> 
         let js = async_nats::jetstream::new(async_nats::connect(nats.1.as_str()).await.unwrap());
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
-            if let Ok(mut stream) = js.get_stream("MEWS").await {
-                if stream.info().await.map(|i| i.state.messages).unwrap_or(0) >= events as u64 {
-                    return Instant::now();
-                }
+            if let Ok(mut stream) = js.get_stream("MEWS").await
+                && stream.info().await.map(|i| i.state.messages).unwrap_or(0) >= events as u64
+            {
+                return Instant::now();
             }
             assert!(Instant::now() < deadline, "NATS benchmark stalled");
             tokio::time::sleep(Duration::from_millis(5)).await;
