@@ -271,14 +271,12 @@ fn cursor(journal: &Path, sink: &str) -> u64 {
     use redb::ReadableDatabase;
     let db = redb::Database::create(journal).unwrap();
     let txn = db.begin_read().unwrap();
-    let value = txn
-        .open_table(CURSORS)
+    txn.open_table(CURSORS)
         .unwrap()
         .get(sink)
         .unwrap()
         .unwrap()
-        .value();
-    value
+        .value()
 }
 
 /// Bad credentials: one clear error, retried, nothing lost (delivered once they are right).
