@@ -127,8 +127,18 @@ fn check_prints_the_config_with_secrets_masked() {
             && !stdout.contains("CC150C35"),
         "{stdout}"
     );
+    for secret in ["0123456789", "sig=abc", "nats-secret-password"] {
+        assert!(
+            !stdout.contains(secret),
+            "header values, webhook token, URL query and NATS password are masked: {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("url = \"https://keys.example.com/mews?***\""),
+        "{stdout}"
+    );
     let reparsed: toml::Table = stdout.parse().expect("check prints valid TOML");
-    assert!(reparsed.contains_key("sink"));
+    assert!(reparsed.contains_key("sink") && reparsed.contains_key("webhooks"));
 }
 
 /// `check` and `run` exit 64 on a bad config with one line naming file and key.
