@@ -273,7 +273,7 @@ pub struct NatsSettings {
     pub subject: String,
     /// The JetStream stream that covers the subjects.
     pub stream: String,
-    /// Create the stream (subjects `mews.>`) when it does not exist.
+    /// Create the stream (subjects: the template's fixed leading tokens, then `>`) when missing.
     pub create_stream: bool,
     /// Retention of a created stream.
     #[serde(with = "human")]

@@ -47,6 +47,12 @@ pub(super) fn nats_sink(
             format!(r#""{subject}" is not a subject template: dot-separated tokens, no wildcards, placeholders {{property}} and {{type}}"#),
         ));
     }
+    if s.create_stream == Some(true) && subject.starts_with('{') {
+        return Err(ctx.err(
+            key("create_stream"),
+            "cannot cover a subject that starts with a placeholder; start it with a fixed token (\"mews.{property}.{type}\") or create the stream yourself",
+        ));
+    }
     if s.stream.is_empty() || s.stream.contains(['.', '*', '>', ' ', '/', '\\']) {
         return Err(ctx.err(
             key("stream"),

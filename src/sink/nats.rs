@@ -85,7 +85,7 @@ impl NatsSink {
             self.jetstream
                 .get_or_create_stream(stream::Config {
                     name: name.clone(),
-                    subjects: vec!["mews.>".into()],
+                    subjects: vec![stream_subjects(&self.settings.subject)],
                     max_age: self.settings.max_age,
                     duplicate_window: self.settings.duplicate_window,
                     ..Default::default()
@@ -150,6 +150,19 @@ fn log_event(sink: &str, last: &Mutex<String>, event: &Event) {
             tracing::error!(sink, error = %last, "NATS connection error; retrying")
         }
         _ => tracing::debug!(sink, event = %last, "NATS event"),
+    }
+}
+
+/// The subjects a created stream covers: the template's fixed leading tokens, then `>`.
+pub fn stream_subjects(template: &str) -> String {
+    let fixed: Vec<&str> = template
+        .split('.')
+        .take_while(|t| !t.contains('{'))
+        .collect();
+    if fixed.is_empty() {
+        ">".into()
+    } else {
+        format!("{}.>", fixed.join("."))
     }
 }
 
