@@ -134,6 +134,13 @@ pub async fn run_with_stats(
             }
         }
     }
+    let ops_stop = CancellationToken::new();
+    let supervisor = tokio::spawn(crate::ops::supervise(
+        journal.clone(),
+        Arc::clone(&stats),
+        ops_stop.clone(),
+    ));
+    crate::ops::ready();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         properties = settings.properties.len(),
@@ -149,6 +156,7 @@ pub async fn run_with_stats(
         Some(res) = sinks.join_next() => Some(ended("sink", res)),
     };
 
+    crate::ops::stopping();
     // Sources first: nothing new arrives while the sinks drain.
     sources_stop.cancel();
     while sources.join_next().await.is_some() {}
@@ -169,6 +177,8 @@ pub async fn run_with_stats(
         abort.cancel();
         while sinks.join_next().await.is_some() {}
     }
+    ops_stop.cancel();
+    let _ = supervisor.await;
     drop(journal);
     if let Err(err) = writer.await {
         tracing::error!(error = %err, "journal writer failed");

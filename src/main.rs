@@ -26,6 +26,22 @@ const EXIT_JOURNAL: u8 = 74;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format: text lines, JSON lines (for log shippers), or native journald fields. The
+    /// default picks journald under systemd (JOURNAL_STREAM set), else text.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
+    /// Log level or filter (e.g. "debug", "info,mews_relay::sink=debug"); default: RUST_LOG, else
+    /// "info".
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Auto,
+    Text,
+    Json,
+    Journald,
 }
 
 #[derive(Subcommand)]
@@ -108,7 +124,7 @@ struct DemoArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_format, cli.log_level.as_deref());
     match cli.command {
         Command::Check(args) => check(&args.config),
         Command::Run(args) => match load(&args.config) {
@@ -133,18 +149,55 @@ fn main() -> ExitCode {
 }
 
 /// Logs to stderr; plain under journald (it adds its own timestamps), coloured on a terminal.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // async-nats logs every failed reconnect itself; the NATS sink reports changes once.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=off"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+/// Logs go to stderr (or journald), never stdout.
+fn init_logging(format: LogFormat, level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // async-nats logs every failed reconnect itself; the NATS sink reports changes once.
+    let default = "info,async_nats=off";
+    let filter = match level {
+        Some(level) => EnvFilter::try_new(level).unwrap_or_else(|err| {
+            eprintln!(
+                "mews-relay: --log-level {level:?} is not a level or filter ({err}); using \"info\""
+            );
+            EnvFilter::new(default)
+        }),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
+    };
+    let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
+    let format = match format {
+        LogFormat::Auto if under_systemd => LogFormat::Journald,
+        LogFormat::Auto => LogFormat::Text,
+        other => other,
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Journald => match tracing_journald::layer() {
+            Ok(journald) => {
+                return registry
+                    .with(journald.with_syslog_identifier("mews-relay".into()))
+                    .init();
+            }
+            Err(err) => {
+                eprintln!("mews-relay: journald is not reachable ({err}); logging text to stderr")
+            }
+        },
+        LogFormat::Json => {
+            let json = tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr);
+            return registry.with(json).init();
+        }
+        _ => {}
+    }
+    let text = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().init();
+    if under_systemd {
+        registry.with(text.without_time()).init();
     } else {
-        builder.init();
+        registry.with(text).init();
     }
 }
 

@@ -1,6 +1,20 @@
 //! Process-wide counters: what was stored, rejected and lost. Exported by `/metrics` later.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// What a property's connection is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Link {
+    /// Not connected yet.
+    Connecting,
+    /// Connected since then.
+    Connected(Instant),
+    /// Lost or refused; the short reason.
+    Reconnecting(String),
+}
 
 /// Counters shared by every component of one running relay.
 #[derive(Debug, Default)]
@@ -17,6 +31,8 @@ pub struct Stats {
     pub webhooks_refused: AtomicU64,
     /// Webhook bodies that were not a Mews webhook (400).
     pub webhooks_malformed: AtomicU64,
+    /// Each property's connection.
+    pub links: Mutex<BTreeMap<String, Link>>,
 }
 
 impl Stats {
@@ -28,5 +44,33 @@ impl Stats {
     /// Reads a counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Records what a property's connection is doing.
+    pub fn set_link(&self, property: &str, link: Link) {
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(property.to_owned(), link);
+    }
+
+    /// One line for systemd's STATUS=: `old-town: connected 3m · airport: reconnecting (401)`.
+    pub fn status_line(&self) -> String {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let parts: Vec<String> = links
+            .iter()
+            .map(|(name, link)| match link {
+                Link::Connecting => format!("{name}: connecting"),
+                Link::Connected(since) => {
+                    let secs = since.elapsed().as_secs();
+                    let up = humantime::format_duration(std::time::Duration::from_secs(
+                        secs - secs % if secs >= 60 { 60 } else { 1 },
+                    ));
+                    format!("{name}: connected {up}")
+                }
+                Link::Reconnecting(why) => format!("{name}: reconnecting ({why})"),
+            })
+            .collect();
+        parts.join(" · ")
     }
 }

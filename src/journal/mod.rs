@@ -161,6 +161,17 @@ impl Journal {
         rx.await.map_err(|_| JournalError::Closed)
     }
 
+    /// Returns once the writer has worked through everything queued before: a stuck writer
+    /// never answers (the watchdog relies on this).
+    pub async fn ping(&self) -> Result<(), JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(Op::Ping(tx))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)
+    }
+
     /// Up to `max` committed records after `after`, oldest first.
     pub async fn read_after(
         &self,

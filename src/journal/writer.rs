@@ -26,6 +26,8 @@ pub(super) enum Op {
     Append(Vec<Entry>, Option<Waiter>),
     Cursor(String, u64),
     Flush(oneshot::Sender<()>),
+    /// Answered once everything queued before it is done: proof the writer is not stuck.
+    Ping(oneshot::Sender<()>),
 }
 
 /// The task that owns all writes. Run it with [`JournalWriter::run`]; it ends when every
@@ -71,6 +73,7 @@ struct Batch {
     waiters: Vec<(Waiter, usize)>,
     cursors: HashMap<String, u64>,
     flushes: Vec<oneshot::Sender<()>>,
+    pings: Vec<oneshot::Sender<()>>,
 }
 
 impl Batch {
@@ -87,6 +90,7 @@ impl Batch {
                 *at = (*at).max(seq);
             }
             Op::Flush(done) => self.flushes.push(done),
+            Op::Ping(done) => self.pings.push(done),
         }
     }
 }
@@ -134,9 +138,15 @@ impl JournalWriter {
                     Err(_) => break,
                 }
             }
-            let durable = !batch.records.is_empty() || !batch.flushes.is_empty();
-            self.commit(batch, durable).await;
-            unsynced = !durable;
+            let pings = std::mem::take(&mut batch.pings);
+            if !(batch.records.is_empty() && batch.cursors.is_empty() && batch.flushes.is_empty()) {
+                let durable = !batch.records.is_empty() || !batch.flushes.is_empty();
+                self.commit(batch, durable).await;
+                unsynced = !durable;
+            }
+            for ping in pings {
+                let _ = ping.send(());
+            }
         }
         if unsynced {
             self.commit(Batch::default(), true).await;
@@ -200,6 +210,7 @@ impl JournalWriter {
             waiters,
             cursors,
             flushes,
+            pings: _,
         } = batch;
         for (name, seq) in &cursors {
             if let Some(at) = self.cursors.get_mut(name) {

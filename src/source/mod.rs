@@ -11,7 +11,7 @@ use crate::config::{Connection, Property, Settings};
 use crate::journal::Journal;
 use crate::rejects::Rejects;
 use crate::secret::Secret;
-use crate::stats::Stats;
+use crate::stats::{Link, Stats};
 
 use session::{SessionEnd, SessionError};
 
@@ -60,8 +60,18 @@ impl Source {
     async fn reconnect_loop(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.connection.backoff_min, self.connection.backoff_max);
         let mut failures = Failures::default();
+        self.stats.set_link(&self.name, Link::Connecting);
         loop {
             let outcome = self.session(&shutdown).await;
+            match &outcome.result {
+                Ok(SessionEnd::Closed(_)) => self
+                    .stats
+                    .set_link(&self.name, Link::Reconnecting("closed by server".into())),
+                Err(err) => self
+                    .stats
+                    .set_link(&self.name, Link::Reconnecting(err.short())),
+                Ok(SessionEnd::Shutdown) => {}
+            }
             if outcome
                 .connected_for
                 .is_some_and(|up| up >= self.connection.healthy_after)

@@ -57,6 +57,22 @@ pub(crate) enum SessionError {
     JournalClosed,
 }
 
+impl SessionError {
+    /// A few words for the status line.
+    pub(crate) fn short(&self) -> String {
+        match self {
+            SessionError::Rejected(status) => status.as_u16().to_string(),
+            SessionError::ConnectTimeout(_) => "connect timeout".into(),
+            SessionError::PongTimeout(_) => "no pong".into(),
+            SessionError::Connect { source, .. } => source.kind().to_string(),
+            SessionError::Handshake(_) => "handshake failed".into(),
+            SessionError::Read(_) => "connection lost".into(),
+            SessionError::Url(_) => "bad URL".into(),
+            SessionError::JournalClosed => "stopping".into(),
+        }
+    }
+}
+
 /// What a session came to, and how long it was connected.
 pub(crate) struct Outcome {
     pub connected_for: Option<Duration>,
@@ -85,6 +101,10 @@ impl Source {
         };
         let connected = Instant::now();
         tracing::info!(url = %self.url, "connected");
+        self.stats.set_link(
+            &self.name,
+            crate::stats::Link::Connected(connected.into_std()),
+        );
         crate::stats::Stats::add(&self.stats.connections, 1);
         let result = self.read(ws, shutdown).await;
         Outcome {

@@ -9,6 +9,7 @@ mod http;
 mod journal;
 mod malformed;
 mod nats;
+mod ops;
 mod pki;
 mod receiver;
 mod reconnect;

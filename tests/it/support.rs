@@ -384,11 +384,28 @@ impl Daemon {
         Self::spawn_with(args, dir, tag, Stdio::piped())
     }
 
+    /// The same with extra environment variables (stdout to a file).
+    pub fn spawn_env(args: &[&str], dir: &Path, tag: &str, env: &[(&str, &str)]) -> Daemon {
+        let file = File::create(dir.join(format!("{tag}.stdout"))).unwrap();
+        Self::spawn_full(args, dir, tag, Stdio::from(file), env)
+    }
+
     fn spawn_with(args: &[&str], dir: &Path, tag: &str, out: Stdio) -> Daemon {
+        Self::spawn_full(args, dir, tag, out, &[])
+    }
+
+    fn spawn_full(
+        args: &[&str],
+        dir: &Path,
+        tag: &str,
+        out: Stdio,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let stdout = dir.join(format!("{tag}.stdout"));
         let stderr = dir.join(format!("{tag}.stderr"));
         let child = Command::new(env!("CARGO_BIN_EXE_mews-relay"))
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "debug")
             .env_remove("CREDENTIALS_DIRECTORY")
             .stdin(Stdio::null())

@@ -1,0 +1,155 @@
+//! Running under systemd: notifications on a fake NOTIFY_SOCKET, and the shipped unit file
+//! checked by systemd-analyze.
+
+use nix::sys::signal::Signal;
+use tokio::net::UnixDatagram;
+
+use crate::support::*;
+
+async fn next_notice(socket: &UnixDatagram) -> String {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, socket.recv(&mut buf))
+        .await
+        .expect("a notification")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// READY=1 once started (the Mews side may be down), WATCHDOG=1 while healthy when
+/// WATCHDOG_USEC is set, a STATUS= line per property, and STOPPING=1 on SIGTERM.
+#[tokio::test]
+async fn systemd_gets_ready_watchdog_status_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let mut server = MockServer::start().await;
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        config_text(&server.url(), dir.path(), "[[sink]]\ntype = \"stdout\"\n"),
+    )
+    .unwrap();
+    let env = [
+        ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "200000"),
+    ];
+    let mut daemon = Daemon::spawn_env(
+        &["run", "--config", config.to_str().unwrap()],
+        dir.path(),
+        "relay",
+        &env,
+    );
+    let mut notices = Vec::new();
+    while !notices.iter().any(|n: &String| n.contains("READY=1")) {
+        notices.push(next_notice(&socket).await);
+    }
+    let _conn = server.next().await;
+    let mut watchdogs = 0;
+    let mut connected_status = false;
+    while watchdogs < 3 || !connected_status {
+        let notice = next_notice(&socket).await;
+        watchdogs += usize::from(notice.contains("WATCHDOG=1"));
+        connected_status |= notice.contains("STATUS=old-town: connected");
+    }
+    daemon.signal(Signal::SIGTERM);
+    loop {
+        if next_notice(&socket).await.contains("STOPPING=1") {
+            break;
+        }
+    }
+    assert_eq!(daemon.wait().await, Some(0));
+}
+
+/// The unit scores 1.5 or lower in `systemd-analyze security` and `verify` finds nothing to say
+/// (with ExecStart pointed at the built binary). Skipped with a note where systemd-analyze is
+/// missing; `.ci/run` installs it.
+#[test]
+fn the_unit_file_is_hardened_and_valid() {
+    let Ok(version) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("systemd-analyze is not installed; skipping the unit checks");
+        return;
+    };
+    assert!(version.status.success());
+    let security = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "systemd/mews-relay.service"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&security.stdout).into_owned()
+        + &String::from_utf8_lossy(&security.stderr);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split("exposure level for mews-relay.service:").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no score in:\n{text}"));
+    assert!(score <= 1.5, "exposure {score} > 1.5:\n{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string("systemd/mews-relay.service")
+        .unwrap()
+        .replace(
+            "/usr/local/bin/mews-relay",
+            env!("CARGO_BIN_EXE_mews-relay"),
+        );
+    let path = dir.path().join("mews-relay.service");
+    std::fs::write(&path, unit).unwrap();
+    let verify = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verify.stdout).into_owned()
+        + &String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify:\n{said}"
+    );
+}
+
+/// `--log-format json` writes one JSON object per log line on stderr, stdout untouched.
+#[tokio::test]
+async fn logs_can_be_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = MockServer::start().await;
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        config_text(&server.url(), dir.path(), "[[sink]]\ntype = \"stdout\"\n"),
+    )
+    .unwrap();
+    let args = [
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "--log-level",
+        "info",
+    ];
+    let mut daemon = Daemon::spawn(&args, dir.path(), "relay");
+    server.next().await;
+    wait_until("the connection is logged", || {
+        daemon.stderr_text().contains("connected")
+    })
+    .await;
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.wait().await, Some(0));
+    let stderr = daemon.stderr_text();
+    for line in stderr.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            value["level"].is_string() && value["fields"].is_object(),
+            "{line}"
+        );
+    }
+    assert!(stderr.lines().count() >= 3);
+    assert!(
+        !stderr.contains("DEBUG"),
+        "--log-level info wins over RUST_LOG=debug"
+    );
+    assert!(daemon.stdout_text().is_empty());
+}
