@@ -23,18 +23,33 @@ pub struct Control {
     pub shutdown: CancellationToken,
     /// Bump to make file sinks reopen their files (SIGHUP).
     pub reopen: watch::Receiver<u64>,
+    /// A new, validated config to switch to (SIGHUP).
+    pub reload: watch::Receiver<Option<Arc<Settings>>>,
+}
+
+/// The sending side of [`Control`].
+pub struct ControlHandle {
+    /// Bump to reopen files.
+    pub reopen: watch::Sender<u64>,
+    /// Send a config to reload.
+    pub reload: watch::Sender<Option<Arc<Settings>>>,
 }
 
 impl Control {
-    /// A control and the sender that triggers reopen.
-    pub fn new() -> (Control, watch::Sender<u64>) {
-        let (tx, rx) = watch::channel(0);
+    /// A control and the handle that steers it.
+    pub fn new() -> (Control, ControlHandle) {
+        let (reopen_tx, reopen) = watch::channel(0);
+        let (reload_tx, reload) = watch::channel(None);
         (
             Control {
                 shutdown: CancellationToken::new(),
-                reopen: rx,
+                reopen,
+                reload,
             },
-            tx,
+            ControlHandle {
+                reopen: reopen_tx,
+                reload: reload_tx,
+            },
         )
     }
 }
@@ -64,12 +79,92 @@ pub async fn run(settings: Settings, control: Control) -> Result<(), AppError> {
     run_with_stats(settings, control, Arc::new(Stats::default())).await
 }
 
-/// [`run`], with counters the caller can read.
+/// How one run of the relay ended.
+enum Ended {
+    Stopped,
+    Reload(Arc<Settings>),
+}
+
+/// [`run`], with counters the caller can read. A reload stops everything (sources first, sinks
+/// drained) and starts again with the new config; a config that then fails to start gives way
+/// to the previous one.
 pub async fn run_with_stats(
     settings: Settings,
-    control: Control,
+    mut control: Control,
     stats: Arc<Stats>,
 ) -> Result<(), AppError> {
+    let mut current = Arc::new(settings);
+    let mut previous: Option<Arc<Settings>> = None;
+    loop {
+        match run_once(&current, &mut control, Arc::clone(&stats)).await {
+            Ok(Ended::Stopped) => return Ok(()),
+            Ok(Ended::Reload(next)) => {
+                previous = Some(std::mem::replace(&mut current, next));
+                tracing::info!("configuration reloaded; starting again");
+            }
+            Err(err) => match previous.take() {
+                Some(old) if !matches!(err, AppError::TaskEnded(_)) => {
+                    tracing::error!(error = %err, "the reloaded configuration cannot start; going back to the previous one");
+                    current = old;
+                }
+                _ => return Err(err),
+            },
+        }
+    }
+}
+
+/// Everything one run started, to be stopped in order.
+struct Running {
+    journal: Journal,
+    writer: tokio::task::JoinHandle<()>,
+    sources_stop: CancellationToken,
+    sources: JoinSet<()>,
+    drain: CancellationToken,
+    abort: CancellationToken,
+    sinks: JoinSet<()>,
+    ops_stop: CancellationToken,
+    supervisor: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Sources first (nothing new arrives), then the sinks drain within `grace`, then the
+    /// journal closes.
+    async fn stop(mut self, grace: std::time::Duration) {
+        self.sources_stop.cancel();
+        while self.sources.join_next().await.is_some() {}
+        if let Err(err) = self.journal.flush().await {
+            tracing::warn!(error = %err, "final journal commit failed");
+        }
+        self.drain.cancel();
+        let sinks = &mut self.sinks;
+        let drained =
+            tokio::time::timeout(grace, async { while sinks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            let last = *self.journal.committed().borrow();
+            tracing::warn!(
+                ?grace,
+                last_seq = last,
+                "grace period over: stopping sinks; what they did not deliver stays in the journal for the next start"
+            );
+            self.abort.cancel();
+            while self.sinks.join_next().await.is_some() {}
+        }
+        self.ops_stop.cancel();
+        if let Some(supervisor) = self.supervisor {
+            let _ = supervisor.await;
+        }
+        drop(self.journal);
+        if let Err(err) = self.writer.await {
+            tracing::error!(error = %err, "journal writer failed");
+        }
+    }
+}
+
+async fn run_once(
+    settings: &Settings,
+    control: &mut Control,
+    stats: Arc<Stats>,
+) -> Result<Ended, AppError> {
     let tls = tls::client_config(&settings.connection.extra_roots, None)?;
     let sink_names: Vec<String> = settings.sinks.iter().map(|s| s.name.clone()).collect();
     let (journal, writer) = Journal::open(
@@ -78,115 +173,118 @@ pub async fn run_with_stats(
         settings.state.max_bytes,
         Arc::clone(&stats),
     )?;
-    let writer = tokio::spawn(writer.run());
+    stats
+        .links
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|name, _| settings.properties.iter().any(|p| &p.name == name));
+    let mut running = Running {
+        writer: tokio::spawn(writer.run()),
+        journal,
+        sources_stop: CancellationToken::new(),
+        sources: JoinSet::new(),
+        drain: CancellationToken::new(),
+        abort: CancellationToken::new(),
+        sinks: JoinSet::new(),
+        ops_stop: CancellationToken::new(),
+        supervisor: None,
+    };
+    let grace = settings.shutdown.grace_period;
     let rejects = Arc::new(Rejects::new(&settings.state.dir));
 
-    let drain = CancellationToken::new();
-    let abort = CancellationToken::new();
-    let mut sinks = JoinSet::new();
     for sink_settings in &settings.sinks {
         let sink = match sink_settings.build(&settings.state.dir).await {
             Ok(sink) => sink,
             Err(err) => {
-                abort.cancel();
-                sinks.join_all().await;
+                running.stop(grace).await;
                 return Err(err.into());
             }
         };
         let ctl = SinkControl {
-            drain: drain.clone(),
-            abort: abort.clone(),
+            drain: running.drain.clone(),
+            abort: running.abort.clone(),
             reopen: control.reopen.clone(),
             state_dir: settings.state.dir.clone(),
         };
-        sinks.spawn(sink::drive(
+        running.sinks.spawn(sink::drive(
             sink_settings.clone(),
             sink,
-            journal.clone(),
+            running.journal.clone(),
             ctl,
         ));
     }
-
-    let sources_stop = CancellationToken::new();
-    let mut sources = JoinSet::new();
     for property in &settings.properties {
         let source = Source::new(
-            &settings,
+            settings,
             property,
             Arc::clone(&tls),
-            journal.clone(),
+            running.journal.clone(),
             Arc::clone(&rejects),
             Arc::clone(&stats),
         );
-        sources.spawn(source.run(sources_stop.clone()));
+        running
+            .sources
+            .spawn(source.run(running.sources_stop.clone()));
     }
     if let Some(webhooks) = &settings.webhooks {
-        match Ingress::bind(&settings, webhooks, journal.clone(), Arc::clone(&stats)).await {
+        match Ingress::bind(
+            settings,
+            webhooks,
+            running.journal.clone(),
+            Arc::clone(&stats),
+        )
+        .await
+        {
             Ok(ingress) => {
-                sources.spawn(ingress.run(sources_stop.clone()));
+                running
+                    .sources
+                    .spawn(ingress.run(running.sources_stop.clone()));
             }
             Err(err) => {
-                sources_stop.cancel();
-                abort.cancel();
-                while sources.join_next().await.is_some() {}
-                while sinks.join_next().await.is_some() {}
+                running.stop(grace).await;
                 return Err(err.into());
             }
         }
     }
-    let ops_stop = CancellationToken::new();
-    let supervisor = tokio::spawn(crate::ops::supervise(
-        journal.clone(),
+    running.supervisor = Some(tokio::spawn(crate::ops::supervise(
+        running.journal.clone(),
         Arc::clone(&stats),
-        ops_stop.clone(),
-    ));
+        running.ops_stop.clone(),
+    )));
     crate::ops::ready();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         properties = settings.properties.len(),
         sinks = settings.sinks.len(),
-        journal = %journal.path().display(),
-        last_seq = *journal.committed().borrow(),
+        journal = %running.journal.path().display(),
+        last_seq = *running.journal.committed().borrow(),
         "mews-relay started"
     );
 
-    let failure = tokio::select! {
-        () = control.shutdown.cancelled() => None,
-        Some(res) = sources.join_next() => Some(ended("source", res)),
-        Some(res) = sinks.join_next() => Some(ended("sink", res)),
+    let ended = loop {
+        tokio::select! {
+            () = control.shutdown.cancelled() => break Ok(Ended::Stopped),
+            Some(res) = running.sources.join_next() => break Err(ended("source", res)),
+            Some(res) = running.sinks.join_next() => break Err(ended("sink", res)),
+            Ok(()) = control.reload.changed() => {
+                if let Some(next) = control.reload.borrow_and_update().clone() {
+                    break Ok(Ended::Reload(next));
+                }
+            }
+        }
     };
-
-    crate::ops::stopping();
-    // Sources first: nothing new arrives while the sinks drain.
-    sources_stop.cancel();
-    while sources.join_next().await.is_some() {}
-    if let Err(err) = journal.flush().await {
-        tracing::warn!(error = %err, "final journal commit failed");
+    match &ended {
+        Ok(Ended::Reload(_)) => crate::ops::reloading(),
+        _ => crate::ops::stopping(),
     }
-    drain.cancel();
-    let grace = settings.shutdown.grace_period;
-    let drained =
-        tokio::time::timeout(grace, async { while sinks.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        let last = *journal.committed().borrow();
-        tracing::warn!(
-            ?grace,
-            last_seq = last,
-            "grace period over: stopping sinks; what they did not deliver stays in the journal for the next start"
-        );
-        abort.cancel();
-        while sinks.join_next().await.is_some() {}
-    }
-    ops_stop.cancel();
-    let _ = supervisor.await;
-    drop(journal);
-    if let Err(err) = writer.await {
-        tracing::error!(error = %err, "journal writer failed");
-    }
-    tracing::info!("mews-relay stopped");
-    match failure {
-        Some(name) => Err(AppError::TaskEnded(name)),
-        None => Ok(()),
+    running.stop(grace).await;
+    match ended {
+        Ok(Ended::Stopped) => {
+            tracing::info!("mews-relay stopped");
+            Ok(Ended::Stopped)
+        }
+        Ok(reload) => Ok(reload),
+        Err(name) => Err(AppError::TaskEnded(name)),
     }
 }
 

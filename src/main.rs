@@ -6,13 +6,13 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use mews_relay::app::{self, AppError, Control};
+use mews_relay::app::{self, AppError, Control, ControlHandle};
 use mews_relay::config::{CredentialsDir, Settings};
 use mews_relay::simulator::{self, SimulatorConfig};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for a bad config (sysexits' EX_USAGE).
@@ -130,7 +130,7 @@ fn main() -> ExitCode {
         Command::Run(args) => match load(&args.config) {
             Ok(settings) => {
                 let rt = runtime();
-                let code = run_daemon(&rt, settings, None);
+                let code = run_daemon(&rt, settings, Some(args.config.clone()), None);
                 // A sink stuck in a blocking write (a full stdout pipe) must not hold the exit.
                 rt.shutdown_timeout(Duration::from_secs(1));
                 code
@@ -251,15 +251,21 @@ fn runtime() -> tokio::runtime::Runtime {
         })
 }
 
-/// Runs the relay with signal handling, optionally stopping after a while.
+/// Runs the relay with signal handling, optionally stopping after a while. With `config`,
+/// SIGHUP reloads it.
 fn run_daemon(
     rt: &tokio::runtime::Runtime,
     settings: Settings,
+    config: Option<PathBuf>,
     stop_after: Option<Duration>,
 ) -> ExitCode {
     rt.block_on(async {
-        let (control, reopen) = Control::new();
-        tokio::spawn(handle_signals(control.shutdown.clone(), reopen));
+        let (control, handle) = Control::new();
+        tokio::spawn(handle_signals(
+            control.shutdown.clone(),
+            Some(handle),
+            config,
+        ));
         if let Some(after) = stop_after {
             let shutdown = control.shutdown.clone();
             tokio::spawn(async move {
@@ -285,8 +291,13 @@ fn exit_code(result: Result<(), AppError>) -> ExitCode {
     }
 }
 
-/// SIGTERM/SIGINT: shut down, and at once on the second one. SIGHUP: reopen files.
-async fn handle_signals(shutdown: CancellationToken, reopen: watch::Sender<u64>) {
+/// SIGTERM/SIGINT: shut down, and at once on the second one. SIGHUP: reopen files, and with a
+/// config file, reload it (an invalid one is refused and the running config stays).
+async fn handle_signals(
+    shutdown: CancellationToken,
+    handle: Option<ControlHandle>,
+    config: Option<PathBuf>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -301,8 +312,9 @@ async fn handle_signals(shutdown: CancellationToken, reopen: watch::Sender<u64>)
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: reopening files");
-                reopen.send_modify(|n| *n += 1);
+                if let Some(handle) = &handle {
+                    reload(handle, config.as_deref());
+                }
                 continue;
             }
         };
@@ -315,6 +327,22 @@ async fn handle_signals(shutdown: CancellationToken, reopen: watch::Sender<u64>)
             "shutting down; send it again to exit at once"
         );
         shutdown.cancel();
+    }
+}
+
+fn reload(handle: &ControlHandle, config: Option<&Path>) {
+    handle.reopen.send_modify(|n| *n += 1);
+    let Some(path) = config else {
+        return tracing::info!("SIGHUP: files reopened");
+    };
+    match Settings::load(path, &CredentialsDir::from_env()) {
+        Ok(settings) => {
+            tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration (WebSockets reconnect)");
+            handle.reload.send_replace(Some(Arc::new(settings)));
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "SIGHUP: the new configuration is invalid and was not applied; the running one stays")
+        }
     }
 }
 
@@ -339,11 +367,8 @@ fn simulate(args: SimulateArgs) -> ExitCode {
             args.listen,
             simulator::WS_PATH
         );
-        let (control, _reopen) = Control::new();
-        tokio::spawn(handle_signals(
-            control.shutdown.clone(),
-            watch::channel(0).0,
-        ));
+        let (control, _handle) = Control::new();
+        tokio::spawn(handle_signals(control.shutdown.clone(), None, None));
         match simulator::serve(listener, config, control.shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
@@ -434,7 +459,7 @@ fn demo(args: DemoArgs) -> ExitCode {
             }
         })
     };
-    let code = run_daemon(&rt, settings, args.duration);
+    let code = run_daemon(&rt, settings, None, args.duration);
     sim_stop.cancel();
     let _ = rt.block_on(sim);
     rt.shutdown_timeout(Duration::from_secs(1));

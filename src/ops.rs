@@ -27,6 +27,14 @@ pub fn ready() {
     notify(&[NotifyState::Ready]);
 }
 
+/// `RELOADING=1` with `MONOTONIC_USEC` (systemd 253+ wants it); `READY=1` follows the restart.
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[NotifyState::Reloading, now]),
+        Err(_) => notify(&[NotifyState::Reloading]),
+    }
+}
+
 /// `STOPPING=1`.
 pub fn stopping() {
     notify(&[NotifyState::Stopping]);

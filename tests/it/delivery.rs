@@ -99,7 +99,7 @@ async fn file_sinks_reopen_their_file_after_rotation() {
     wait_for_lines(&h.out, 1).await;
     let rotated = h.dir.path().join("out.jsonl.1");
     std::fs::rename(&h.out, &rotated).unwrap();
-    h.relay.reopen.send_modify(|n| *n += 1);
+    h.relay.steer.reopen.send_modify(|n| *n += 1);
     wait_until("the sink reopened its file", || h.out.exists()).await;
     conn.send(&commands(1, 2)).await;
     let lines = wait_for_lines(&h.out, 1).await;

@@ -16,7 +16,8 @@ async fn next_notice(socket: &UnixDatagram) -> String {
 }
 
 /// READY=1 once started (the Mews side may be down), WATCHDOG=1 while healthy when
-/// WATCHDOG_USEC is set, a STATUS= line per property, and STOPPING=1 on SIGTERM.
+/// WATCHDOG_USEC is set, a STATUS= line per property, RELOADING=1 + MONOTONIC_USEC then READY=1
+/// around a SIGHUP reload, and STOPPING=1 on SIGTERM.
 #[tokio::test]
 async fn systemd_gets_ready_watchdog_status_and_stopping() {
     let dir = tempfile::tempdir().unwrap();
@@ -51,6 +52,15 @@ async fn systemd_gets_ready_watchdog_status_and_stopping() {
         watchdogs += usize::from(notice.contains("WATCHDOG=1"));
         connected_status |= notice.contains("STATUS=old-town: connected");
     }
+    daemon.signal(Signal::SIGHUP);
+    loop {
+        let notice = next_notice(&socket).await;
+        if notice.contains("RELOADING=1") {
+            assert!(notice.contains("MONOTONIC_USEC="), "{notice}");
+            break;
+        }
+    }
+    while !next_notice(&socket).await.contains("READY=1") {}
     daemon.signal(Signal::SIGTERM);
     loop {
         if next_notice(&socket).await.contains("STOPPING=1") {
@@ -152,4 +162,65 @@ async fn logs_can_be_json_lines() {
         "--log-level info wins over RUST_LOG=debug"
     );
     assert!(daemon.stdout_text().is_empty());
+}
+
+/// SIGHUP with a changed sink list: the WebSocket reconnects, the new sink starts with new
+/// records, the old one neither loses nor repeats one. An invalid config is refused and the
+/// running one keeps going on the same connection.
+#[tokio::test]
+async fn sighup_reloads_a_changed_sink_list_and_refuses_an_invalid_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = MockServer::start().await;
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    let config = dir.path().join("relay.toml");
+    let url = server.url();
+    let write =
+        |sinks: &str| std::fs::write(&config, config_text(&url, dir.path(), sinks)).unwrap();
+    write(&file_sink(&a));
+    let mut daemon = Daemon::spawn(
+        &["run", "--config", config.to_str().unwrap()],
+        dir.path(),
+        "relay",
+    );
+    server.next().await.send(&commands(0, 5)).await;
+    wait_for_lines(&a, 5).await;
+
+    write(&format!("{}\n{}", file_sink(&a), file_sink(&b)));
+    daemon.signal(Signal::SIGHUP);
+    let mut conn = server.next().await; // reconnected with the new config
+    conn.send(&commands(5, 10)).await;
+    let in_b = wait_for_lines(&b, 5).await;
+    let in_a = wait_for_lines(&a, 10).await;
+    let ids = |lines: &[serde_json::Value]| {
+        lines
+            .iter()
+            .map(|l| l["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(&in_a),
+        (0..10).map(|i| format!("cmd-{i}")).collect::<Vec<_>>(),
+        "nothing lost or repeated"
+    );
+    assert_eq!(
+        ids(&in_b),
+        (5..10).map(|i| format!("cmd-{i}")).collect::<Vec<_>>(),
+        "the new sink starts with new records"
+    );
+
+    std::fs::write(&config, "[mews]\nwebsocket_url = 5\n").unwrap();
+    daemon.signal(Signal::SIGHUP);
+    wait_until("the refusal is logged", || {
+        daemon.stderr_text().contains("was not applied")
+    })
+    .await;
+    conn.send(&commands(10, 12)).await;
+    assert_eq!(wait_for_lines(&a, 12).await.len(), 12);
+    assert!(
+        server.try_next().is_none(),
+        "the running config kept its connection"
+    );
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.wait().await, Some(0));
+    assert_eq!(std::fs::read_to_string(&a).unwrap().lines().count(), 12);
 }

@@ -17,7 +17,7 @@ use mews_relay::config::{CredentialsDir, Settings};
 use mews_relay::stats::Stats;
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
@@ -283,7 +283,7 @@ impl Harness {
 /// The relay running in this process.
 pub struct Relay {
     pub control: Control,
-    pub reopen: watch::Sender<u64>,
+    pub steer: mews_relay::app::ControlHandle,
     pub stats: Arc<Stats>,
     handle: JoinHandle<Result<(), AppError>>,
 }
@@ -297,7 +297,7 @@ impl Relay {
     }
 
     pub fn start_with(settings: Settings) -> Relay {
-        let (control, reopen) = Control::new();
+        let (control, steer) = Control::new();
         let stats = Arc::new(Stats::default());
         let handle = tokio::spawn(mews_relay::app::run_with_stats(
             settings,
@@ -306,7 +306,7 @@ impl Relay {
         ));
         Relay {
             control,
-            reopen,
+            steer,
             stats,
             handle,
         }
