@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::ingress::Ingress;
 use crate::journal::{Journal, JournalError};
+use crate::metrics::MetricsServer;
 use crate::rejects::Rejects;
 use crate::sink::{self, BuildError, SinkControl};
 use crate::source::Source;
@@ -69,6 +70,9 @@ pub enum AppError {
     /// The webhook listener could not start.
     #[error(transparent)]
     Ingress(#[from] crate::ingress::IngressError),
+    /// The metrics listener could not start.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// A task ended on its own (a bug); the relay stopped so that systemd restarts it.
     #[error("the {0} task stopped unexpectedly")]
     TaskEnded(&'static str),
@@ -173,11 +177,13 @@ async fn run_once(
         settings.state.max_bytes,
         Arc::clone(&stats),
     )?;
-    stats
-        .links
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .retain(|name, _| settings.properties.iter().any(|p| &p.name == name));
+    let names: Vec<&str> = settings
+        .properties
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    stats.keep_properties(&names);
+    stats.keep_sinks(&sink_names);
     let mut running = Running {
         writer: tokio::spawn(writer.run()),
         journal,
@@ -193,7 +199,7 @@ async fn run_once(
     let rejects = Arc::new(Rejects::new(&settings.state.dir));
 
     for sink_settings in &settings.sinks {
-        let sink = match sink_settings.build(&settings.state.dir).await {
+        let sink = match sink_settings.build(&settings.state.dir, &stats).await {
             Ok(sink) => sink,
             Err(err) => {
                 running.stop(grace).await;
@@ -205,6 +211,7 @@ async fn run_once(
             abort: running.abort.clone(),
             reopen: control.reopen.clone(),
             state_dir: settings.state.dir.clone(),
+            stats: Arc::clone(&stats),
         };
         running.sinks.spawn(sink::drive(
             sink_settings.clone(),
@@ -239,6 +246,19 @@ async fn run_once(
                 running
                     .sources
                     .spawn(ingress.run(running.sources_stop.clone()));
+            }
+            Err(err) => {
+                running.stop(grace).await;
+                return Err(err.into());
+            }
+        }
+    }
+    if let Some(metrics) = &settings.metrics {
+        match MetricsServer::bind(metrics.listen, metrics.ready_max_lag, Arc::clone(&stats)).await {
+            Ok(server) => {
+                running
+                    .sources
+                    .spawn(server.run(running.sources_stop.clone()));
             }
             Err(err) => {
                 running.stop(grace).await;

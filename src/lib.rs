@@ -24,6 +24,7 @@ pub mod backoff;
 pub mod config;
 pub mod ingress;
 pub mod journal;
+pub mod metrics;
 pub mod ops;
 pub mod record;
 pub mod rejects;

@@ -18,6 +18,17 @@ pub enum Origin {
     Webhook,
 }
 
+impl Origin {
+    /// The name used in records and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Websocket => "websocket",
+            Origin::CatchUp => "catch_up",
+            Origin::Webhook => "webhook",
+        }
+    }
+}
+
 /// One event with what the relay knows about it. The journal gives it a `seq`.
 #[derive(Debug, Clone)]
 pub struct Record {

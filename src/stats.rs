@@ -1,9 +1,10 @@
-//! Process-wide counters: what was stored, rejected and lost. Exported by `/metrics` later.
+//! What the relay counts and knows about itself: stored, rejected, lost, per property and per
+//! sink. `/metrics`, `/readyz` and systemd's STATUS= read it.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 /// What a property's connection is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +32,54 @@ pub struct Stats {
     pub webhooks_refused: AtomicU64,
     /// Webhook bodies that were not a Mews webhook (400).
     pub webhooks_malformed: AtomicU64,
-    /// Each property's connection.
-    pub links: Mutex<BTreeMap<String, Link>>,
+    /// Bytes of records held in the journal.
+    pub journal_bytes: AtomicU64,
+    /// Per property.
+    pub properties: Mutex<BTreeMap<String, PropertyStats>>,
+    /// Per sink.
+    pub sinks: Mutex<BTreeMap<String, SinkStats>>,
+    /// Records committed, by (property, type, origin).
+    pub events: Mutex<BTreeMap<(String, String, String), u64>>,
+}
+
+/// One property's connection.
+#[derive(Debug, Clone)]
+pub struct PropertyStats {
+    /// What it is doing now.
+    pub link: Link,
+    /// Connections lost or refused after having been up.
+    pub reconnects: u64,
+    /// When its last WebSocket event was journaled.
+    pub last_event: Option<SystemTime>,
+}
+
+impl Default for PropertyStats {
+    fn default() -> Self {
+        PropertyStats {
+            link: Link::Connecting,
+            reconnects: 0,
+            last_event: None,
+        }
+    }
+}
+
+/// One sink's progress.
+#[derive(Debug, Clone, Default)]
+pub struct SinkStats {
+    /// Records delivered.
+    pub delivered: u64,
+    /// Failed attempts that will be retried.
+    pub retries: u64,
+    /// Records moved to its dead-letter file.
+    pub dead_lettered: u64,
+    /// Committed records it has not passed yet.
+    pub lag_records: u64,
+    /// Since when it has been behind (None: caught up).
+    pub behind_since: Option<Instant>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Stats {
@@ -48,18 +95,64 @@ impl Stats {
 
     /// Records what a property's connection is doing.
     pub fn set_link(&self, property: &str, link: Link) {
-        self.links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(property.to_owned(), link);
+        let mut properties = lock(&self.properties);
+        let entry = properties.entry(property.to_owned()).or_default();
+        if matches!(entry.link, Link::Connected(_)) && matches!(link, Link::Reconnecting(_)) {
+            entry.reconnects += 1;
+        }
+        entry.link = link;
+    }
+
+    /// Keeps only these properties (after a reload).
+    pub fn keep_properties(&self, names: &[&str]) {
+        lock(&self.properties).retain(|name, _| names.contains(&name.as_str()));
+    }
+
+    /// Keeps only these sinks (after a reload).
+    pub fn keep_sinks(&self, names: &[String]) {
+        lock(&self.sinks).retain(|name, _| names.contains(name));
+    }
+
+    /// Counts committed records by (property, type, origin); notes when WebSocket events came.
+    pub fn committed<'a>(
+        &self,
+        records: impl Iterator<Item = (&'a str, Option<&'a str>, &'a str)>,
+    ) {
+        let now = SystemTime::now();
+        let mut events = lock(&self.events);
+        let mut websocket = Vec::new();
+        for (property, kind, origin) in records {
+            let key = (
+                property.to_owned(),
+                kind.unwrap_or("unknown").to_owned(),
+                origin.to_owned(),
+            );
+            *events.entry(key).or_default() += 1;
+            if origin == "websocket" && !websocket.contains(&property) {
+                websocket.push(property);
+            }
+        }
+        drop(events);
+        let mut properties = lock(&self.properties);
+        for property in websocket {
+            properties
+                .entry(property.to_owned())
+                .or_default()
+                .last_event = Some(now);
+        }
+    }
+
+    /// Updates one sink's figures.
+    pub fn sink(&self, name: &str, update: impl FnOnce(&mut SinkStats)) {
+        update(lock(&self.sinks).entry(name.to_owned()).or_default());
     }
 
     /// One line for systemd's STATUS=: `old-town: connected 3m · airport: reconnecting (401)`.
     pub fn status_line(&self) -> String {
-        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        let parts: Vec<String> = links
+        let properties = lock(&self.properties);
+        let parts: Vec<String> = properties
             .iter()
-            .map(|(name, link)| match link {
+            .map(|(name, p)| match &p.link {
                 Link::Connecting => format!("{name}: connecting"),
                 Link::Connected(since) => {
                     let secs = since.elapsed().as_secs();

@@ -20,6 +20,7 @@ pub(crate) struct ConfigFile {
     #[serde(default)]
     pub shutdown: ShutdownFile,
     pub webhooks: Option<WebhooksFile>,
+    pub metrics: Option<MetricsFile>,
     /// Sinks stay tables here: `type` picks the struct they are read into, so errors name it.
     #[serde(default, rename = "sink")]
     pub sinks: Vec<toml::Table>,
@@ -79,6 +80,14 @@ pub(crate) struct WebhooksFile {
     pub max_body: Option<ByteSize>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+}
+
+/// `[metrics]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MetricsFile {
+    pub listen: Option<std::net::SocketAddr>,
+    pub ready_max_lag: Option<Dur>,
 }
 
 /// `[shutdown]`

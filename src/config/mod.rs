@@ -43,6 +43,10 @@ pub mod defaults {
     pub const STATE_MAX_BYTES: u64 = 1 << 30;
     /// `[shutdown] grace_period`
     pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
+    /// `[metrics] listen`
+    pub const METRICS_LISTEN: &str = "127.0.0.1:9187";
+    /// `[metrics] ready_max_lag`
+    pub const READY_MAX_LAG: Duration = Duration::from_secs(300);
     /// `[webhooks] listen`
     pub const WEBHOOKS_LISTEN: &str = "127.0.0.1:8088";
     /// `[webhooks] path`
@@ -103,6 +107,9 @@ pub struct Settings {
     /// `[webhooks]`, when Mews webhooks are received too.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhooks: Option<Webhooks>,
+    /// `[metrics]`, when /metrics, /healthz and /readyz are served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Metrics>,
     /// `[[sink]]`, at least one.
     #[serde(rename = "sink")]
     pub sinks: Vec<SinkSettings>,
@@ -173,6 +180,16 @@ pub struct State {
     pub dir: PathBuf,
     /// Past this many bytes of journaled records, the oldest undelivered ones are dead-lettered.
     pub max_bytes: u64,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Serialize)]
+pub struct Metrics {
+    /// Address of the metrics listener.
+    pub listen: std::net::SocketAddr,
+    /// `/readyz` fails when a sink has been behind longer than this.
+    #[serde(with = "human")]
+    pub ready_max_lag: Duration,
 }
 
 /// `[webhooks]`

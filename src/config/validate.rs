@@ -150,6 +150,18 @@ pub(super) fn parse(
         Some(w) => Some(webhooks(&ctx, w, credentials)?),
         None => None,
     };
+    let metrics = match raw.metrics {
+        Some(m) => Some(super::Metrics {
+            listen: match m.listen {
+                Some(addr) => addr,
+                None => defaults::METRICS_LISTEN
+                    .parse()
+                    .map_err(|_| ctx.err("metrics.listen", "bad default"))?,
+            },
+            ready_max_lag: m.ready_max_lag.map_or(defaults::READY_MAX_LAG, |d| d.0),
+        }),
+        None => None,
+    };
     let names: HashSet<&str> = properties.iter().map(|p| p.name.as_str()).collect();
     let sinks = super::sinks::validate(&ctx, raw.sinks, &names)?;
     Ok(Settings {
@@ -160,6 +172,7 @@ pub(super) fn parse(
         state,
         shutdown,
         webhooks,
+        metrics,
         sinks,
     })
 }

@@ -241,6 +241,16 @@ impl JournalWriter {
         match result {
             Ok((seq, bytes)) => {
                 self.stored_bytes = bytes;
+                self.stats
+                    .journal_bytes
+                    .store(bytes, std::sync::atomic::Ordering::Relaxed);
+                self.stats
+                    .committed(commit.entries.iter().filter_map(|entry| match entry {
+                        Entry::Record(r) => {
+                            Some((&*r.property, r.kind.as_deref(), r.origin.as_str()))
+                        }
+                        Entry::Replay(_) => None,
+                    }));
                 if let Some(outage) = self.outage.take() {
                     tracing::warn!(
                         path = %self.store.path().display(),

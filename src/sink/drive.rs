@@ -2,6 +2,7 @@
 //! move the cursor; retry failures; shed to dead letters when the journal is over its size.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -14,6 +15,7 @@ use super::{AnySink, Filter, Sink};
 use crate::backoff::Backoff;
 use crate::config::SinkSettings;
 use crate::journal::{Journal, StoredRecord};
+use crate::stats::Stats;
 
 /// Retry delays of a failing sink.
 const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -30,6 +32,8 @@ pub struct SinkControl {
     pub reopen: watch::Receiver<u64>,
     /// Where dead letters go.
     pub state_dir: PathBuf,
+    /// Where progress is counted.
+    pub stats: Arc<Stats>,
 }
 
 /// One sink's task state.
@@ -86,6 +90,7 @@ impl Driver {
                 continue;
             }
             let last = *committed.borrow_and_update();
+            self.note_lag(last);
             if last <= self.cursor {
                 if self.ctl.drain.is_cancelled() {
                     break;
@@ -140,11 +145,14 @@ impl Driver {
                 };
                 match result {
                     Ok(()) => {
+                        let n = records.len() as u64;
+                        self.ctl.stats.sink(&self.name, |s| s.delivered += n);
                         backoff.reset();
                         self.trouble.recovered();
                         break;
                     }
                     Err(err) => {
+                        self.ctl.stats.sink(&self.name, |s| s.retries += 1);
                         let delay = backoff.next_delay();
                         self.trouble.failed(
                             "cannot deliver; retrying (other sinks and the WebSocket are not affected)",
@@ -173,6 +181,19 @@ impl Driver {
             tracing::warn!(error = %err, "closing failed");
         }
         tracing::debug!(cursor = self.cursor, "sink stopped");
+    }
+
+    /// How far behind the journal this sink is, for `/metrics` and `/readyz`.
+    fn note_lag(&self, last: u64) {
+        let lag = last.saturating_sub(self.cursor);
+        self.ctl.stats.sink(&self.name, |s| {
+            s.lag_records = lag;
+            match (lag, s.behind_since) {
+                (0, _) => s.behind_since = None,
+                (_, None) => s.behind_since = Some(std::time::Instant::now()),
+                _ => {}
+            }
+        });
     }
 
     async fn advance(&mut self, to: u64) -> Step {
@@ -212,6 +233,8 @@ impl Driver {
                 return Step::Continue;
             }
             moved += records.len();
+            let n = records.len() as u64;
+            self.ctl.stats.sink(&self.name, |s| s.dead_lettered += n);
             if let Step::Stop = self.advance(last).await {
                 return Step::Stop;
             }

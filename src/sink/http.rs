@@ -3,6 +3,7 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
@@ -14,6 +15,7 @@ use super::dead_letter::{DeadLetters, Reason};
 use crate::backoff::Backoff;
 use crate::config::HttpSettings;
 use crate::journal::StoredRecord;
+use crate::stats::Stats;
 
 /// Bytes of a response body kept with a dead letter.
 const EXCERPT_BYTES: usize = 512;
@@ -26,6 +28,8 @@ pub struct HttpSink {
     headers: HeaderMap,
     settings: HttpSettings,
     dead: DeadLetters,
+    name: String,
+    stats: Arc<Stats>,
 }
 
 /// What one request came to.
@@ -45,7 +49,12 @@ enum Outcome {
 
 impl HttpSink {
     /// A client for the endpoint; dead letters go under `state_dir`.
-    pub fn new(name: &str, settings: &HttpSettings, state_dir: &Path) -> io::Result<Self> {
+    pub fn new(
+        name: &str,
+        settings: &HttpSettings,
+        state_dir: &Path,
+        stats: Arc<Stats>,
+    ) -> io::Result<Self> {
         let tls = crate::tls::client_config(&settings.extra_roots, settings.client_auth.as_ref())
             .map_err(io::Error::other)?;
         let client = reqwest::Client::builder()
@@ -77,6 +86,8 @@ impl HttpSink {
             headers,
             settings: settings.clone(),
             dead: DeadLetters::new(state_dir, name),
+            name: name.to_owned(),
+            stats,
         })
     }
 
@@ -113,10 +124,11 @@ impl HttpSink {
                         status: Some(status.as_u16()),
                         response: Some(&excerpt),
                     };
-                    return self.dead.write(records, &reason);
+                    return self.dead_letter(records, &reason);
                 }
                 Outcome::Retry { reason, after } => {
                     failures += 1;
+                    self.stats.sink(&self.name, |s| s.retries += 1);
                     let elapsed = started.elapsed();
                     if elapsed >= self.settings.give_up_after {
                         tracing::error!(
@@ -127,7 +139,7 @@ impl HttpSink {
                             "still failing after give_up_after: records dead-lettered"
                         );
                         let text = format!("gave up after {failures} attempts: {reason}");
-                        return self.dead.write(
+                        return self.dead_letter(
                             records,
                             &Reason {
                                 text: &text,
@@ -148,6 +160,13 @@ impl HttpSink {
                 }
             }
         }
+    }
+
+    fn dead_letter(&mut self, records: &[&StoredRecord], reason: &Reason<'_>) -> io::Result<()> {
+        self.dead.write(records, reason)?;
+        let n = records.len() as u64;
+        self.stats.sink(&self.name, |s| s.dead_lettered += n);
+        Ok(())
     }
 
     async fn send(&self, body: &[u8], key: &str) -> Outcome {

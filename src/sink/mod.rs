@@ -12,11 +12,13 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
 use crate::config::{SinkKind, SinkSettings};
 use crate::journal::StoredRecord;
+use crate::stats::Stats;
 
 pub use drive::{SinkControl, drive};
 pub use file::FileSink;
@@ -114,7 +116,7 @@ pub struct BuildError {
 impl SinkSettings {
     /// Opens the sink's output; the only way to get a running sink. Dead letters go under
     /// `state_dir`.
-    pub async fn build(&self, state_dir: &Path) -> Result<AnySink, BuildError> {
+    pub async fn build(&self, state_dir: &Path, stats: &Arc<Stats>) -> Result<AnySink, BuildError> {
         let err = |source| BuildError {
             name: self.name.clone(),
             source,
@@ -131,7 +133,7 @@ impl SinkSettings {
                     .map_err(err)?,
             ),
             SinkKind::Http(http) => AnySink::Http(Box::new(
-                HttpSink::new(&self.name, http, state_dir).map_err(err)?,
+                HttpSink::new(&self.name, http, state_dir, Arc::clone(stats)).map_err(err)?,
             )),
             SinkKind::Nats(nats) => AnySink::Nats(Box::new(
                 NatsSink::new(&self.name, nats).await.map_err(err)?,

@@ -224,3 +224,112 @@ async fn sighup_reloads_a_changed_sink_list_and_refuses_an_invalid_one() {
     assert_eq!(daemon.wait().await, Some(0));
     assert_eq!(std::fs::read_to_string(&a).unwrap().lines().count(), 12);
 }
+
+async fn get(url: &str) -> (u16, String) {
+    let client = http_client();
+    for _ in 0..200 {
+        match client.get(url).send().await {
+            Ok(response) => return (response.status().as_u16(), response.text().await.unwrap()),
+            Err(err) if err.is_connect() => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await
+            }
+            Err(err) => panic!("{err}"),
+        }
+    }
+    panic!("{url} never answered");
+}
+
+/// Polls `url` until its body contains `needle`; returns status and body.
+async fn get_until(url: &str, needle: &str) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = get(url).await;
+        if body.contains(needle) {
+            return (status, body);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} never said {needle:?}; last: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// `/metrics` and `/readyz` follow the connection as the server accepts, drops and rejects;
+/// `/healthz` always answers.
+#[tokio::test]
+async fn metrics_and_readiness_follow_the_connection() {
+    let addr = crate::receiver::free_port();
+    let mut h = Harness::start_with(|c| c + &format!("\n[metrics]\nlisten = \"{addr}\"\n")).await;
+    let base = format!("http://{addr}");
+    let mut conn = h.server.next().await;
+    conn.send(&commands(0, 3)).await;
+    wait_for_lines(&h.out, 3).await;
+    assert_eq!(get(&format!("{base}/healthz")).await, (200, "ok\n".into()));
+    let (status, ready) = get_until(&format!("{base}/readyz"), "\"ready\":true").await;
+    assert_eq!(status, 200, "{ready}");
+    let (_, metrics) = get_until(
+        &format!("{base}/metrics"),
+        "mews_relay_sink_delivered_total",
+    )
+    .await;
+    for line in [
+        "mews_relay_events_total{property=\"old-town\",type=\"DeviceCommand\",origin=\"websocket\"} 3",
+        "mews_relay_connected{property=\"old-town\"} 1",
+        "mews_relay_reconnects_total{property=\"old-town\"} 0",
+        "# TYPE mews_relay_sink_lag_seconds gauge",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in:\n{metrics}");
+    }
+    assert!(metrics.contains("mews_relay_last_event_age_seconds{property=\"old-town\"}"));
+
+    h.server.reject_with(Some(401));
+    conn.reset();
+    let (status, body) = get_until(&format!("{base}/readyz"), "reconnecting (401)").await;
+    assert_eq!(status, 503, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["properties"]["old-town"], "reconnecting (401)");
+    let (_, metrics) = get_until(
+        &format!("{base}/metrics"),
+        "mews_relay_connected{property=\"old-town\"} 0",
+    )
+    .await;
+    assert!(
+        metrics.contains("mews_relay_reconnects_total{property=\"old-town\"} 1"),
+        "{metrics}"
+    );
+
+    h.server.reject_with(None);
+    h.server.next().await;
+    let (status, _) = get_until(&format!("{base}/readyz"), "\"ready\":true").await;
+    assert_eq!(status, 200);
+    h.relay.stop().await;
+}
+
+/// A sink behind for longer than `ready_max_lag` makes `/readyz` fail and say which.
+#[tokio::test]
+async fn readiness_fails_while_a_sink_is_too_far_behind() {
+    let addr = crate::receiver::free_port();
+    let dead = format!("http://{}/never", crate::receiver::free_port());
+    let mut h = Harness::start_with(|c| {
+        c.replace("grace_period = \"5s\"", "grace_period = \"100ms\"")
+            + &format!("\n[metrics]\nlisten = \"{addr}\"\nready_max_lag = \"200ms\"\n")
+            + &format!("\n[[sink]]\ntype = \"http\"\nname = \"hooks\"\nurl = \"{dead}\"\nretry_min = \"50ms\"\nretry_max = \"100ms\"\n")
+    })
+    .await;
+    h.server.next().await.send(&commands(0, 2)).await;
+    let (status, body) = get_until(&format!("http://{addr}/readyz"), "hooks").await;
+    assert_eq!(status, 503);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["sinks"]["hooks"]["lag_records"], 2);
+    let (_, metrics) = get_until(
+        &format!("http://{addr}/metrics"),
+        "mews_relay_sink_retries_total{sink=\"hooks\"}",
+    )
+    .await;
+    assert!(
+        metrics.contains("mews_relay_sink_lag_records{sink=\"hooks\"} 2"),
+        "{metrics}"
+    );
+    h.relay.stop().await;
+}

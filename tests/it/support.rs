@@ -112,6 +112,7 @@ fn cookie_of(req: &Request) -> Option<String> {
 pub struct MockServer {
     pub addr: SocketAddr,
     conns: mpsc::UnboundedReceiver<Conn>,
+    reject: Arc<std::sync::atomic::AtomicU16>,
 }
 
 /// A rejected upgrade attempt seen by [`RejectingServer`].
@@ -125,13 +126,21 @@ impl MockServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, conns) = mpsc::unbounded_channel();
+        let reject = Arc::new(std::sync::atomic::AtomicU16::new(0));
+        let rejecting = Arc::clone(&reject);
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let tx = tx.clone();
+                let status = rejecting.load(std::sync::atomic::Ordering::Relaxed);
                 tokio::spawn(async move {
                     let mut cookie = None;
                     let callback = |req: &Request, resp: Response| {
                         cookie = cookie_of(req);
+                        if status != 0 {
+                            let mut refusal = ErrorResponse::new(None);
+                            *refusal.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            return Err(refusal);
+                        }
                         Ok::<_, ErrorResponse>(resp)
                     };
                     let socket = socket2::SockRef::from(&tcp)
@@ -143,11 +152,21 @@ impl MockServer {
                 });
             }
         });
-        MockServer { addr, conns }
+        MockServer {
+            addr,
+            conns,
+            reject,
+        }
     }
 
     pub fn url(&self) -> String {
         format!("ws://{}/ws/connector", self.addr)
+    }
+
+    /// From now on, answer upgrades with this HTTP status (None: accept again).
+    pub fn reject_with(&self, status: Option<u16>) {
+        self.reject
+            .store(status.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A connection made since the last look, if any (no waiting).
@@ -474,4 +493,13 @@ pub fn run_binary(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// An HTTP client (rustls with this crate's provider).
+pub fn http_client() -> reqwest::Client {
+    let tls = mews_relay::tls::client_config(&[], None).unwrap();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured((*tls).clone())
+        .build()
+        .unwrap()
 }

@@ -10,14 +10,6 @@ use crate::support::*;
 const TOKEN: &str = "wh-0123456789abcdef0123";
 const ENTERPRISE: &str = "851df8c8-90f2-4c4a-8e01-a4fc46b25178";
 
-fn client() -> reqwest::Client {
-    let tls = mews_relay::tls::client_config(&[], None).unwrap();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured((*tls).clone())
-        .build()
-        .unwrap()
-}
-
 /// `[webhooks]` on `addr`, and the old-town property mapped to ENTERPRISE.
 fn webhooks(config: String, addr: SocketAddr) -> String {
     config.replace(
@@ -63,7 +55,7 @@ async fn post(client: &reqwest::Client, url: &str, body: String) -> StatusCode {
 async fn general_and_integration_webhooks_reach_the_sinks() {
     let addr = free_port();
     let h = Harness::start_with(|c| webhooks(c, addr)).await;
-    let client = client();
+    let client = http_client();
     assert_eq!(
         post(&client, &url(addr, Some(TOKEN)), general(&["r-1", "r-2"])).await,
         StatusCode::ACCEPTED
@@ -95,7 +87,7 @@ async fn general_and_integration_webhooks_reach_the_sinks() {
 async fn bad_requests_are_refused_and_journal_nothing() {
     let addr = free_port();
     let h = Harness::start_with(|c| webhooks(c, addr)).await;
-    let client = client();
+    let client = http_client();
     let body = general(&["r-1"]);
     assert_eq!(
         post(&client, &url(addr, None), body.clone()).await,
@@ -157,7 +149,7 @@ async fn bad_requests_are_refused_and_journal_nothing() {
 async fn concurrent_webhooks_are_each_journaled_once() {
     let addr = free_port();
     let h = Harness::start_with(|c| webhooks(c, addr)).await;
-    let client = client();
+    let client = http_client();
     assert_eq!(
         post(&client, &url(addr, Some(TOKEN)), general(&["warm-up"])).await,
         StatusCode::ACCEPTED
@@ -209,7 +201,7 @@ async fn a_webhook_answered_202_survives_kill_9() {
     .unwrap();
     let args = ["run", "--config", config.to_str().unwrap()];
     let mut daemon = Daemon::spawn(&args, dir.path(), "first");
-    let client = client();
+    let client = http_client();
     let disabled = r#"{"Action":"IntegrationDisabled","Data":{"Integration":{"Id":"9e5e84e9","Name":"Keys"}}}"#;
     assert_eq!(
         post(&client, &url(addr, Some(TOKEN)), disabled.into()).await,

@@ -1,0 +1,310 @@
+//! `/metrics` (Prometheus text), `/healthz` and `/readyz` on a local listener (`[metrics]`).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::{Link, Stats};
+
+/// A bound metrics listener.
+pub struct MetricsServer {
+    listener: TcpListener,
+    state: Arc<Shared>,
+}
+
+struct Shared {
+    stats: Arc<Stats>,
+    ready_max_lag: Duration,
+}
+
+/// The listener could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics: cannot listen on {addr}: {source}; free the port or change metrics.listen")]
+pub struct MetricsError {
+    addr: SocketAddr,
+    source: std::io::Error,
+}
+
+impl MetricsServer {
+    /// Binds `listen`.
+    pub async fn bind(
+        listen: SocketAddr,
+        ready_max_lag: Duration,
+        stats: Arc<Stats>,
+    ) -> Result<Self, MetricsError> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| MetricsError {
+                addr: listen,
+                source,
+            })?;
+        Ok(MetricsServer {
+            listener,
+            state: Arc::new(Shared {
+                stats,
+                ready_max_lag,
+            }),
+        })
+    }
+
+    /// Serves until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!(listen = ?self.listener.local_addr().ok(), "serving /metrics, /healthz and /readyz");
+        let router = Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .with_state(self.state);
+        if let Err(err) = axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %err, "metrics listener failed");
+        }
+    }
+}
+
+async fn metrics(State(state): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render(&state.stats),
+    )
+}
+
+/// 200 when every property is connected and no sink is further behind than `ready_max_lag`;
+/// else 503 with a JSON body naming what is not.
+async fn readyz(State(state): State<Arc<Shared>>) -> impl IntoResponse {
+    let mut properties = serde_json::Map::new();
+    for (name, p) in state
+        .stats
+        .properties
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        match &p.link {
+            Link::Connected(_) => {}
+            Link::Connecting => {
+                properties.insert(name.clone(), "connecting".into());
+            }
+            Link::Reconnecting(why) => {
+                properties.insert(name.clone(), format!("reconnecting ({why})").into());
+            }
+        }
+    }
+    let mut sinks = serde_json::Map::new();
+    for (name, s) in state
+        .stats
+        .sinks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let behind = s
+            .behind_since
+            .map_or(Duration::ZERO, |since| since.elapsed());
+        if behind > state.ready_max_lag {
+            sinks.insert(
+                name.clone(),
+                serde_json::json!({ "lag_records": s.lag_records, "lag_seconds": behind.as_secs() }),
+            );
+        }
+    }
+    let ready = properties.is_empty() && sinks.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({ "ready": ready, "properties": properties, "sinks": sinks });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+}
+
+/// A Prometheus label value.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Everything in Prometheus text format.
+pub fn render(stats: &Stats) -> String {
+    let mut out = String::new();
+    let now = SystemTime::now();
+    family(
+        &mut out,
+        "mews_relay_events_total",
+        "counter",
+        "Records committed to the journal.",
+    );
+    for ((property, kind, origin), n) in stats
+        .events
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "mews_relay_events_total{{property=\"{}\",type=\"{}\",origin=\"{}\"}} {n}",
+            label(property),
+            label(kind),
+            label(origin)
+        );
+    }
+    let counters = [
+        (
+            "mews_relay_records_lost_total",
+            "Records received but not stored (journal write failed).",
+            &stats.records_lost,
+        ),
+        (
+            "mews_relay_messages_rejected_total",
+            "Messages kept in rejected.jsonl instead of forwarded.",
+            &stats.messages_rejected,
+        ),
+        (
+            "mews_relay_webhooks_refused_total",
+            "Webhook requests refused for a missing or wrong token.",
+            &stats.webhooks_refused,
+        ),
+        (
+            "mews_relay_webhooks_malformed_total",
+            "Webhook bodies refused as malformed.",
+            &stats.webhooks_malformed,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        family(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {}", Stats::get(counter));
+    }
+    family(
+        &mut out,
+        "mews_relay_journal_bytes",
+        "gauge",
+        "Bytes of records held in the journal.",
+    );
+    let _ = writeln!(
+        out,
+        "mews_relay_journal_bytes {}",
+        Stats::get(&stats.journal_bytes)
+    );
+
+    let properties = stats
+        .properties
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    family(
+        &mut out,
+        "mews_relay_connected",
+        "gauge",
+        "1 while the property's WebSocket is connected.",
+    );
+    for (name, p) in &properties {
+        let up = u8::from(matches!(p.link, Link::Connected(_)));
+        let _ = writeln!(
+            out,
+            "mews_relay_connected{{property=\"{}\"}} {up}",
+            label(name)
+        );
+    }
+    family(
+        &mut out,
+        "mews_relay_reconnects_total",
+        "counter",
+        "Connections lost or refused after having been up.",
+    );
+    for (name, p) in &properties {
+        let _ = writeln!(
+            out,
+            "mews_relay_reconnects_total{{property=\"{}\"}} {}",
+            label(name),
+            p.reconnects
+        );
+    }
+    family(
+        &mut out,
+        "mews_relay_last_event_age_seconds",
+        "gauge",
+        "Seconds since the property's last WebSocket event was journaled.",
+    );
+    for (name, p) in &properties {
+        if let Some(at) = p.last_event {
+            let age = now.duration_since(at).unwrap_or_default().as_secs_f64();
+            let _ = writeln!(
+                out,
+                "mews_relay_last_event_age_seconds{{property=\"{}\"}} {age:.3}",
+                label(name)
+            );
+        }
+    }
+
+    let sinks = stats
+        .sinks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let per_sink: [(&str, &str, &str, fn(&crate::stats::SinkStats) -> f64); 5] = [
+        (
+            "mews_relay_sink_delivered_total",
+            "counter",
+            "Records the sink delivered.",
+            |s| s.delivered as f64,
+        ),
+        (
+            "mews_relay_sink_retries_total",
+            "counter",
+            "Failed delivery attempts that were retried.",
+            |s| s.retries as f64,
+        ),
+        (
+            "mews_relay_sink_dead_lettered_total",
+            "counter",
+            "Records moved to the sink's dead-letter file.",
+            |s| s.dead_lettered as f64,
+        ),
+        (
+            "mews_relay_sink_lag_records",
+            "gauge",
+            "Committed records the sink has not passed yet.",
+            |s| s.lag_records as f64,
+        ),
+        (
+            "mews_relay_sink_lag_seconds",
+            "gauge",
+            "How long the sink has been behind (0 when caught up).",
+            |s| {
+                s.behind_since
+                    .map_or(0.0, |since| since.elapsed().as_secs_f64())
+            },
+        ),
+    ];
+    for (name, kind, help, value) in per_sink {
+        family(&mut out, name, kind, help);
+        for (sink, s) in &sinks {
+            let _ = writeln!(out, "{name}{{sink=\"{}\"}} {}", label(sink), value(s));
+        }
+    }
+    out
+}
