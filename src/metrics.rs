@@ -148,6 +148,9 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// Reads one figure of a sink.
+type SinkValue = fn(&crate::stats::SinkStats) -> f64;
+
 /// Everything in Prometheus text format.
 pub fn render(stats: &Stats) -> String {
     let mut out = String::new();
@@ -265,7 +268,7 @@ pub fn render(stats: &Stats) -> String {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let per_sink: [(&str, &str, &str, fn(&crate::stats::SinkStats) -> f64); 5] = [
+    let per_sink: [(&str, &str, &str, SinkValue); 5] = [
         (
             "mews_relay_sink_delivered_total",
             "counter",
