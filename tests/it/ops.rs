@@ -100,10 +100,7 @@ fn the_unit_file_is_hardened_and_valid() {
     let dir = tempfile::tempdir().unwrap();
     let unit = std::fs::read_to_string("systemd/mews-relay.service")
         .unwrap()
-        .replace(
-            "/usr/local/bin/mews-relay",
-            env!("CARGO_BIN_EXE_mews-relay"),
-        );
+        .replace("/usr/bin/mews-relay", env!("CARGO_BIN_EXE_mews-relay"));
     let path = dir.path().join("mews-relay.service");
     std::fs::write(&path, unit).unwrap();
     let verify = std::process::Command::new("systemd-analyze")
