@@ -300,21 +300,9 @@ pub struct NatsSettings {
     pub duplicate_window: Duration,
     /// Credentials.
     pub auth: NatsAuth,
-    /// Extra CA (PEM).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate (PEM).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_cert: Option<PathBuf>,
-    /// Its key.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_key: Option<PathBuf>,
-    /// Certificates from `ca_file`.
-    #[serde(skip)]
-    pub extra_roots: Vec<CertificateDer<'static>>,
-    /// From `client_cert` + `client_key`.
-    #[serde(skip)]
-    pub client_auth: Option<Identity>,
+    /// Extra CA and client certificate.
+    #[serde(flatten)]
+    pub tls: ClientTls,
     /// How long a publish may wait for its acknowledgement.
     #[serde(with = "human")]
     pub ack_timeout: Duration,
@@ -347,10 +335,18 @@ pub struct HttpSettings {
     /// A record still failing after this long is dead-lettered.
     #[serde(with = "human")]
     pub give_up_after: Duration,
-    /// Extra CA certificates (PEM) for the endpoint.
+    /// Extra CA and client certificate.
+    #[serde(flatten)]
+    pub tls: ClientTls,
+}
+
+/// TLS of a sink's client: an extra CA and an optional client certificate (mTLS).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClientTls {
+    /// Extra CA certificates (PEM) besides the system's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for mTLS.
+    /// Client certificate (PEM).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<PathBuf>,
     /// Its key (PEM).
@@ -362,6 +358,13 @@ pub struct HttpSettings {
     /// Read from `client_cert` and `client_key`.
     #[serde(skip)]
     pub client_auth: Option<Identity>,
+}
+
+impl ClientTls {
+    /// The rustls config for this client.
+    pub fn client_config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, rustls::Error> {
+        crate::tls::client_config(&self.extra_roots, self.client_auth.as_ref())
+    }
 }
 
 /// When a file sink calls fsync.

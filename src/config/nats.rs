@@ -2,10 +2,9 @@
 
 use super::file::NatsSinkFile;
 use super::sinks::SinkParts;
-use super::validate::{Ctx, check_name, read_certs, read_key, read_secret};
+use super::validate::{Ctx, check_name, client_tls, read_secret};
 use super::{ConfigError, NatsAuth, NatsSettings, SinkKind, defaults};
 use crate::secret::Secret;
-use crate::tls::Identity;
 
 pub(super) fn nats_sink(
     ctx: &Ctx<'_>,
@@ -73,26 +72,13 @@ pub(super) fn nats_sink(
     if !(1..=4096).contains(&max_in_flight) {
         return Err(ctx.err(key("max_in_flight"), "must be between 1 and 4096"));
     }
-    let extra_roots = match &s.ca_file {
-        Some(path) => read_certs(ctx, &key("ca_file"), path)?,
-        None => Vec::new(),
-    };
-    let client_auth = match (&s.client_cert, &s.client_key) {
-        (Some(cert), Some(k)) => Some(Identity {
-            certs: read_certs(ctx, &key("client_cert"), cert)?,
-            key: read_key(ctx, &key("client_key"), k)?,
-        }),
-        (None, None) => None,
-        (Some(_), None) => {
-            return Err(ctx.err(key("client_key"), "missing; client_cert needs its key"));
-        }
-        (None, Some(_)) => {
-            return Err(ctx.err(
-                key("client_cert"),
-                "missing; client_key needs its certificate",
-            ));
-        }
-    };
+    let tls = client_tls(
+        ctx,
+        prefix,
+        s.ca_file.clone(),
+        s.client_cert.clone(),
+        s.client_key.clone(),
+    )?;
     let name = s.name.unwrap_or_else(|| format!("nats:{}", s.stream));
     Ok((
         name,
@@ -104,11 +90,7 @@ pub(super) fn nats_sink(
             max_age: pick(s.max_age, defaults::NATS_MAX_AGE),
             duplicate_window: pick(s.duplicate_window, defaults::NATS_DUPLICATE_WINDOW),
             auth,
-            ca_file: s.ca_file,
-            client_cert: s.client_cert,
-            client_key: s.client_key,
-            extra_roots,
-            client_auth,
+            tls,
             ack_timeout,
             max_in_flight: max_in_flight as usize,
         })),

@@ -7,10 +7,9 @@ use std::collections::BTreeMap;
 use http::Uri;
 
 use super::file::{FileSinkFile, FsyncFile, HttpSinkFile, NatsSinkFile, StdoutSinkFile};
-use super::validate::{Ctx, check_name, is_cookie_safe, read_certs, read_key, read_secret};
+use super::validate::{Ctx, check_name, client_tls, is_cookie_safe, read_secret};
 use super::{ConfigError, Fsync, HttpSettings, SinkKind, SinkSettings, defaults};
 use crate::secret::Secret;
-use crate::tls::Identity;
 
 /// Validates the `[[sink]]` tables; `properties` are the configured property names.
 pub(super) fn validate(
@@ -245,26 +244,13 @@ fn http_sink(ctx: &Ctx<'_>, prefix: &str, s: HttpSinkFile) -> Result<SinkParts, 
             "must be between 1 (one record per request) and 10000",
         ));
     }
-    let extra_roots = match &s.ca_file {
-        Some(path) => read_certs(ctx, &key("ca_file"), path)?,
-        None => Vec::new(),
-    };
-    let client_auth = match (&s.client_cert, &s.client_key) {
-        (Some(cert), Some(k)) => Some(Identity {
-            certs: read_certs(ctx, &key("client_cert"), cert)?,
-            key: read_key(ctx, &key("client_key"), k)?,
-        }),
-        (None, None) => None,
-        (Some(_), None) => {
-            return Err(ctx.err(key("client_key"), "missing; client_cert needs its key"));
-        }
-        (None, Some(_)) => {
-            return Err(ctx.err(
-                key("client_cert"),
-                "missing; client_key needs its certificate",
-            ));
-        }
-    };
+    let tls = client_tls(
+        ctx,
+        prefix,
+        s.ca_file.clone(),
+        s.client_cert.clone(),
+        s.client_key.clone(),
+    )?;
     // The default name leaves out user info and query, which may hold secrets.
     let name = s.name.unwrap_or_else(|| {
         format!(
@@ -285,11 +271,7 @@ fn http_sink(ctx: &Ctx<'_>, prefix: &str, s: HttpSinkFile) -> Result<SinkParts, 
             retry_min,
             retry_max,
             give_up_after,
-            ca_file: s.ca_file,
-            client_cert: s.client_cert,
-            client_key: s.client_key,
-            extra_roots,
-            client_auth,
+            tls,
         })),
         s.events,
         s.properties,

@@ -215,22 +215,11 @@ fn webhooks(
             "is below 1KiB; Mews sends batches of hundreds of events, use \"1MiB\"",
         ));
     }
-    let tls = match (&raw.tls_cert, &raw.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::tls::Identity {
-            certs: read_certs(ctx, "webhooks.tls_cert", cert)?,
-            key: read_key(ctx, "webhooks.tls_key", key)?,
-        }),
-        (None, None) => None,
-        (Some(_), None) => {
-            return Err(ctx.err("webhooks.tls_key", "missing; tls_cert needs its key"));
-        }
-        (None, Some(_)) => {
-            return Err(ctx.err(
-                "webhooks.tls_cert",
-                "missing; tls_key needs its certificate",
-            ));
-        }
-    };
+    let tls = identity(
+        ctx,
+        ("webhooks.tls_cert", raw.tls_cert.as_deref()),
+        ("webhooks.tls_key", raw.tls_key.as_deref()),
+    )?;
     Ok(super::Webhooks {
         listen,
         path,
@@ -516,6 +505,50 @@ pub(super) fn read_certs(
         ));
     }
     Ok(certs)
+}
+
+/// A certificate and its key given as a pair of keys (both or neither).
+pub(super) fn identity(
+    ctx: &Ctx<'_>,
+    (cert_key, cert): (&str, Option<&Path>),
+    (key_key, key): (&str, Option<&Path>),
+) -> Result<Option<crate::tls::Identity>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::Identity {
+            certs: read_certs(ctx, cert_key, cert)?,
+            key: read_key(ctx, key_key, key)?,
+        })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ctx.err(key_key, "missing; the certificate needs its key")),
+        (None, Some(_)) => Err(ctx.err(cert_key, "missing; the key needs its certificate")),
+    }
+}
+
+/// `ca_file`, `client_cert` and `client_key` of a sink.
+pub(super) fn client_tls(
+    ctx: &Ctx<'_>,
+    prefix: &str,
+    ca_file: Option<std::path::PathBuf>,
+    client_cert: Option<std::path::PathBuf>,
+    client_key: Option<std::path::PathBuf>,
+) -> Result<super::ClientTls, ConfigError> {
+    let key = |k: &str| format!("{prefix}.{k}");
+    let extra_roots = match &ca_file {
+        Some(path) => read_certs(ctx, &key("ca_file"), path)?,
+        None => Vec::new(),
+    };
+    let client_auth = identity(
+        ctx,
+        (&key("client_cert"), client_cert.as_deref()),
+        (&key("client_key"), client_key.as_deref()),
+    )?;
+    Ok(super::ClientTls {
+        ca_file,
+        client_cert,
+        client_key,
+        extra_roots,
+        client_auth,
+    })
 }
 
 /// Reads a PEM private key for `key`.

@@ -55,8 +55,7 @@ impl HttpSink {
         state_dir: &Path,
         stats: Arc<Stats>,
     ) -> io::Result<Self> {
-        let tls = crate::tls::client_config(&settings.extra_roots, settings.client_auth.as_ref())
-            .map_err(io::Error::other)?;
+        let tls = settings.tls.client_config().map_err(io::Error::other)?;
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured((*tls).clone())
             .connect_timeout(settings.timeout)

@@ -47,12 +47,10 @@ impl NatsSink {
             NatsAuth::CredsFile(path) => options.credentials_file(path).await?,
         };
         if settings.servers.iter().any(|s| s.starts_with("tls://"))
-            || !settings.extra_roots.is_empty()
-            || settings.client_auth.is_some()
+            || !settings.tls.extra_roots.is_empty()
+            || settings.tls.client_auth.is_some()
         {
-            let tls =
-                crate::tls::client_config(&settings.extra_roots, settings.client_auth.as_ref())
-                    .map_err(io::Error::other)?;
+            let tls = settings.tls.client_config().map_err(io::Error::other)?;
             options = options.require_tls(true).tls_client_config((*tls).clone());
         }
         let servers: Vec<async_nats::ServerAddr> = settings

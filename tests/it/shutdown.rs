@@ -25,12 +25,15 @@ async fn sigterm_drains_committed_records_and_exits_0() {
     let mut conn = commit_all(&mut server, dir.path()).await;
 
     daemon.signal(Signal::SIGTERM);
-    match tokio::time::timeout(WAIT, conn.incoming.recv())
-        .await
-        .unwrap()
-    {
-        Some(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::Away),
-        other => panic!("expected a Close frame with 1001, got {other:?}"),
+    loop {
+        match tokio::time::timeout(WAIT, conn.incoming.recv())
+            .await
+            .unwrap()
+        {
+            Some(Message::Ping(_) | Message::Pong(_)) => continue, // the heartbeat
+            Some(Message::Close(Some(frame))) => break assert_eq!(frame.code, CloseCode::Away),
+            other => panic!("expected a Close frame with 1001, got {other:?}"),
+        }
     }
     let reader = tokio::task::spawn_blocking(move || {
         let mut out = String::new();
