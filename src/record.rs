@@ -104,6 +104,40 @@ pub enum DecodeError {
     /// JSON, but no `Events` array.
     #[error("no \"Events\" array in the message")]
     NoEvents,
+    /// Nested deeper than any Mews message (consumers' JSON parsers would refuse the record).
+    #[error("nested more than {MAX_DEPTH} levels deep")]
+    TooDeep,
+}
+
+/// Mews messages nest a handful of levels; past this a message is refused, not forwarded.
+pub const MAX_DEPTH: usize = 64;
+
+/// Whether the JSON text nests objects/arrays deeper than `limit` (strings are skipped).
+fn deeper_than(text: &str, limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for byte in text.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 #[derive(Deserialize)]
@@ -137,6 +171,9 @@ pub fn decode(
     message: &str,
     received_at: SystemTime,
 ) -> Result<Vec<Record>, DecodeError> {
+    if deeper_than(message, MAX_DEPTH) {
+        return Err(DecodeError::TooDeep);
+    }
     let envelope: Envelope<'_> =
         serde_json::from_str(message).map_err(|err| DecodeError::Json(err.to_string()))?;
     let events = envelope.events.ok_or(DecodeError::NoEvents)?;
@@ -218,6 +255,18 @@ mod tests {
             DecodeError::NoEvents
         );
         assert!(matches!(decode_now("[1,2]"), Err(DecodeError::Json(_))));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_but_brackets_in_strings_do_not_count() {
+        let deep = format!(r#"{{"Events":[{}{}]}}"#, "[".repeat(100), "]".repeat(100));
+        assert_eq!(decode_now(&deep).unwrap_err(), DecodeError::TooDeep);
+        let text = format!(
+            r#"{{"Events":[{{"Type":"X","Note":"{}\"{}"}}]}}"#,
+            "[".repeat(100),
+            "{".repeat(100)
+        );
+        assert_eq!(decode_now(&text).unwrap().len(), 1);
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod malformed;
 mod nats;
 mod ops;
 mod pki;
+mod properties;
 mod receiver;
 mod reconnect;
 mod shutdown;

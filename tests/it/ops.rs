@@ -186,6 +186,15 @@ async fn sighup_reloads_a_changed_sink_list_and_refuses_an_invalid_one() {
     daemon.signal(Signal::SIGHUP);
     let mut conn = server.next().await; // reconnected with the new config
     conn.send(&commands(5, 10)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while std::fs::read_to_string(&b).map_or(0, |t| t.lines().count()) < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new sink got nothing:\n{}",
+            daemon.stderr_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let in_b = wait_for_lines(&b, 5).await;
     let in_a = wait_for_lines(&a, 10).await;
     let ids = |lines: &[serde_json::Value]| {

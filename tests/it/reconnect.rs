@@ -46,7 +46,11 @@ async fn reconnects_after_a_clean_close() {
 /// ping_interval + pong_timeout (plus one reconnect delay and a margin), and the relay reconnects.
 #[tokio::test]
 async fn detects_a_half_open_server_and_reconnects() {
-    let mut h = Harness::start().await;
+    let mut h = Harness::start_with(|c| {
+        c.replace("ping_interval = \"1s\"", "ping_interval = \"300ms\"")
+            .replace("pong_timeout = \"3s\"", "pong_timeout = \"300ms\"")
+    })
+    .await;
     // Held but never read: pings go unanswered, like a peer behind a dead NAT entry.
     let silent = h.server.next().await;
     silent.go_silent();
@@ -68,7 +72,9 @@ async fn detects_a_half_open_server_and_reconnects() {
 /// A healthy connection is pinged, and pongs keep it alive past several pong timeouts.
 #[tokio::test]
 async fn a_server_that_answers_pings_stays_connected() {
-    let mut h = Harness::start().await;
+    let mut h =
+        Harness::start_with(|c| c.replace("ping_interval = \"1s\"", "ping_interval = \"200ms\""))
+            .await;
     let mut conn = h.server.next().await;
     // Reading lets tungstenite answer pings; count them over a few ping intervals.
     let mut pings = 0;

@@ -239,8 +239,8 @@ name = "old-town"
 access_token = "{ACCESS_TOKEN}"
 
 [connection]
-ping_interval = "300ms"
-pong_timeout = "300ms"
+ping_interval = "1s"
+pong_timeout = "3s"
 connect_timeout = "2s"
 backoff_min = "20ms"
 backoff_max = "200ms"
