@@ -2,6 +2,7 @@
 //! journal, and the binary itself where a process boundary matters (signals, kill -9, exit codes).
 
 mod auth;
+mod chaos;
 mod config;
 mod crash;
 mod delivery;
@@ -16,6 +17,7 @@ mod receiver;
 mod reconnect;
 mod shutdown;
 mod simulator;
+mod soak;
 mod support;
 mod tls;
 mod webhooks;

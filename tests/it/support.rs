@@ -113,6 +113,7 @@ pub struct MockServer {
     pub addr: SocketAddr,
     conns: mpsc::UnboundedReceiver<Conn>,
     reject: Arc<std::sync::atomic::AtomicU16>,
+    attempts: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A rejected upgrade attempt seen by [`RejectingServer`].
@@ -128,8 +129,11 @@ impl MockServer {
         let (tx, conns) = mpsc::unbounded_channel();
         let reject = Arc::new(std::sync::atomic::AtomicU16::new(0));
         let rejecting = Arc::clone(&reject);
+        let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counting = Arc::clone(&attempts);
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
+                counting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let tx = tx.clone();
                 let status = rejecting.load(std::sync::atomic::Ordering::Relaxed);
                 tokio::spawn(async move {
@@ -156,11 +160,17 @@ impl MockServer {
             addr,
             conns,
             reject,
+            attempts,
         }
     }
 
     pub fn url(&self) -> String {
         format!("ws://{}/ws/connector", self.addr)
+    }
+
+    /// TCP connections accepted so far (accepted upgrades and rejected ones).
+    pub fn attempts(&self) -> usize {
+        self.attempts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// From now on, answer upgrades with this HTTP status (None: accept again).
