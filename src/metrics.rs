@@ -161,19 +161,27 @@ pub fn render(stats: &Stats) -> String {
         "counter",
         "Records committed to the journal.",
     );
-    for ((property, kind, origin), n) in stats
+    for (property, by_type) in stats
         .events
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
     {
-        let _ = writeln!(
-            out,
-            "mews_relay_events_total{{property=\"{}\",type=\"{}\",origin=\"{}\"}} {n}",
-            label(property),
-            label(kind),
-            label(origin)
-        );
+        for (kind, counts) in by_type {
+            for (origin, n) in crate::record::Origin::ALL
+                .iter()
+                .zip(counts)
+                .filter(|(_, n)| **n > 0)
+            {
+                let _ = writeln!(
+                    out,
+                    "mews_relay_events_total{{property=\"{}\",type=\"{}\",origin=\"{}\"}} {n}",
+                    label(property),
+                    label(kind),
+                    origin.as_str()
+                );
+            }
+        }
     }
     let counters = [
         (

@@ -11,14 +11,17 @@ use serde_json::value::RawValue;
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     /// A Mews WebSocket message.
-    Websocket,
+    Websocket = 0,
     /// The REST catch-up after a (re)connect.
-    CatchUp,
+    CatchUp = 1,
     /// A Mews webhook.
-    Webhook,
+    Webhook = 2,
 }
 
 impl Origin {
+    /// Every origin, in index order.
+    pub const ALL: [Origin; 3] = [Origin::Websocket, Origin::CatchUp, Origin::Webhook];
+
     /// The name used in records and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

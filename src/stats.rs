@@ -6,6 +6,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
+use crate::record::Origin;
+
 /// What a property's connection is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Link {
@@ -38,8 +40,8 @@ pub struct Stats {
     pub properties: Mutex<BTreeMap<String, PropertyStats>>,
     /// Per sink.
     pub sinks: Mutex<BTreeMap<String, SinkStats>>,
-    /// Records committed, by (property, type, origin).
-    pub events: Mutex<BTreeMap<(String, String, String), u64>>,
+    /// Records committed, by property, then type, then origin (websocket, catch_up, webhook).
+    pub events: Mutex<BTreeMap<String, BTreeMap<String, [u64; 3]>>>,
 }
 
 /// One property's connection.
@@ -113,32 +115,45 @@ impl Stats {
         lock(&self.sinks).retain(|name, _| names.contains(name));
     }
 
-    /// Counts committed records by (property, type, origin); notes when WebSocket events came.
-    pub fn committed<'a>(
-        &self,
-        records: impl Iterator<Item = (&'a str, Option<&'a str>, &'a str)>,
-    ) {
-        let now = SystemTime::now();
+    /// Counts committed records by property, type and origin; notes when WebSocket events came.
+    /// Allocates only for a property or type seen the first time (this runs per commit).
+    pub fn committed<'a>(&self, records: impl Iterator<Item = (&'a str, Option<&'a str>, Origin)>) {
         let mut events = lock(&self.events);
-        let mut websocket = Vec::new();
+        let mut websocket: Vec<&str> = Vec::new();
         for (property, kind, origin) in records {
-            let key = (
-                property.to_owned(),
-                kind.unwrap_or("unknown").to_owned(),
-                origin.to_owned(),
-            );
-            *events.entry(key).or_default() += 1;
-            if origin == "websocket" && !websocket.contains(&property) {
+            let kind = kind.unwrap_or("unknown");
+            let by_type = match events.get_mut(property) {
+                Some(by_type) => by_type,
+                None => events.entry(property.to_owned()).or_default(),
+            };
+            let counts = match by_type.get_mut(kind) {
+                Some(counts) => counts,
+                None => by_type.entry(kind.to_owned()).or_default(),
+            };
+            counts[origin as usize] += 1;
+            if origin == Origin::Websocket
+                && websocket.last() != Some(&property)
+                && !websocket.contains(&property)
+            {
                 websocket.push(property);
             }
         }
         drop(events);
+        if websocket.is_empty() {
+            return;
+        }
+        let now = SystemTime::now();
         let mut properties = lock(&self.properties);
         for property in websocket {
-            properties
-                .entry(property.to_owned())
-                .or_default()
-                .last_event = Some(now);
+            match properties.get_mut(property) {
+                Some(p) => p.last_event = Some(now),
+                None => {
+                    properties
+                        .entry(property.to_owned())
+                        .or_default()
+                        .last_event = Some(now)
+                }
+            }
         }
     }
 

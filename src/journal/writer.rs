@@ -246,9 +246,7 @@ impl JournalWriter {
                     .store(bytes, std::sync::atomic::Ordering::Relaxed);
                 self.stats
                     .committed(commit.entries.iter().filter_map(|entry| match entry {
-                        Entry::Record(r) => {
-                            Some((&*r.property, r.kind.as_deref(), r.origin.as_str()))
-                        }
+                        Entry::Record(r) => Some((&*r.property, r.kind.as_deref(), r.origin)),
                         Entry::Replay(_) => None,
                     }));
                 if let Some(outage) = self.outage.take() {

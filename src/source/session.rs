@@ -24,6 +24,9 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// break the connection, since they cannot be read without holding them whole.
 const HARD_LIMIT_FACTOR: u64 = 64;
 
+/// Bytes read from the socket at a time (tungstenite's default is 128 KiB per connection).
+const READ_BUFFER: usize = 16 * 1024;
+
 /// How a session ended without an error.
 #[derive(Debug)]
 pub(crate) enum SessionEnd {
@@ -155,7 +158,11 @@ impl Source {
                 .saturating_mul(HARD_LIMIT_FACTOR),
         )
         .unwrap_or(usize::MAX);
+        // Small buffers: a relay may hold a thousand of these. Reads grow a message as needed;
+        // writes are only pings and the close frame.
         let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(0)
             .max_message_size(Some(hard_limit))
             .max_frame_size(Some(hard_limit));
         let connector = Connector::Rustls(Arc::clone(&self.tls));

@@ -212,6 +212,19 @@ async fn a_full_disk_is_logged_and_counted_and_writing_resumes() {
     }
     let mut child = command.spawn().unwrap();
     let pid = child.id();
+    // A failing assertion must not leave the relay running.
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if self.0 != 0 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(self.0 as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let mut guard = KillOnDrop(pid);
     let pipe = child.stdout.take().unwrap();
     let stderr = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
     let mut conn = server.next().await;
@@ -284,5 +297,6 @@ async fn a_full_disk_is_logged_and_counted_and_writing_resumes() {
     let code = tokio::task::spawn_blocking(move || child.wait().unwrap().code())
         .await
         .unwrap();
+    guard.0 = 0; // reaped: the PID may be reused
     assert_eq!(code, Some(0), "{}", stderr());
 }
