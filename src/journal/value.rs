@@ -11,13 +11,26 @@ pub struct StoredRecord {
     pub property: String,
     /// The event `Type` (for filters).
     pub kind: Option<String>,
-    /// Stable id for receivers to drop redeliveries (`Idempotency-Key`): the same on every
-    /// retry, after a restart, and after a dead-letter replay.
-    pub key: String,
+    /// The journal's id (for [`StoredRecord::key`]).
+    pub journal_id: u64,
+    /// The original key of a replayed dead letter.
+    pub replay_key: Option<String>,
     /// Set for a replayed dead letter: only this sink delivers it.
     pub only_sink: Option<String>,
     /// The record's JSON line, without the newline.
     pub json: Vec<u8>,
+}
+
+impl StoredRecord {
+    /// Stable id for receivers to drop redeliveries (`Idempotency-Key`, `Nats-Msg-Id`): the
+    /// same on every retry, after a restart, and after a dead-letter replay. Made on demand:
+    /// stdout and file sinks never need it.
+    pub fn key(&self) -> String {
+        match &self.replay_key {
+            Some(key) => key.clone(),
+            None => record_key(self.journal_id, self.seq),
+        }
+    }
 }
 
 /// A dead letter put back into the journal for one sink, exactly as it was first journaled.
@@ -97,13 +110,14 @@ pub(super) fn decode(journal_id: u64, seq: u64, value: &[u8]) -> StoredRecord {
     };
     let property = take().unwrap_or_default();
     let kind = take();
-    let key = take().unwrap_or_else(|| record_key(journal_id, seq));
+    let replay_key = take();
     let only_sink = take();
     StoredRecord {
         seq,
         property,
         kind,
-        key,
+        journal_id,
+        replay_key,
         only_sink,
         json: value.get(at..).unwrap_or_default().to_vec(),
     }
@@ -135,7 +149,7 @@ mod tests {
             let stored = decode(0xab, 3, &buf);
             assert_eq!(stored.property, "old-town");
             assert_eq!(stored.kind, kind);
-            assert_eq!(stored.key, "00000000000000ab-3");
+            assert_eq!(stored.key(), "00000000000000ab-3");
             assert_eq!(stored.only_sink, None);
             assert!(stored.json.starts_with(br#"{"seq":3,"#));
         }
@@ -149,7 +163,10 @@ mod tests {
         let mut buf = Vec::new();
         encode(9, &Entry::Replay(replay), &mut buf);
         let stored = decode(0xab, 9, &buf);
-        assert_eq!((stored.seq, stored.key.as_str()), (9, "00000000000000ab-3"));
+        assert_eq!(
+            (stored.seq, stored.key().as_str()),
+            (9, "00000000000000ab-3")
+        );
         assert_eq!(stored.only_sink.as_deref(), Some("hooks"));
         assert_eq!(stored.json, br#"{"seq":3}"#);
     }

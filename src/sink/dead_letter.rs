@@ -107,7 +107,7 @@ impl DeadLetters {
                 reason: reason.text.to_owned(),
                 status: reason.status,
                 response: reason.response.map(str::to_owned),
-                key: record.key.clone(),
+                key: record.key(),
                 record: raw,
             };
             serde_json::to_writer(&mut buf, &line)?;

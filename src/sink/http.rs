@@ -94,8 +94,8 @@ impl HttpSink {
     async fn deliver(&mut self, records: &[&StoredRecord]) -> io::Result<()> {
         let body = body(records);
         let key = match records {
-            [one] => one.key.clone(),
-            [first, .., last] => format!("{}..{}", first.key, last.key),
+            [one] => one.key(),
+            [first, .., last] => format!("{}..{}", first.key(), last.key()),
             [] => return Ok(()),
         };
         let started = Instant::now();
@@ -316,7 +316,8 @@ mod tests {
             seq,
             property: "p".into(),
             kind: None,
-            key: format!("k-{seq}"),
+            journal_id: 0,
+            replay_key: None,
             only_sink: None,
             json: format!(r#"{{"seq":{seq}}}"#).into_bytes(),
         };

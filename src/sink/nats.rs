@@ -208,7 +208,7 @@ impl Sink for NatsSink {
                 self.await_ack(oldest).await?;
             }
             let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", record.key.as_str());
+            headers.insert("Nats-Msg-Id", record.key().as_str());
             let ack = self
                 .jetstream
                 .publish_with_headers(

@@ -56,7 +56,8 @@ pub(super) fn test_record(json: &str) -> StoredRecord {
         seq: 1,
         property: "p".into(),
         kind: None,
-        key: "k".into(),
+        journal_id: 0,
+        replay_key: None,
         only_sink: None,
         json: json.as_bytes().to_vec(),
     }
