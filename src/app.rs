@@ -233,37 +233,45 @@ async fn run_once(
             .sources
             .spawn(source.run(running.sources_stop.clone()));
     }
-    if let Some(webhooks) = &settings.webhooks {
-        match Ingress::bind(
-            settings,
-            webhooks,
-            running.journal.clone(),
-            Arc::clone(&stats),
-        )
-        .await
-        {
-            Ok(ingress) => {
+    // The listeners are bound before anything depends on them, with one way out on failure.
+    let listeners = async {
+        let ingress = match &settings.webhooks {
+            Some(webhooks) => Some(
+                Ingress::bind(
+                    settings,
+                    webhooks,
+                    running.journal.clone(),
+                    Arc::clone(&stats),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let metrics = match &settings.metrics {
+            Some(m) => {
+                Some(MetricsServer::bind(m.listen, m.ready_max_lag, Arc::clone(&stats)).await?)
+            }
+            None => None,
+        };
+        Ok::<_, AppError>((ingress, metrics))
+    }
+    .await;
+    match listeners {
+        Ok((ingress, metrics)) => {
+            if let Some(ingress) = ingress {
                 running
                     .sources
                     .spawn(ingress.run(running.sources_stop.clone()));
             }
-            Err(err) => {
-                running.stop(grace).await;
-                return Err(err.into());
-            }
-        }
-    }
-    if let Some(metrics) = &settings.metrics {
-        match MetricsServer::bind(metrics.listen, metrics.ready_max_lag, Arc::clone(&stats)).await {
-            Ok(server) => {
+            if let Some(metrics) = metrics {
                 running
                     .sources
-                    .spawn(server.run(running.sources_stop.clone()));
+                    .spawn(metrics.run(running.sources_stop.clone()));
             }
-            Err(err) => {
-                running.stop(grace).await;
-                return Err(err.into());
-            }
+        }
+        Err(err) => {
+            running.stop(grace).await;
+            return Err(err);
         }
     }
     running.supervisor = Some(tokio::spawn(crate::ops::supervise(
