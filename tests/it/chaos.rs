@@ -70,8 +70,7 @@ impl Chaos {
         let text = config_text(&server.url(), dir.path(), &sinks)
             .replace("ping_interval = \"1s\"", "ping_interval = \"300ms\"")
             .replace("pong_timeout = \"3s\"", "pong_timeout = \"700ms\"");
-        let config = dir.path().join("relay.toml");
-        std::fs::write(&config, text).unwrap();
+        let config = write_config(dir.path(), &text);
         let daemon = Daemon::spawn(
             &["run", "--config", config.to_str().unwrap()],
             dir.path(),

@@ -58,12 +58,7 @@ async fn events_reach_file_sinks_in_order_with_raw_json_intact() {
 async fn the_stdout_sink_prints_json_lines_and_logs_stay_on_stderr() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = MockServer::start().await;
-    let config = dir.path().join("relay.toml");
-    std::fs::write(
-        &config,
-        config_text(&server.url(), dir.path(), "[[sink]]\ntype = \"stdout\"\n"),
-    )
-    .unwrap();
+    let config = stdout_config(dir.path(), &server.url());
     let mut daemon = Daemon::spawn(
         &["run", "--config", config.to_str().unwrap()],
         dir.path(),

@@ -238,8 +238,7 @@ async fn mtls_works_with_the_client_certificate() {
     );
     h.relay.stop().await;
 
-    let config = h.dir.path().join("relay.toml");
-    std::fs::write(&config, &h.config).unwrap();
+    let config = write_config(h.dir.path(), &h.config);
     let (code, stdout, _) = run_binary(&["check", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(
@@ -259,12 +258,10 @@ async fn mtls_without_a_client_certificate_fails_clearly_and_retries() {
     std::fs::write(dir.path().join("ca.pem"), server_ca.pem()).unwrap();
     let url = format!("https://127.0.0.1:{}/hooks", receiver.addr.port());
     let extra = format!("ca_file = \"{}\"", dir.path().join("ca.pem").display());
-    let config = dir.path().join("relay.toml");
-    std::fs::write(
-        &config,
-        config_text(&server.url(), dir.path(), &hooks(&url, &extra)),
-    )
-    .unwrap();
+    let config = write_config(
+        dir.path(),
+        &config_text(&server.url(), dir.path(), &hooks(&url, &extra)),
+    );
     let mut daemon = Daemon::spawn(
         &["run", "--config", config.to_str().unwrap()],
         dir.path(),

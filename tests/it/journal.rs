@@ -118,16 +118,14 @@ async fn records_stay_until_every_sink_has_passed_them() {
 async fn a_corrupt_journal_is_one_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(FILE_NAME), vec![0x5a; 64 * 1024]).unwrap();
-    let config = dir.path().join("relay.toml");
-    std::fs::write(
-        &config,
-        config_text(
+    let config = write_config(
+        dir.path(),
+        &config_text(
             "ws://127.0.0.1:9/ws/connector",
             dir.path(),
             "[[sink]]\ntype = \"stdout\"\n",
         ),
-    )
-    .unwrap();
+    );
     let mut daemon = Daemon::spawn(
         &["run", "--config", config.to_str().unwrap()],
         dir.path(),

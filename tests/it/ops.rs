@@ -24,12 +24,7 @@ async fn systemd_gets_ready_watchdog_status_and_stopping() {
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     let mut server = MockServer::start().await;
-    let config = dir.path().join("relay.toml");
-    std::fs::write(
-        &config,
-        config_text(&server.url(), dir.path(), "[[sink]]\ntype = \"stdout\"\n"),
-    )
-    .unwrap();
+    let config = stdout_config(dir.path(), &server.url());
     let env = [
         ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
         ("WATCHDOG_USEC", "200000"),
@@ -121,12 +116,7 @@ fn the_unit_file_is_hardened_and_valid() {
 async fn logs_can_be_json_lines() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = MockServer::start().await;
-    let config = dir.path().join("relay.toml");
-    std::fs::write(
-        &config,
-        config_text(&server.url(), dir.path(), "[[sink]]\ntype = \"stdout\"\n"),
-    )
-    .unwrap();
+    let config = stdout_config(dir.path(), &server.url());
     let args = [
         "run",
         "--config",

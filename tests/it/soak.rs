@@ -31,16 +31,14 @@ async fn a_long_run_keeps_memory_descriptors_and_threads_flat() {
         .unwrap_or(600);
     let dir = tempfile::tempdir().unwrap();
     let mut server = MockServer::start().await;
-    let config = dir.path().join("relay.toml");
-    std::fs::write(
-        &config,
-        config_text(
+    let config = write_config(
+        dir.path(),
+        &config_text(
             &server.url(),
             dir.path(),
             &file_sink(&dir.path().join("out.jsonl")),
         ),
-    )
-    .unwrap();
+    );
     let mut daemon = Daemon::spawn(
         &[
             "run",

@@ -269,6 +269,18 @@ grace_period = "5s"
     )
 }
 
+/// Writes `<dir>/relay.toml` for the child-process tests and returns its path.
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("relay.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `config_text` with a stdout sink, written to `<dir>/relay.toml`.
+pub fn stdout_config(dir: &Path, url: &str) -> PathBuf {
+    write_config(dir, &config_text(url, dir, "[[sink]]\ntype = \"stdout\"\n"))
+}
+
 /// A file sink at `path` as a TOML table.
 pub fn file_sink(path: &Path) -> String {
     format!(

@@ -74,12 +74,10 @@ async fn wss_works_with_a_test_ca() {
 async fn a_wrong_ca_fails_with_a_clear_error_and_keeps_retrying() {
     let dir = tempfile::tempdir().unwrap();
     let (url, mut handshakes) = start_wss(Ca::new("server CA").server_config(None)).await;
-    let config = dir.path().join("relay.toml");
-    std::fs::write(
-        &config,
-        tls_config(dir.path(), &url, &Ca::new("another CA").pem()),
-    )
-    .unwrap();
+    let config = write_config(
+        dir.path(),
+        &tls_config(dir.path(), &url, &Ca::new("another CA").pem()),
+    );
     let mut daemon = Daemon::spawn(
         &["run", "--config", config.to_str().unwrap()],
         dir.path(),

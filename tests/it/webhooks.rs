@@ -193,12 +193,10 @@ async fn a_webhook_answered_202_survives_kill_9() {
         "[[sink]]\ntype = \"http\"\nname = \"hooks\"\nurl = \"{}\"\nretry_min = \"50ms\"\nretry_max = \"100ms\"\n",
         receiver.url()
     );
-    let config = dir.path().join("relay.toml");
-    std::fs::write(
-        &config,
-        webhooks(config_text(&server.url(), dir.path(), &sink), addr),
-    )
-    .unwrap();
+    let config = write_config(
+        dir.path(),
+        &webhooks(config_text(&server.url(), dir.path(), &sink), addr),
+    );
     let args = ["run", "--config", config.to_str().unwrap()];
     let mut daemon = Daemon::spawn(&args, dir.path(), "first");
     let client = http_client();
@@ -221,6 +219,9 @@ async fn a_webhook_answered_202_survives_kill_9() {
 
     receiver.forget(); // tries the first relay made before the kill (all answered 503)
     receiver.set_default(Reply::Ok);
+    // Same state and sinks, no listener: the record must come from the journal alone (and
+    // the freed port may meanwhile belong to another test).
+    write_config(dir.path(), &config_text(&server.url(), dir.path(), &sink));
     let mut daemon = Daemon::spawn(&args, dir.path(), "second");
     loop {
         let request = receiver.next().await;
@@ -229,7 +230,7 @@ async fn a_webhook_answered_202_survives_kill_9() {
         }
     }
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(daemon.wait().await, Some(0));
+    assert_eq!(daemon.wait().await, Some(0), "{}", daemon.stderr_text());
 }
 
 /// `simulate --webhook-url` posts General webhooks the relay takes in.
