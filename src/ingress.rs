@@ -280,6 +280,8 @@ pub fn parse(
                         command: None,
                         enterprise_id: Some(enterprise.clone()),
                         integration_id: parsed.integration_id.clone(),
+                        enrich_error: None,
+                        dedupe: None,
                     })
                 })
                 .collect()
@@ -300,6 +302,8 @@ pub fn parse(
                 command: None,
                 enterprise_id: enterprise,
                 integration_id: integration,
+                enrich_error: None,
+                dedupe: None,
             }])
         }
         _ => Err("neither a General webhook {EnterpriseId, IntegrationId, Events} nor an Integration webhook {Action, Data}".into()),

@@ -204,6 +204,31 @@ pub fn render(stats: &Stats) -> String {
             "Webhook bodies refused as malformed.",
             &stats.webhooks_malformed,
         ),
+        (
+            "mews_relay_duplicates_dropped_total",
+            "Records not journaled again: live and catch-up saw the same state (dedupe_window).",
+            &stats.duplicates_dropped,
+        ),
+        (
+            "mews_relay_rest_requests_ok_total",
+            "Mews REST requests (catch-up, enrichment) answered 2xx.",
+            &stats.rest_ok,
+        ),
+        (
+            "mews_relay_rest_requests_failed_total",
+            "Mews REST requests that failed (each retry counts).",
+            &stats.rest_failed,
+        ),
+        (
+            "mews_relay_rest_requests_throttled_total",
+            "Mews REST requests answered 429 Too Many Requests.",
+            &stats.rest_throttled,
+        ),
+        (
+            "mews_relay_enrich_failed_total",
+            "DeviceCommand records forwarded without details (enrich_error set).",
+            &stats.enrich_failed,
+        ),
     ];
     for (name, help, counter) in counters {
         family(&mut out, name, "counter", help);

@@ -55,6 +55,11 @@ pub struct Record {
     pub enterprise_id: Option<String>,
     /// Webhooks: the `IntegrationId` Mews sent.
     pub integration_id: Option<String>,
+    /// Enrichment was wanted but failed: why (`command` is then absent).
+    pub enrich_error: Option<String>,
+    /// Not part of the record: a key the journal remembers for `catch_up.dedupe_window`; a
+    /// second record with the same key in that time is dropped (live vs catch-up).
+    pub dedupe: Option<String>,
 }
 
 /// The public JSON shape (README "Record format"); field order is part of it.
@@ -71,6 +76,8 @@ struct Wire<'a> {
     event: &'a RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
     command: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    enrich_error: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     enterprise_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -90,6 +97,7 @@ impl Record {
             state: self.state.as_deref(),
             event: &self.event,
             command: self.command.as_deref(),
+            enrich_error: self.enrich_error.as_deref(),
             enterprise_id: self.enterprise_id.as_deref(),
             integration_id: self.integration_id.as_deref(),
         };
@@ -198,6 +206,8 @@ pub fn decode(
                 command: None,
                 enterprise_id: None,
                 integration_id: None,
+                enrich_error: None,
+                dedupe: None,
             }
         })
         .collect())

@@ -36,6 +36,16 @@ pub struct Stats {
     pub webhooks_malformed: AtomicU64,
     /// Bytes of records held in the journal.
     pub journal_bytes: AtomicU64,
+    /// Records dropped because their dedupe key was journaled within `dedupe_window`.
+    pub duplicates_dropped: AtomicU64,
+    /// Mews REST requests answered 2xx.
+    pub rest_ok: AtomicU64,
+    /// Mews REST requests that failed (status or transport); retried ones count each time.
+    pub rest_failed: AtomicU64,
+    /// Mews REST requests answered 429.
+    pub rest_throttled: AtomicU64,
+    /// DeviceCommand records that went on without `command` (`enrich_error` set).
+    pub enrich_failed: AtomicU64,
     /// Per property.
     pub properties: Mutex<BTreeMap<String, PropertyStats>>,
     /// Per sink.

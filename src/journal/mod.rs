@@ -193,6 +193,25 @@ impl Journal {
         }
     }
 
+    /// A catch-up mark (unix milliseconds), if one was ever set.
+    pub async fn mark(&self, name: &str) -> Result<Option<u64>, JournalError> {
+        let store = Arc::clone(&self.store);
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || store.mark(&name))
+            .await
+            .map_err(|_| JournalError::Closed)?
+    }
+
+    /// Sets a catch-up mark durably; call it after the records it covers are committed.
+    pub async fn set_mark(&self, name: &str, at: u64) -> Result<(), JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(Op::Mark(name.to_owned(), at, tx))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
     /// This journal's random id, part of every record key.
     pub fn journal_id(&self) -> u64 {
         self.journal_id

@@ -16,6 +16,10 @@ const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 /// `last_seq`: the last seq ever given (survives pruning); `stored_bytes`: the size of all
 /// entries; `journal_id`: random, set once, part of every record key.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// dedupe key -> unix seconds it was first journaled (see [`crate::record::Record::dedupe`]).
+const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
+/// Progress marks of the REST catch-up (e.g. the last reservation sync), unix milliseconds.
+const MARKS: TableDefinition<&str, u64> = TableDefinition::new("marks");
 const LAST_SEQ: &str = "last_seq";
 const STORED_BYTES: &str = "stored_bytes";
 const JOURNAL_ID: &str = "journal_id";
@@ -34,6 +38,26 @@ pub(super) struct Commit {
     pub cursors: Vec<(String, u64)>,
     pub prune_to: Option<u64>,
     pub durable: bool,
+    pub marks: Vec<(String, u64)>,
+    /// Dedupe: keys first seen less than `window` seconds before `now` drop their record.
+    pub seen: Seen,
+}
+
+/// The clock and window the dedupe keys are judged by, and an optional clean-up.
+#[derive(Clone, Copy)]
+pub(super) struct Seen {
+    pub now: u64,
+    pub window: u64,
+    /// Forget keys first seen before this (unix seconds).
+    pub forget_before: Option<u64>,
+}
+
+/// What a transaction did.
+pub(super) struct Committed {
+    pub seq: u64,
+    pub bytes: u64,
+    /// Indexes of entries dropped as duplicates (no seq given).
+    pub dropped: Vec<usize>,
 }
 
 /// The database, replaceable after an I/O error poisoned it.
@@ -71,6 +95,8 @@ impl Store {
         let txn = db.begin_write().map_err(|e| storage(path, e))?;
         let opened = {
             let _records = txn.open_table(RECORDS).map_err(|e| storage(path, e))?;
+            let _seen = txn.open_table(SEEN).map_err(|e| storage(path, e))?;
+            let _marks = txn.open_table(MARKS).map_err(|e| storage(path, e))?;
             let mut meta = txn.open_table(META).map_err(|e| storage(path, e))?;
             let get = |meta: &redb::Table<&str, u64>, key| -> Result<Option<u64>, JournalError> {
                 Ok(meta
@@ -162,9 +188,20 @@ impl Store {
         Ok(out)
     }
 
+    /// A catch-up mark, if one was ever set.
+    pub fn mark(&self, name: &str) -> Result<Option<u64>, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| storage(&self.path, e))?;
+        let table = txn.open_table(MARKS).map_err(|e| storage(&self.path, e))?;
+        Ok(table
+            .get(name)
+            .map_err(|e| storage(&self.path, e))?
+            .map(|v| v.value()))
+    }
+
     /// Runs one transaction: entries get seqs after `at.0`; `at.1` is the stored size before.
-    /// Returns the new last seq and stored size.
-    pub fn commit(&self, at: (u64, u64), commit: &Commit) -> Result<(u64, u64), JournalError> {
+    /// Returns the new last seq and stored size, and which entries were duplicates.
+    pub fn commit(&self, at: (u64, u64), commit: &Commit) -> Result<Committed, JournalError> {
         let db = match self.db() {
             Ok(db) => db,
             // An earlier reopen failed (e.g. still no space): try again now.
@@ -180,10 +217,28 @@ impl Store {
                 .map_err(|e| err(e.into()))?;
         }
         let (mut seq, mut bytes) = at;
+        let mut dropped = Vec::new();
         {
             let mut table = txn.open_table(RECORDS).map_err(|e| err(e.into()))?;
+            let mut seen = txn.open_table(SEEN).map_err(|e| err(e.into()))?;
             let mut buf = Vec::with_capacity(512);
-            for entry in &commit.entries {
+            let Seen { now, window, .. } = commit.seen;
+            for (i, entry) in commit.entries.iter().enumerate() {
+                if let Entry::Record(crate::record::Record {
+                    dedupe: Some(key), ..
+                }) = entry
+                {
+                    let first = seen
+                        .insert(key.as_str(), now)
+                        .map_err(|e| err(e.into()))?
+                        .map(|v| v.value());
+                    if let Some(first) = first.filter(|first| now.saturating_sub(*first) < window) {
+                        seen.insert(key.as_str(), first)
+                            .map_err(|e| err(e.into()))?;
+                        dropped.push(i);
+                        continue;
+                    }
+                }
                 seq += 1;
                 buf.clear();
                 value::encode(seq, entry, &mut buf);
@@ -211,9 +266,23 @@ impl Store {
                     .insert(name.as_str(), *at)
                     .map_err(|e| err(e.into()))?;
             }
+            let mut marks = txn.open_table(MARKS).map_err(|e| err(e.into()))?;
+            for (name, at) in &commit.marks {
+                marks
+                    .insert(name.as_str(), *at)
+                    .map_err(|e| err(e.into()))?;
+            }
+            if let Some(before) = commit.seen.forget_before {
+                seen.retain(|_, first| first >= before)
+                    .map_err(|e| err(e.into()))?;
+            }
         }
         txn.commit().map_err(|e| err(e.into()))?;
-        Ok((seq, bytes))
+        Ok(Committed {
+            seq,
+            bytes,
+            dropped,
+        })
     }
 
     /// The seq up to which the oldest entries after `after` add up to at least `bytes`.

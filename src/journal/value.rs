@@ -143,6 +143,8 @@ mod tests {
                 command: None,
                 enterprise_id: None,
                 integration_id: None,
+                enrich_error: None,
+                dedupe: None,
             };
             let mut buf = Vec::new();
             encode(3, &Entry::Record(record), &mut buf);

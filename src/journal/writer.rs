@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::JournalError;
-use super::store::{Commit, Opened, Store};
+use super::store::{Commit, Committed, Opened, Seen, Store};
 use super::value::Entry;
 use crate::stats::Stats;
 
@@ -28,7 +28,12 @@ pub(super) enum Op {
     Flush(oneshot::Sender<()>),
     /// Answered once everything queued before it is done: proof the writer is not stuck.
     Ping(oneshot::Sender<()>),
+    /// Sets a catch-up mark, durably.
+    Mark(String, u64, oneshot::Sender<Result<(), JournalError>>),
 }
+
+/// Dedupe keys older than the window are forgotten this often.
+const FORGET_EVERY: Duration = Duration::from_secs(600);
 
 /// The task that owns all writes. Run it with [`JournalWriter::run`]; it ends when every
 /// [`super::Journal`] handle is dropped, after a last durable commit.
@@ -45,6 +50,8 @@ pub struct JournalWriter {
     shed_to: u64,
     stats: Arc<Stats>,
     outage: Option<Outage>,
+    dedupe_window: Duration,
+    last_forget: Option<std::time::Instant>,
 }
 
 /// What [`JournalWriter::new`] needs.
@@ -74,6 +81,8 @@ struct Batch {
     cursors: HashMap<String, u64>,
     flushes: Vec<oneshot::Sender<()>>,
     pings: Vec<oneshot::Sender<()>>,
+    marks: Vec<(String, u64)>,
+    mark_waiters: Vec<oneshot::Sender<Result<(), JournalError>>>,
 }
 
 impl Batch {
@@ -91,6 +100,10 @@ impl Batch {
             }
             Op::Flush(done) => self.flushes.push(done),
             Op::Ping(done) => self.pings.push(done),
+            Op::Mark(name, at, done) => {
+                self.marks.push((name, at));
+                self.mark_waiters.push(done);
+            }
         }
     }
 }
@@ -110,7 +123,15 @@ impl JournalWriter {
             shed_to: 0,
             stats: setup.stats,
             outage: None,
+            dedupe_window: crate::config::defaults::DEDUPE_WINDOW,
+            last_forget: None,
         }
+    }
+
+    /// How long dedupe keys are remembered (`catch_up.dedupe_window`; default 24 h).
+    pub fn dedupe_window(mut self, window: Duration) -> Self {
+        self.dedupe_window = window;
+        self
     }
 
     /// Commits until every handle is gone.
@@ -139,8 +160,14 @@ impl JournalWriter {
                 }
             }
             let pings = std::mem::take(&mut batch.pings);
-            if !(batch.records.is_empty() && batch.cursors.is_empty() && batch.flushes.is_empty()) {
-                let durable = !batch.records.is_empty() || !batch.flushes.is_empty();
+            if !(batch.records.is_empty()
+                && batch.cursors.is_empty()
+                && batch.flushes.is_empty()
+                && batch.marks.is_empty())
+            {
+                let durable = !batch.records.is_empty()
+                    || !batch.flushes.is_empty()
+                    || !batch.marks.is_empty();
                 self.commit(batch, durable).await;
                 unsynced = !durable;
             }
@@ -211,18 +238,32 @@ impl JournalWriter {
             cursors,
             flushes,
             pings: _,
+            marks,
+            mark_waiters,
         } = batch;
         for (name, seq) in &cursors {
             if let Some(at) = self.cursors.get_mut(name) {
                 *at = (*at).max(*seq);
             }
         }
-        let count = records.len() as u64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let window = self.dedupe_window.as_secs().max(1);
+        let forget = self
+            .last_forget
+            .is_none_or(|at| at.elapsed() >= FORGET_EVERY);
         let commit = Commit {
             entries: records,
             cursors: cursors.into_iter().collect(),
             prune_to: self.prune_target(),
             durable,
+            marks,
+            seen: Seen {
+                now,
+                window,
+                forget_before: forget.then(|| now.saturating_sub(window)),
+            },
         };
         let store = Arc::clone(&self.store);
         let at = (self.last_seq, self.stored_bytes);
@@ -238,17 +279,39 @@ impl JournalWriter {
                 return;
             }
         };
+        let count = commit.entries.len() as u64;
         match result {
-            Ok((seq, bytes)) => {
+            Ok(Committed {
+                seq,
+                bytes,
+                dropped,
+            }) => {
+                if forget {
+                    self.last_forget = Some(std::time::Instant::now());
+                }
+                let count = count - dropped.len() as u64;
+                if !dropped.is_empty() {
+                    Stats::add(&self.stats.duplicates_dropped, dropped.len() as u64);
+                    tracing::debug!(
+                        records = dropped.len(),
+                        "dropped records already journaled (live vs catch-up)"
+                    );
+                }
                 self.stored_bytes = bytes;
                 self.stats
                     .journal_bytes
                     .store(bytes, std::sync::atomic::Ordering::Relaxed);
-                self.stats
-                    .committed(commit.entries.iter().filter_map(|entry| match entry {
-                        Entry::Record(r) => Some((&*r.property, r.kind.as_deref(), r.origin)),
-                        Entry::Replay(_) => None,
-                    }));
+                self.stats.committed(
+                    commit
+                        .entries
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| !dropped.contains(i))
+                        .filter_map(|(_, entry)| match entry {
+                            Entry::Record(r) => Some((&*r.property, r.kind.as_deref(), r.origin)),
+                            Entry::Replay(_) => None,
+                        }),
+                );
                 if let Some(outage) = self.outage.take() {
                     tracing::warn!(
                         path = %self.store.path().display(),
@@ -266,7 +329,11 @@ impl JournalWriter {
                 }
                 let first = seq - count;
                 for (waiter, upto) in waiters {
-                    let _ = waiter.send(Ok(first + upto as u64));
+                    let before = dropped.iter().filter(|&&i| i < upto).count();
+                    let _ = waiter.send(Ok(first + (upto - before) as u64));
+                }
+                for done in mark_waiters {
+                    let _ = done.send(Ok(()));
                 }
                 if self.stored_bytes > self.max_bytes {
                     self.shed_oldest().await;
@@ -299,6 +366,9 @@ impl JournalWriter {
                 }
                 for (waiter, _) in waiters {
                     let _ = waiter.send(Err(JournalError::Write(err.to_string())));
+                }
+                for done in mark_waiters {
+                    let _ = done.send(Err(JournalError::Write(err.to_string())));
                 }
                 // redb refuses every later write after an I/O error until the file is reopened.
                 if matches!(

@@ -24,6 +24,8 @@ fn record(id: usize) -> Record {
         command: None,
         enterprise_id: None,
         integration_id: None,
+        enrich_error: None,
+        dedupe: None,
     }
 }
 
