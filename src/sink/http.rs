@@ -4,9 +4,9 @@
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 use tokio::time::Instant;
 
@@ -14,6 +14,7 @@ use super::Sink;
 use super::dead_letter::{DeadLetters, Reason};
 use crate::backoff::Backoff;
 use crate::config::HttpSettings;
+use crate::httpx::{describe, retry_after};
 use crate::journal::StoredRecord;
 use crate::stats::Stats;
 
@@ -227,38 +228,6 @@ fn body(records: &[&StoredRecord]) -> Vec<u8> {
     out
 }
 
-/// A reqwest error as one line, without the URL, with its cause.
-fn describe(err: &reqwest::Error) -> String {
-    let kind = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
-    let mut text = kind.to_owned();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// `Retry-After` as seconds or an HTTP date.
-pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
 /// The first bytes of the body, as text.
 async fn excerpt(mut response: reqwest::Response) -> String {
     let mut bytes = Vec::new();
@@ -288,27 +257,6 @@ impl Sink for HttpSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_reads_seconds_and_http_dates() {
-        let mut headers = HeaderMap::new();
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("2"));
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(2)));
-        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
-        headers.insert(RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
-        let d = retry_after(&headers).unwrap();
-        assert!(
-            d > Duration::from_secs(28) && d <= Duration::from_secs(30),
-            "{d:?}"
-        );
-        headers.insert(
-            RETRY_AFTER,
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
-        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
-        assert_eq!(retry_after(&headers), None);
-    }
 
     #[test]
     fn bodies_are_one_record_or_an_array() {
