@@ -21,6 +21,10 @@ pub(crate) struct ConfigFile {
     pub shutdown: ShutdownFile,
     pub webhooks: Option<WebhooksFile>,
     pub metrics: Option<MetricsFile>,
+    #[serde(default)]
+    pub catch_up: CatchUpFile,
+    #[serde(default)]
+    pub enrich: EnrichFile,
     /// Sinks stay tables here: `type` picks the struct they are read into, so errors name it.
     #[serde(default, rename = "sink")]
     pub sinks: Vec<toml::Table>,
@@ -34,6 +38,29 @@ pub(crate) struct MewsFile {
     pub api_url: Option<String>,
     pub client_token: Option<String>,
     pub client_token_file: Option<PathBuf>,
+    pub client: Option<String>,
+    pub request_timeout: Option<Dur>,
+    pub rate_limit: Option<u32>,
+    pub rate_window: Option<Dur>,
+}
+
+/// `[catch_up]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CatchUpFile {
+    pub commands: Option<bool>,
+    pub reservations: Option<bool>,
+    pub reservations_since: Option<Dur>,
+    pub margin: Option<Dur>,
+    pub dedupe_window: Option<Dur>,
+}
+
+/// `[enrich]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnrichFile {
+    pub commands: Option<bool>,
+    pub timeout: Option<Dur>,
 }
 
 /// `[[property]]`

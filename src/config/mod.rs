@@ -73,6 +73,20 @@ pub mod defaults {
     pub const NATS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
     /// `[[sink]] duplicate_window` for a stream the NATS sink creates
     pub const NATS_DUPLICATE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+    /// `[mews] request_timeout`
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `[mews] rate_limit`: Mews allows 200 requests per AccessToken per 30 s.
+    pub const RATE_LIMIT: u32 = 200;
+    /// `[mews] rate_window`
+    pub const RATE_WINDOW: Duration = Duration::from_secs(30);
+    /// `[catch_up] reservations_since`
+    pub const RESERVATIONS_SINCE: Duration = Duration::from_secs(3600);
+    /// `[catch_up] margin`
+    pub const CATCH_UP_MARGIN: Duration = Duration::from_secs(300);
+    /// `[catch_up] dedupe_window`
+    pub const DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+    /// `[enrich] timeout`
+    pub const ENRICH_TIMEOUT: Duration = Duration::from_secs(2);
 }
 
 /// A config that failed to load: one line naming the file, the key and the fix.
@@ -110,6 +124,10 @@ pub struct Settings {
     /// `[metrics]`, when /metrics, /healthz and /readyz are served.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
+    /// `[catch_up]`
+    pub catch_up: CatchUp,
+    /// `[enrich]`
+    pub enrich: Enrich,
     /// `[[sink]]`, at least one.
     #[serde(rename = "sink")]
     pub sinks: Vec<SinkSettings>,
@@ -120,11 +138,49 @@ pub struct Settings {
 pub struct Mews {
     /// `ws://` or `wss://` URL of the WebSocket endpoint.
     pub websocket_url: String,
-    /// REST base URL (catch-up and enrichment).
+    /// REST base URL (catch-up and enrichment); none: neither runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_url: Option<String>,
     /// The integration's ClientToken.
     pub client_token: Secret,
+    /// `Client` sent with every REST request (name and version).
+    pub client: String,
+    /// Limit for one REST request.
+    #[serde(with = "human")]
+    pub request_timeout: Duration,
+    /// At most this many REST requests per AccessToken per `rate_window`.
+    pub rate_limit: u32,
+    /// The window of `rate_limit`.
+    #[serde(with = "human")]
+    pub rate_window: Duration,
+}
+
+/// `[catch_up]`: what is fetched over REST after every (re)connect.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatchUp {
+    /// Active (Pending/Received) device commands, via `commands/getAllActive`.
+    pub commands: bool,
+    /// Reservations updated since the last sync, via `reservations/getAll/2023-06-06`.
+    pub reservations: bool,
+    /// With no sync mark yet, reservations updated this long ago are fetched.
+    #[serde(with = "human")]
+    pub reservations_since: Duration,
+    /// Each reservation window starts this much before the last sync mark.
+    #[serde(with = "human")]
+    pub margin: Duration,
+    /// How long journaled keys keep live and catch-up records from duplicating each other.
+    #[serde(with = "human")]
+    pub dedupe_window: Duration,
+}
+
+/// `[enrich]`: details fetched for live events.
+#[derive(Debug, Clone, Serialize)]
+pub struct Enrich {
+    /// DeviceCommand records get `command` from `commands/getAllByIds`.
+    pub commands: bool,
+    /// A record waits at most this long for its details, then goes on with `enrich_error`.
+    #[serde(with = "human")]
+    pub timeout: Duration,
 }
 
 /// One `[[property]]`: one WebSocket connection.
@@ -236,6 +292,9 @@ pub struct SinkSettings {
     /// Only these properties; empty means all.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub properties: Vec<String>,
+    /// JSON paths in the record (`command.Data.Email`) replaced by `"***"` for this sink.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<String>,
 }
 
 /// The sink types.

@@ -41,6 +41,7 @@ pub(super) fn validate(
                 ));
             }
         };
+        let redact = redact_paths(ctx, &prefix, table.remove("redact"))?;
         let value = toml::Value::Table(table);
         let (name, kind, events, props) = match kind.as_str() {
             "stdout" => {
@@ -97,9 +98,43 @@ pub(super) fn validate(
             kind,
             events,
             properties: props,
+            redact,
         });
     }
     Ok(out)
+}
+
+/// `redact = ["command.Data.Email", …]`: dot-separated paths from the record's top level.
+fn redact_paths(
+    ctx: &Ctx<'_>,
+    prefix: &str,
+    value: Option<toml::Value>,
+) -> Result<Vec<String>, ConfigError> {
+    let key = format!("{prefix}.redact");
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    let toml::Value::Array(items) = value else {
+        return Err(ctx.err(
+            key,
+            r#"must be a list of JSON paths, like ["command.Data.Email", "command.Data.Telephone"]"#,
+        ));
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            toml::Value::String(path)
+                if !path.is_empty() && path.split('.').all(|part| !part.is_empty()) =>
+            {
+                Ok(path)
+            }
+            _ => Err(ctx.err(
+                format!("{key}[{i}]"),
+                r#"must be a dot-separated path into the record, like "command.Data.Email""#,
+            )),
+        })
+        .collect()
 }
 
 pub(super) type SinkParts = (String, SinkKind, Option<Vec<String>>, Option<Vec<String>>);

@@ -162,6 +162,36 @@ pub(super) fn parse(
         }),
         None => None,
     };
+    let pick = |v: Option<super::file::Dur>, d| v.map_or(d, |v| v.0);
+    let catch_up = super::CatchUp {
+        commands: raw.catch_up.commands.unwrap_or(true),
+        reservations: raw.catch_up.reservations.unwrap_or(false),
+        reservations_since: pick(
+            raw.catch_up.reservations_since,
+            defaults::RESERVATIONS_SINCE,
+        ),
+        margin: pick(raw.catch_up.margin, defaults::CATCH_UP_MARGIN),
+        dedupe_window: pick(raw.catch_up.dedupe_window, defaults::DEDUPE_WINDOW),
+    };
+    if catch_up.reservations_since > MAX_REST_WINDOW {
+        return Err(ctx.err(
+            "catch_up.reservations_since",
+            "is longer than 90 days, the longest UpdatedUtc window Mews allows; use e.g. \"1h\"",
+        ));
+    }
+    if catch_up.dedupe_window.is_zero() {
+        return Err(ctx.err(
+            "catch_up.dedupe_window",
+            "must be longer than zero; it should cover the longest outage, e.g. \"24h\"",
+        ));
+    }
+    let enrich = super::Enrich {
+        commands: raw.enrich.commands.unwrap_or(true),
+        timeout: pick(raw.enrich.timeout, defaults::ENRICH_TIMEOUT),
+    };
+    if enrich.timeout.is_zero() {
+        return Err(ctx.err("enrich.timeout", "must be longer than zero, e.g. \"2s\""));
+    }
     let names: HashSet<&str> = properties.iter().map(|p| p.name.as_str()).collect();
     let sinks = super::sinks::validate(&ctx, raw.sinks, &names)?;
     Ok(Settings {
@@ -173,9 +203,15 @@ pub(super) fn parse(
         shutdown,
         webhooks,
         metrics,
+        catch_up,
+        enrich,
         sinks,
     })
 }
+
+/// The longest `UpdatedUtc` interval Mews accepts (3 months; 90 days stays inside it).
+pub(super) const MAX_REST_WINDOW: std::time::Duration =
+    std::time::Duration::from_secs(90 * 24 * 3600);
 
 fn webhooks(
     ctx: &Ctx<'_>,
@@ -288,11 +324,56 @@ fn mews(
         "client_token",
         credentials,
     )?;
+    let client = raw
+        .client
+        .unwrap_or_else(|| format!("mews-relay {}", env!("CARGO_PKG_VERSION")));
+    if client.trim().is_empty() {
+        return Err(ctx.err(
+            "mews.client",
+            "is empty; Mews wants the name and version of the client, e.g. \"mews-relay 0.1.0\"",
+        ));
+    }
+    let rate_limit = raw.rate_limit.unwrap_or(defaults::RATE_LIMIT);
+    if rate_limit == 0 {
+        return Err(ctx.err(
+            "mews.rate_limit",
+            "must be at least 1; Mews allows 200 requests per AccessToken per 30s",
+        ));
+    }
+    let request_timeout = raw
+        .request_timeout
+        .map_or(defaults::REQUEST_TIMEOUT, |d| d.0);
+    let rate_window = raw.rate_window.map_or(defaults::RATE_WINDOW, |d| d.0);
+    for (key, value) in [
+        ("mews.request_timeout", request_timeout),
+        ("mews.rate_window", rate_window),
+    ] {
+        if value.is_zero() {
+            return Err(ctx.err(key, "must be longer than zero"));
+        }
+    }
     Ok(Mews {
+        api_url: raw
+            .api_url
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .or_else(|| derived_api_url(&websocket_url)),
         websocket_url,
-        api_url: raw.api_url,
         client_token,
+        client,
+        request_timeout,
+        rate_limit,
+        rate_window,
     })
+}
+
+/// Mews's own WebSocket hosts imply their REST address.
+fn derived_api_url(websocket_url: &str) -> Option<String> {
+    let host = websocket_url.parse::<Uri>().ok()?.host()?.to_owned();
+    match host.as_str() {
+        "ws.mews.com" => Some("https://api.mews.com".into()),
+        "ws.mews-demo.com" => Some("https://api.mews-demo.com".into()),
+        _ => None,
+    }
 }
 
 fn properties(

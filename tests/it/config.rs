@@ -81,6 +81,15 @@ fn values_defaults_and_token_files_are_applied() {
     );
     assert_eq!(s.connection.max_message_size, 2 << 20);
     assert_eq!(s.sinks[1].name, "archive");
+    assert_eq!(
+        s.sinks[1].redact,
+        ["command.Data.Email", "command.Data.Telephone"]
+    );
+    assert_eq!(s.mews.client, "Hotel Chain Keys 2.1");
+    assert_eq!(s.mews.rate_limit, 150);
+    assert!(s.catch_up.reservations);
+    assert_eq!(s.catch_up.margin, std::time::Duration::from_secs(600));
+    assert_eq!(s.enrich.timeout, std::time::Duration::from_millis(1500));
     let minimal = Settings::load(
         Path::new("tests/fixtures/config/valid/minimal.toml"),
         &CredentialsDir::default(),
@@ -97,6 +106,23 @@ fn values_defaults_and_token_files_are_applied() {
     assert_eq!(minimal.connection.max_message_size, 1 << 20);
     assert_eq!(minimal.state.dir, Path::new("/var/lib/mews-relay"));
     assert_eq!(minimal.sinks[0].name, "stdout");
+    // Mews's own hosts imply the REST address; catch-up of commands and enrichment are on.
+    assert_eq!(
+        minimal.mews.api_url.as_deref(),
+        Some("https://api.mews-demo.com")
+    );
+    assert_eq!(
+        minimal.mews.client,
+        format!("mews-relay {}", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(minimal.mews.rate_limit, 200);
+    assert!(minimal.catch_up.commands && !minimal.catch_up.reservations);
+    assert!(minimal.enrich.commands);
+    assert_eq!(minimal.enrich.timeout, std::time::Duration::from_secs(2));
+    assert_eq!(
+        minimal.catch_up.dedupe_window,
+        std::time::Duration::from_secs(24 * 3600)
+    );
 }
 
 /// Tokens missing from the file come from systemd's credentials directory.
