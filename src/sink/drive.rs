@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::dead_letter::{DeadLetters, Reason};
-use super::{AnySink, Filter, Sink};
+use super::{AnySink, Filter, Redactor, Sink};
 use crate::backoff::Backoff;
 use crate::config::SinkSettings;
 use crate::journal::{Journal, StoredRecord};
@@ -47,6 +47,7 @@ struct Driver {
     shed: watch::Receiver<u64>,
     dead: DeadLetters,
     trouble: Trouble,
+    redact: Redactor,
 }
 
 /// Runs one sink until drained or aborted.
@@ -62,6 +63,7 @@ pub async fn drive(settings: SinkSettings, sink: AnySink, journal: Journal, ctl:
         journal,
         ctl,
         trouble: Trouble::default(),
+        redact: Redactor::new(&settings.redact),
     };
     driver.run().instrument(span).await
 }
@@ -134,6 +136,14 @@ impl Driver {
                     }
                 }
             };
+            let mut batch = batch;
+            if !self.redact.is_empty() {
+                for record in &mut batch {
+                    if let Some(masked) = self.redact.apply(record) {
+                        *record = masked;
+                    }
+                }
+            }
             let records: Vec<&StoredRecord> =
                 batch.iter().filter(|r| self.filter.matches(r)).collect();
             while !records.is_empty() {

@@ -6,6 +6,7 @@ mod drive;
 mod file;
 mod http;
 mod nats;
+mod redact;
 mod stdout;
 
 use std::collections::HashSet;
@@ -24,6 +25,7 @@ pub use drive::{SinkControl, drive};
 pub use file::FileSink;
 pub use http::HttpSink;
 pub use nats::NatsSink;
+pub use redact::Redactor;
 pub use stdout::WriterSink;
 
 /// Records read from the journal per batch, unless a sink asks for fewer.
