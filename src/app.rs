@@ -73,6 +73,9 @@ pub enum AppError {
     /// The metrics listener could not start.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// The Mews REST client could not be built.
+    #[error("Mews REST client: {0}")]
+    Rest(crate::mews::RestError),
     /// A task ended on its own (a bug); the relay stopped so that systemd restarts it.
     #[error("the {0} task stopped unexpectedly")]
     TaskEnded(&'static str),
@@ -185,7 +188,7 @@ async fn run_once(
     stats.keep_properties(&names);
     stats.keep_sinks(&sink_names);
     let mut running = Running {
-        writer: tokio::spawn(writer.run()),
+        writer: tokio::spawn(writer.dedupe_window(settings.catch_up.dedupe_window).run()),
         journal,
         sources_stop: CancellationToken::new(),
         sources: JoinSet::new(),
@@ -221,6 +224,13 @@ async fn run_once(
         ));
     }
     for property in &settings.properties {
+        let rest = match crate::mews::rest_for(settings, property, &tls, &stats) {
+            Ok(rest) => rest,
+            Err(err) => {
+                running.stop(grace).await;
+                return Err(AppError::Rest(err));
+            }
+        };
         let source = Source::new(
             settings,
             property,
@@ -228,6 +238,7 @@ async fn run_once(
             running.journal.clone(),
             Arc::clone(&rejects),
             Arc::clone(&stats),
+            rest,
         );
         running
             .sources

@@ -5,6 +5,8 @@
 //!  Mews WS ──▶ source::Source (one per property: connect, ping, reconnect with backoff)
 //!                 │ record::decode: {"Events":[…]} → one Record per event, raw JSON kept
 //!                 │ (anything undecodable → rejects: rejected.jsonl, counted, logged)
+//!                 │ mews::enrich: DeviceCommands get `command` (commands/getAllByIds, coalesced)
+//!  Mews REST ─▶ mews::catch_up after every connect (getAllActive, reservations since the mark)
 //!  Webhooks ─▶ ingress::Ingress (token, shape; 202 only after the commit)
 //!                 ▼
 //!            journal::Journal (redb; group commit, one fsync per batch; seq numbers)
@@ -22,9 +24,11 @@
 pub mod app;
 pub mod backoff;
 pub mod config;
+pub mod httpx;
 pub mod ingress;
 pub mod journal;
 pub mod metrics;
+pub mod mews;
 pub mod ops;
 pub mod record;
 pub mod rejects;

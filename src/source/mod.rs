@@ -7,8 +7,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
-use crate::config::{Connection, Property, Settings};
+use crate::config::{CatchUp, Connection, Property, Settings};
 use crate::journal::Journal;
+use crate::mews::{CatchUpJob, Enricher, Pending, Rest};
 use crate::rejects::Rejects;
 use crate::secret::Secret;
 use crate::stats::{Link, Stats};
@@ -26,10 +27,18 @@ pub struct Source {
     journal: Journal,
     rejects: Arc<Rejects>,
     stats: Arc<Stats>,
+    /// The catch-up run after each connect, when a REST client is configured.
+    catch_up: Option<Arc<CatchUpJob>>,
+    /// Live DeviceCommand records get dedupe keys (catch-up of commands is on).
+    dedupe_commands: bool,
+    /// Enrichment: the REST client and `enrich.timeout`.
+    enrich: Option<(Arc<Rest>, std::time::Duration)>,
+    /// Set while running with enrichment: records go through the enricher, in order.
+    enricher: Option<tokio::sync::mpsc::Sender<Pending>>,
 }
 
 impl Source {
-    /// The source for one `[[property]]`.
+    /// The source for one `[[property]]`; `rest` is its Mews REST client (catch-up, enrichment).
     pub fn new(
         settings: &Settings,
         property: &Property,
@@ -37,9 +46,29 @@ impl Source {
         journal: Journal,
         rejects: Arc<Rejects>,
         stats: Arc<Stats>,
+        rest: Option<Arc<Rest>>,
     ) -> Self {
+        let name: Arc<str> = Arc::from(property.name.as_str());
+        let catch_up: &CatchUp = &settings.catch_up;
+        let catch_up = rest
+            .as_ref()
+            .filter(|_| catch_up.commands || catch_up.reservations)
+            .map(|rest| {
+                Arc::new(CatchUpJob {
+                    rest: Arc::clone(rest),
+                    journal: journal.clone(),
+                    property: Arc::clone(&name),
+                    settings: catch_up.clone(),
+                })
+            });
         Source {
-            name: Arc::from(property.name.as_str()),
+            dedupe_commands: catch_up.is_some() && settings.catch_up.commands,
+            catch_up,
+            enrich: rest
+                .filter(|_| settings.enrich.commands)
+                .map(|rest| (rest, settings.enrich.timeout)),
+            enricher: None,
+            name,
             access_token: property.access_token.clone(),
             client_token: settings.mews.client_token.clone(),
             url: settings.mews.websocket_url.clone(),
@@ -52,11 +81,31 @@ impl Source {
     }
 
     /// Connects, reads, reconnects, until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let span = tracing::info_span!("property", property = %self.name);
+        let _enter = span.enter();
+        let enricher = self.enrich.take().map(|(rest, timeout)| {
+            Enricher {
+                rest,
+                journal: self.journal.clone(),
+                timeout,
+                stats: Arc::clone(&self.stats),
+            }
+            .spawn()
+        });
+        drop(_enter);
+        let task = enricher.map(|(tx, task)| {
+            self.enricher = Some(tx);
+            task
+        });
         self.reconnect_loop(shutdown).instrument(span).await;
+        // The reader is gone with `self`; the enricher journals what it holds, then ends.
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 
+    /// Takes `self`: when it returns, the reader's handle to the enricher is gone.
     async fn reconnect_loop(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.connection.backoff_min, self.connection.backoff_max);
         let mut failures = Failures::default();

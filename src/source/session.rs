@@ -14,7 +14,11 @@ use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
+use tracing::Instrument;
+
 use super::Source;
+use crate::mews::enrich::DEVICE_COMMAND;
+use crate::mews::{Pending, command_key};
 use crate::record::decode;
 use crate::rejects::Payload;
 
@@ -109,7 +113,15 @@ impl Source {
             crate::stats::Link::Connected(connected.into_std()),
         );
         crate::stats::Stats::add(&self.stats.connections, 1);
+        // Mews does not replay what was missed: catch up over REST while reading live events.
+        let catch_up = self.catch_up.as_ref().map(|job| {
+            let stop = CancellationToken::new();
+            let task = Arc::clone(job).run(stop.clone());
+            tokio::spawn(task.instrument(tracing::Span::current()));
+            stop.drop_guard()
+        });
         let result = self.read(ws, shutdown).await;
+        drop(catch_up);
         Outcome {
             connected_for: Some(connected.elapsed()),
             result,
@@ -259,11 +271,31 @@ impl Source {
             return Ok(());
         }
         match decode(&self.name, text, SystemTime::now()) {
-            Ok(records) => self
-                .journal
-                .append(records)
-                .await
-                .map_err(|_| SessionError::JournalClosed),
+            Ok(mut records) => {
+                if self.dedupe_commands {
+                    for record in &mut records {
+                        if let (Some(DEVICE_COMMAND), Some(id), Some(state)) =
+                            (record.kind.as_deref(), &record.id, &record.state)
+                        {
+                            record.dedupe = Some(command_key(&self.name, id, state));
+                        }
+                    }
+                }
+                match &self.enricher {
+                    Some(enricher) => enricher
+                        .send(Pending {
+                            records,
+                            arrived: Instant::now(),
+                        })
+                        .await
+                        .map_err(|_| SessionError::JournalClosed),
+                    None => self
+                        .journal
+                        .append(records)
+                        .await
+                        .map_err(|_| SessionError::JournalClosed),
+                }
+            }
             Err(err) => {
                 self.rejects.reject(
                     &self.stats,

@@ -1,0 +1,250 @@
+//! The catch-up after every (re)connect: Mews never replays what happened while nobody
+//! listened, so active commands (`commands/getAllActive`) and, when enabled, reservations
+//! updated since the last sync (`reservations/getAll/2023-06-06`) are fetched and journaled as
+//! `origin = "catch_up"` records. Dedupe keys keep states already journaled from repeating.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::enrich::DEVICE_COMMAND;
+use super::{Rest, RestError, command_key, parse_commands, reservation_key};
+use crate::backoff::Backoff;
+use crate::config::CatchUp;
+use crate::journal::{Entry, Journal, JournalError};
+use crate::record::{Origin, Record, format_time};
+
+/// Reservations per page (the most Mews allows).
+pub const PAGE: usize = 1000;
+/// One `UpdatedUtc` window is at most this long (Mews allows 3 months).
+const WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Retries of a failed catch-up step, while the connection lasts.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Why a catch-up step stopped.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error(transparent)]
+    Rest(#[from] RestError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// One property's catch-up; run after each successful connect.
+pub struct CatchUpJob {
+    /// The property's REST client.
+    pub rest: Arc<Rest>,
+    /// Where records go.
+    pub journal: Journal,
+    /// The property's name.
+    pub property: Arc<str>,
+    /// `[catch_up]`
+    pub settings: CatchUp,
+}
+
+impl CatchUpJob {
+    /// Runs the catch-up until done or `stop` (the connection ended: the next one catches up).
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        tokio::select! {
+            () = stop.cancelled() => tracing::debug!("catch-up interrupted; the next connection runs it again"),
+            () = self.all() => {}
+        }
+    }
+
+    async fn all(&self) {
+        if self.settings.commands {
+            self.retrying("active commands", || self.commands()).await;
+        }
+        if self.settings.reservations {
+            self.retrying("reservations", || self.reservations()).await;
+        }
+    }
+
+    /// Runs a step until it succeeds; a refused token ends it (logged by the client).
+    async fn retrying<F, Fut>(&self, what: &str, step: F)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<usize, StepError>>,
+    {
+        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+        loop {
+            match step().await {
+                Ok(records) => {
+                    tracing::info!(records, "catch-up of {what} done");
+                    return;
+                }
+                Err(StepError::Rest(RestError::Unauthorized(_))) => return,
+                Err(StepError::Journal(JournalError::Closed)) => return,
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %err, retry_in = ?delay, "catch-up of {what} failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Every command still Pending or Received, as a record shaped like the live event.
+    async fn commands(&self) -> Result<usize, StepError> {
+        let body = self.rest.call("commands/getAllActive", Map::new()).await?;
+        let received_at = format_time(SystemTime::now());
+        let entries: Vec<Entry> = parse_commands(&body)?
+            .into_iter()
+            .map(|(id, state, details)| {
+                let event = json!({"Type": DEVICE_COMMAND, "Id": id, "State": state});
+                let event =
+                    RawValue::from_string(event.to_string()).expect("serde_json output is JSON"); // ok: just serialized
+                Entry::Record(Record {
+                    property: Arc::clone(&self.property),
+                    origin: Origin::CatchUp,
+                    received_at: received_at.clone(),
+                    kind: Some(DEVICE_COMMAND.into()),
+                    dedupe: state
+                        .as_deref()
+                        .map(|state| command_key(&self.property, &id, state)),
+                    id: Some(id),
+                    state,
+                    event,
+                    command: Some(details),
+                    enterprise_id: None,
+                    integration_id: None,
+                    enrich_error: None,
+                })
+            })
+            .collect();
+        let n = entries.len();
+        if n > 0 {
+            self.journal.append_committed(entries).await?;
+        }
+        Ok(n)
+    }
+
+    /// The name of this property's reservation sync mark in the journal.
+    pub fn mark_name(property: &str) -> String {
+        format!("reservations\u{1f}{property}")
+    }
+
+    /// Reservations updated since the mark (minus the margin), page by page, window by window;
+    /// the mark moves after each window's records are committed.
+    async fn reservations(&self) -> Result<usize, StepError> {
+        let mark_name = Self::mark_name(&self.property);
+        // Whole seconds, rounded up: the window ends after anything updated so far (the next
+        // one starts `margin` before this mark, for changes Mews records late).
+        let now = unix_secs(SystemTime::now()) + 1;
+        let mut start = match self.journal.mark(&mark_name).await? {
+            Some(mark) => mark.saturating_sub(self.settings.margin.as_secs()),
+            None => now.saturating_sub(self.settings.reservations_since.as_secs()),
+        };
+        let mut total = 0;
+        while start < now {
+            let end = (start + WINDOW.as_secs()).min(now);
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = self.reservation_page(start, end, cursor.take()).await?;
+                let count = page.0.len();
+                total += count;
+                if count > 0 {
+                    self.journal.append_committed(page.0).await?;
+                }
+                match page.1 {
+                    Some(next) if count >= PAGE => cursor = Some(next),
+                    _ => break,
+                }
+            }
+            self.journal.set_mark(&mark_name, end).await?;
+            start = end;
+        }
+        Ok(total)
+    }
+
+    async fn reservation_page(
+        &self,
+        start: u64,
+        end: u64,
+        cursor: Option<String>,
+    ) -> Result<(Vec<Entry>, Option<String>), RestError> {
+        let mut body = Map::new();
+        body.insert(
+            "UpdatedUtc".into(),
+            json!({"StartUtc": rfc3339(start), "EndUtc": rfc3339(end)}),
+        );
+        let mut limitation = json!({ "Count": PAGE });
+        if let Some(cursor) = cursor {
+            limitation["Cursor"] = Value::String(cursor);
+        }
+        body.insert("Limitation".into(), limitation);
+        let bytes = self
+            .rest
+            .call("reservations/getAll/2023-06-06", body)
+            .await?;
+        let page: ReservationPage<'_> =
+            serde_json::from_slice(&bytes).map_err(|err| RestError::Decode(err.to_string()))?;
+        let received_at = format_time(SystemTime::now());
+        let mut entries = Vec::with_capacity(page.reservations.len());
+        for raw in page.reservations {
+            let head: ReservationHead = serde_json::from_str(raw.get())
+                .map_err(|err| RestError::Decode(format!("a reservation: {err}")))?;
+            entries.push(Entry::Record(Record {
+                property: Arc::clone(&self.property),
+                origin: Origin::CatchUp,
+                received_at: received_at.clone(),
+                kind: Some("Reservation".into()),
+                dedupe: head
+                    .updated_utc
+                    .as_deref()
+                    .map(|updated| reservation_key(&self.property, &head.id, updated)),
+                id: Some(head.id),
+                state: head.state,
+                event: raw.to_owned(),
+                command: None,
+                enterprise_id: None,
+                integration_id: None,
+                enrich_error: None,
+            }));
+        }
+        Ok((entries, page.cursor))
+    }
+}
+
+#[derive(Deserialize)]
+struct ReservationPage<'a> {
+    #[serde(rename = "Reservations", borrow)]
+    reservations: Vec<&'a RawValue>,
+    #[serde(rename = "Cursor", default)]
+    cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ReservationHead {
+    #[serde(rename = "Id")]
+    id: String,
+    #[serde(rename = "State", default)]
+    state: Option<String>,
+    #[serde(rename = "UpdatedUtc", default)]
+    updated_utc: Option<String>,
+}
+
+fn unix_secs(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `2026-11-23T12:00:00Z`
+pub fn rfc3339(unix_secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_secs)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_mews_datetimes() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_435_200), "2026-11-23T12:00:00Z");
+    }
+}
