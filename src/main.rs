@@ -101,6 +101,32 @@ struct SimulateArgs {
     /// Also POST Mews General webhooks here every 2 s (include ?Token=…).
     #[arg(long)]
     webhook_url: Option<String>,
+    /// Fault: drop every connection this long after it opened (e.g. "30s").
+    #[arg(long, value_parser = humantime::parse_duration)]
+    drop_every: Option<Duration>,
+    /// Fault: how --drop-every drops a connection.
+    #[arg(long, value_enum, default_value_t = DropArg::Rst)]
+    drop_mode: DropArg,
+    /// Fault: this long after it opened, a connection goes silent (no events, no pongs).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    silent_after: Option<Duration>,
+    /// Fault: refuse every WebSocket upgrade with this HTTP status (e.g. 401 or 503).
+    #[arg(long)]
+    reject: Option<u16>,
+    /// Fault: every N-th WebSocket message is malformed JSON.
+    #[arg(long, default_value_t = 0)]
+    malformed_every: u32,
+    /// Fault: every N-th REST call is answered 429 with Retry-After: 1.
+    #[arg(long, default_value_t = 0)]
+    rest_429_every: u32,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DropArg {
+    /// TCP reset, no Close frame.
+    Rst,
+    /// Close frame 1012, then TCP close.
+    Close,
 }
 
 #[derive(Args)]
@@ -361,11 +387,21 @@ fn simulate(args: SimulateArgs) -> ExitCode {
             client_token: args.client_token,
             access_token: args.access_token,
             webhook_url: args.webhook_url,
+            drop_every: args.drop_every,
+            drop_mode: match args.drop_mode {
+                DropArg::Rst => simulator::DropMode::Reset,
+                DropArg::Close => simulator::DropMode::Close,
+            },
+            silent_after: args.silent_after,
+            reject_status: args.reject,
+            malformed_every: args.malformed_every,
+            rest_429_every: args.rest_429_every,
         };
         tracing::info!(
-            "simulator listening on ws://{}{}",
+            "simulator listening on ws://{}{} (REST API: api_url = \"http://{}\")",
             args.listen,
-            simulator::WS_PATH
+            simulator::WS_PATH,
+            args.listen
         );
         let (control, _handle) = Control::new();
         tokio::spawn(handle_signals(control.shutdown.clone(), None, None));
@@ -419,6 +455,7 @@ fn demo(args: DemoArgs) -> ExitCode {
         }
     };
     settings.mews.websocket_url = format!("ws://{addr}{}", simulator::WS_PATH);
+    settings.mews.api_url = Some(format!("http://{addr}"));
     settings.state.dir = state.path().to_owned();
     // The webhook listener gets a free port, and the simulator posts to it.
     let webhook_url = settings.webhooks.as_mut().and_then(|webhooks| {

@@ -54,6 +54,15 @@ impl EventFactory {
         }
     }
 
+    /// A Resource or PriceUpdate event (the types the simulated hotel does not track).
+    pub fn untracked_event(&mut self) -> Value {
+        if self.rng.u8(0..3) < 2 {
+            self.resource()
+        } else {
+            self.price_update()
+        }
+    }
+
     fn pick<'a>(&mut self, items: &'a [&'a str]) -> &'a str {
         items[self.rng.usize(..items.len())]
     }
