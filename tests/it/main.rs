@@ -2,6 +2,7 @@
 //! journal, and the binary itself where a process boundary matters (signals, kill -9, exit codes).
 
 mod auth;
+mod catch_up;
 mod chaos;
 mod config;
 mod crash;

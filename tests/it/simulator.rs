@@ -44,7 +44,7 @@ async fn the_relay_receives_all_four_event_types_from_the_simulator() {
         events_per_message: 10,
         client_token: Some("DEMO-CLIENT-TOKEN".into()),
         access_token: Some("DEMO-ACCESS-TOKEN".into()),
-        webhook_url: None,
+        ..SimulatorConfig::default()
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
@@ -56,6 +56,10 @@ async fn the_relay_receives_all_four_event_types_from_the_simulator() {
         &CredentialsDir::default(),
     )
     .unwrap();
+    settings.mews.api_url = Some(
+        url.replace("ws://", "http://")
+            .replace(simulator::WS_PATH, ""),
+    );
     settings.mews.websocket_url = url;
     settings.state.dir = dir.path().to_owned();
     settings.sinks = Settings::from_toml(
@@ -107,4 +111,114 @@ async fn the_demo_command_prints_records_on_stdout() {
         assert_eq!(record["seq"], i as u64 + 1);
         assert_eq!(record["property"], "demo-hotel");
     }
+    // Device commands come enriched: the device and what a key cutter needs.
+    let commands: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["type"] == "DeviceCommand" && r["origin"] == "websocket")
+        .collect();
+    assert!(!commands.is_empty(), "{stdout}");
+    for command in &commands {
+        assert!(
+            command["command"]["Device"]["Type"].is_string(),
+            "{command}"
+        );
+    }
+    assert!(
+        commands
+            .iter()
+            .any(|c| c["command"]["Device"]["Type"] == "KeyCutter"
+                && c["command"]["Data"]["LockIds"].is_array()),
+        "{stdout}"
+    );
+}
+
+/// The relay in-process against a simulator started with `faults`; returns what it counted.
+async fn relay_against(faults: SimulatorConfig, until: impl Fn(&mews_relay::stats::Stats) -> bool) {
+    let (url, stop) = start(faults).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let relay = Relay::start(
+        &config_text(&url, dir.path(), &file_sink(&out))
+            .replace("pong_timeout = \"3s\"", "pong_timeout = \"500ms\"")
+            .replace("ping_interval = \"1s\"", "ping_interval = \"300ms\""),
+    );
+    let stats = std::sync::Arc::clone(&relay.stats);
+    wait_until("the relay saw the fault", || until(&stats)).await;
+    relay.stop().await;
+    stop.cancel();
+}
+
+fn reconnects(stats: &mews_relay::stats::Stats) -> u64 {
+    stats
+        .properties
+        .lock()
+        .unwrap()
+        .get("old-town")
+        .map_or(0, |p| p.reconnects)
+}
+
+fn link(stats: &mews_relay::stats::Stats) -> String {
+    format!(
+        "{:?}",
+        stats
+            .properties
+            .lock()
+            .unwrap()
+            .get("old-town")
+            .map(|p| p.link.clone())
+    )
+}
+
+/// Each fault flag does what `simulate --help` says, as the relay sees it.
+#[tokio::test]
+async fn the_simulator_fault_flags_break_connections_as_documented() {
+    let fast = SimulatorConfig {
+        rate: 50.0,
+        ..SimulatorConfig::default()
+    };
+    // Dropped every 300 ms, with a reset and with a clean close: the relay reconnects.
+    for mode in [simulator::DropMode::Reset, simulator::DropMode::Close] {
+        relay_against(
+            SimulatorConfig {
+                drop_every: Some(std::time::Duration::from_millis(300)),
+                drop_mode: mode,
+                ..fast.clone()
+            },
+            |s| reconnects(s) >= 2,
+        )
+        .await;
+    }
+    // Silent: no events, no pongs; the relay declares it dead and reconnects.
+    relay_against(
+        SimulatorConfig {
+            silent_after: Some(std::time::Duration::from_millis(200)),
+            ..fast.clone()
+        },
+        |s| link(s).contains("no pong"),
+    )
+    .await;
+    // Upgrades refused with 503 and with 401.
+    for status in [503u16, 401] {
+        relay_against(
+            SimulatorConfig {
+                reject_status: Some(status),
+                ..fast.clone()
+            },
+            |s| link(s).contains(&status.to_string()),
+        )
+        .await;
+    }
+    // Every second message malformed: rejected and counted, the connection stays.
+    relay_against(
+        SimulatorConfig {
+            malformed_every: 2,
+            ..fast.clone()
+        },
+        |s| {
+            mews_relay::stats::Stats::get(&s.messages_rejected) >= 3
+                && mews_relay::stats::Stats::get(&s.records_committed) >= 3
+                && reconnects(s) == 0
+        },
+    )
+    .await;
 }

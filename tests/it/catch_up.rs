@@ -1,0 +1,401 @@
+//! The gap Mews leaves: REST catch-up after every (re)connect, enrichment of live device
+//! commands, dedupe between the two (also across restarts), the rate limit, and redaction.
+//! The WebSocket side is a mock the tests steer; the REST side is the simulator's hotel.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use mews_relay::simulator::{self, Hotel, SimulatorConfig};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::*;
+
+/// The simulator serving `hotel` over REST (its WebSocket stays unused); returns `api_url`.
+async fn rest_server(hotel: Arc<Hotel>) -> (String, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let config = SimulatorConfig {
+        rate: 0.001,
+        ..SimulatorConfig::default()
+    };
+    tokio::spawn(simulator::serve_hotel(
+        listener,
+        config,
+        hotel,
+        stop.clone(),
+    ));
+    (url, stop)
+}
+
+/// The test config pointed at `api_url`, with `extra` tables appended.
+fn config(ws: &str, api: &str, dir: &Path, sinks: &str, extra: &str) -> String {
+    config_text(ws, dir, sinks).replace("[mews]\n", &format!("[mews]\napi_url = \"{api}\"\n"))
+        + extra
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn calls(hotel: &Hotel, operation: &str) -> usize {
+    hotel
+        .calls()
+        .iter()
+        .filter(|(_, op)| op == operation)
+        .count()
+}
+
+fn live_command(id: &str, state: &str) -> String {
+    format!(r#"{{"Events":[{{"Type":"DeviceCommand","Id":"{id}","State":"{state}"}}]}}"#)
+}
+
+fn dropped(relay: &Relay) -> u64 {
+    mews_relay::stats::Stats::get(&relay.stats.duplicates_dropped)
+}
+
+/// Commands created while the relay was not listening arrive after the reconnect, with the
+/// device and the key-cutter data, and later reconnects do not send them again.
+#[tokio::test]
+async fn commands_missed_while_disconnected_arrive_once_with_details() {
+    let hotel = Arc::new(Hotel::new());
+    let (api, stop_rest) = rest_server(Arc::clone(&hotel)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let mut server = MockServer::start().await;
+    let relay = Relay::start(&config(
+        &server.url(),
+        &api,
+        dir.path(),
+        &file_sink(&out),
+        "",
+    ));
+    let conn = server.next().await;
+    wait_until("the first catch-up ran", || {
+        calls(&hotel, "commands/getAllActive") >= 1
+    })
+    .await;
+    // Created in Mews, but no event reached the relay.
+    let missed: Vec<String> = (0..3).map(|_| hotel.create_key_command(false)).collect();
+    conn.reset();
+    let conn = server.next().await;
+    let got = wait_for_lines(&out, 3).await;
+    for (record, id) in got.iter().zip(&missed) {
+        assert_eq!(record["origin"], "catch_up");
+        assert_eq!(record["type"], "DeviceCommand");
+        assert_eq!(record["id"], id.as_str());
+        assert_eq!(record["state"], "Pending");
+        assert_eq!(record["event"]["Id"], id.as_str());
+        assert_eq!(record["command"]["Device"]["Type"], "KeyCutter");
+        assert!(record["command"]["Data"]["LockIds"].is_array());
+        assert!(record["command"]["Data"]["LastName"].is_string());
+    }
+    // Two more reconnects: the same active commands come back from Mews and are dropped.
+    conn.reset();
+    let mut conn = server.next().await;
+    wait_until("the repeated catch-up was deduplicated", || {
+        dropped(&relay) >= 3
+    })
+    .await;
+    conn.close().await;
+    let _conn = server.next().await;
+    wait_until("the third catch-up was deduplicated", || {
+        dropped(&relay) >= 6
+    })
+    .await;
+    relay.stop().await;
+    let all = lines(&out);
+    assert_eq!(all.len(), 3, "{all:?}");
+    stop_rest.cancel();
+}
+
+/// Live first, catch-up second (and the reverse): one record per command state, also after
+/// a restart of the relay.
+#[tokio::test]
+async fn live_and_catch_up_never_duplicate_a_state_even_across_a_restart() {
+    let hotel = Arc::new(Hotel::new());
+    let (api, stop_rest) = rest_server(Arc::clone(&hotel)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let mut server = MockServer::start().await;
+    let text = config(&server.url(), &api, dir.path(), &file_sink(&out), "");
+    let relay = Relay::start(&text);
+    let mut conn = server.next().await;
+    wait_until("the first catch-up ran", || {
+        calls(&hotel, "commands/getAllActive") >= 1
+    })
+    .await;
+
+    // Live first: the event is enriched, then catch-up sees the same state and drops it.
+    let live = hotel.create_key_command(false);
+    conn.send(&live_command(&live, "Pending")).await;
+    let got = wait_for_lines(&out, 1).await;
+    assert_eq!(got[0]["origin"], "websocket");
+    assert_eq!(got[0]["command"]["Device"]["Type"], "KeyCutter");
+    conn.reset();
+    let mut conn = server.next().await;
+    wait_until("catch-up dropped the live state", || dropped(&relay) >= 1).await;
+
+    // Catch-up first: a command the relay missed arrives by REST, then its late live event
+    // with the same state is dropped.
+    let missed = hotel.create_key_command(false);
+    conn.close().await;
+    let mut conn = server.next().await;
+    wait_for_lines(&out, 2).await;
+    conn.send(&live_command(&missed, "Pending")).await;
+    wait_until("the late live event was dropped", || dropped(&relay) >= 3).await;
+    // A new state is news, from either side.
+    conn.send(&live_command(&missed, "Processed")).await;
+    wait_for_lines(&out, 3).await;
+    relay.stop().await;
+
+    // After a restart, the journal still knows both states.
+    let relay = Relay::start(&text);
+    let _conn = server.next().await;
+    wait_until("the catch-up after the restart was deduplicated", || {
+        dropped(&relay) >= 2
+    })
+    .await;
+    relay.stop().await;
+    let all = lines(&out);
+    let keys: Vec<(String, String, String)> = all
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_owned(),
+                r["state"].as_str().unwrap().to_owned(),
+                r["origin"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            (live.clone(), "Pending".into(), "websocket".into()),
+            (missed.clone(), "Pending".into(), "catch_up".into()),
+            (missed.clone(), "Processed".into(), "websocket".into()),
+        ]
+    );
+    stop_rest.cancel();
+}
+
+/// 429 with `Retry-After: 2` makes the relay wait at least that long, then the call succeeds.
+#[tokio::test]
+async fn throttled_calls_wait_for_retry_after_then_succeed() {
+    let hotel = Arc::new(Hotel::new());
+    let (api, stop_rest) = rest_server(Arc::clone(&hotel)).await;
+    let missed = hotel.create_key_command(false);
+    hotel.throttle_next(1, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let mut server = MockServer::start().await;
+    let relay = Relay::start(&config(
+        &server.url(),
+        &api,
+        dir.path(),
+        &file_sink(&out),
+        "",
+    ));
+    let _conn = server.next().await;
+    let got = wait_for_lines(&out, 1).await;
+    assert_eq!(got[0]["id"], missed.as_str());
+    let tries: Vec<std::time::Instant> = hotel
+        .calls()
+        .into_iter()
+        .filter(|(_, op)| op == "commands/getAllActive")
+        .map(|(at, _)| at)
+        .collect();
+    assert_eq!(tries.len(), 2, "one 429, one success");
+    let waited = tries[1] - tries[0];
+    assert!(
+        waited >= Duration::from_millis(1950),
+        "retried after {waited:?}"
+    );
+    assert_eq!(
+        mews_relay::stats::Stats::get(&relay.stats.rest_throttled),
+        1
+    );
+    relay.stop().await;
+    stop_rest.cancel();
+}
+
+/// A burst of 500 live commands against a budget of 5 requests per 30 s: the relay sends at
+/// most 5 (ids are coalesced; past the budget, records go on with `enrich_error`), and every
+/// record arrives.
+#[tokio::test]
+async fn the_rate_limiter_keeps_a_burst_under_the_budget() {
+    let hotel = Arc::new(Hotel::new());
+    let (api, stop_rest) = rest_server(Arc::clone(&hotel)).await;
+    let ids: Vec<String> = (0..500).map(|_| hotel.create_key_command(false)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let mut server = MockServer::start().await;
+    let text = config(&server.url(), &api, dir.path(), &file_sink(&out), "").replace(
+        "[mews]\n",
+        "[mews]\nrate_limit = 5\nrate_window = \"30s\"\n",
+    ) + "[catch_up]\ncommands = false\n[enrich]\ntimeout = \"500ms\"\n";
+    let relay = Relay::start(&text);
+    let mut conn = server.next().await;
+    let started = Instant::now();
+    for id in &ids {
+        conn.send(&live_command(id, "Received")).await;
+    }
+    let got = wait_for_lines(&out, 500).await;
+    let elapsed = started.elapsed();
+    let calls = hotel.calls();
+    assert!(
+        calls.len() <= 5,
+        "{} REST calls within {elapsed:?}, budget 5 per 30 s",
+        calls.len()
+    );
+    assert!(elapsed < Duration::from_secs(30));
+    for (record, id) in got.iter().zip(&ids) {
+        assert_eq!(record["id"], id.as_str(), "in order, nothing lost");
+        assert!(
+            record["command"].is_object() != record["enrich_error"].is_string(),
+            "{record}"
+        );
+    }
+    assert!(got[0]["command"]["Device"].is_object());
+    relay.stop().await;
+    stop_rest.cancel();
+}
+
+/// The REST API accepts connections but never answers: live records still arrive, without
+/// `command` and with `enrich_error`, within `enrich.timeout` plus a margin; other events are
+/// not held up behind them for longer.
+#[tokio::test]
+async fn an_unresponsive_rest_api_delays_records_by_at_most_the_enrich_timeout() {
+    let blackhole = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", blackhole.local_addr().unwrap());
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = Arc::clone(&held);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = blackhole.accept().await {
+            keep.lock().unwrap().push(socket);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let mut server = MockServer::start().await;
+    let text = config(&server.url(), &api, dir.path(), &file_sink(&out), "")
+        + "[enrich]\ntimeout = \"700ms\"\n";
+    let relay = Relay::start(&text);
+    let mut conn = server.next().await;
+    let sent = Instant::now();
+    conn.send(&live_command("cmd-1", "Pending")).await;
+    conn.send(r#"{"Events":[{"Type":"Resource","Id":"room-1","State":"Dirty"}]}"#)
+        .await;
+    let got = wait_for_lines(&out, 2).await;
+    let took = sent.elapsed();
+    assert!(took >= Duration::from_millis(650), "waited {took:?}");
+    assert!(took < Duration::from_millis(700 + 1500), "waited {took:?}");
+    assert_eq!(got[0]["id"], "cmd-1");
+    assert!(got[0].get("command").is_none());
+    assert!(
+        got[0]["enrich_error"]
+            .as_str()
+            .unwrap()
+            .contains("enrich.timeout"),
+        "{}",
+        got[0]
+    );
+    assert_eq!(got[1]["type"], "Resource", "order kept");
+    assert!(got[1].get("enrich_error").is_none());
+    assert_eq!(mews_relay::stats::Stats::get(&relay.stats.enrich_failed), 1);
+    relay.stop().await;
+}
+
+/// 2,500 reservations updated since the last sync come in three pages; after a restart the
+/// relay asks only from its mark on, and gets only what changed since.
+#[tokio::test]
+async fn reservation_catch_up_pages_and_resumes_from_its_mark() {
+    let hotel = Arc::new(Hotel::new());
+    let (api, stop_rest) = rest_server(Arc::clone(&hotel)).await;
+    hotel.add_reservations(2500, SystemTime::now() - Duration::from_secs(60));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let mut server = MockServer::start().await;
+    let text = config(
+        &server.url(),
+        &api,
+        dir.path(),
+        &file_sink(&out),
+        "[catch_up]\ncommands = false\nreservations = true\nreservations_since = \"1h\"\nmargin = \"1s\"\n",
+    );
+    let relay = Relay::start(&text);
+    let _conn = server.next().await;
+    let got = wait_for_lines(&out, 2500).await;
+    assert!(
+        got.iter()
+            .all(|r| r["origin"] == "catch_up" && r["type"] == "Reservation")
+    );
+    assert!(got.iter().all(|r| r["event"]["UpdatedUtc"].is_string()));
+    let ids: std::collections::HashSet<&str> =
+        got.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2500);
+    assert_eq!(calls(&hotel, "reservations/getAll/2023-06-06"), 3);
+    relay.stop().await;
+
+    hotel.add_reservations(10, SystemTime::now());
+    let relay = Relay::start(&text);
+    let _conn = server.next().await;
+    let got = wait_for_lines(&out, 2510).await;
+    wait_until("the second catch-up finished", || {
+        calls(&hotel, "reservations/getAll/2023-06-06") >= 4
+    })
+    .await;
+    relay.stop().await;
+    assert_eq!(
+        calls(&hotel, "reservations/getAll/2023-06-06"),
+        4,
+        "one page from the mark"
+    );
+    assert_eq!(
+        lines(&out).len(),
+        2510,
+        "only the ten new ones: {:?}",
+        &got[2500..]
+    );
+    stop_rest.cancel();
+}
+
+/// `redact` masks the configured paths in one sink; the other sink gets the data as it is.
+#[tokio::test]
+async fn redaction_masks_paths_in_one_sink_only() {
+    let hotel = Arc::new(Hotel::new());
+    let (api, stop_rest) = rest_server(Arc::clone(&hotel)).await;
+    hotel.create_key_command(false);
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.jsonl");
+    let masked = dir.path().join("masked.jsonl");
+    let sinks = format!(
+        "{}name = \"full\"\n{}name = \"masked\"\nredact = [\"command.Data.Email\", \"command.Data.Telephone\", \"command.Data.FirstName\"]\n",
+        file_sink(&full),
+        file_sink(&masked)
+    );
+    let mut server = MockServer::start().await;
+    let relay = Relay::start(&config(&server.url(), &api, dir.path(), &sinks, ""));
+    let _conn = server.next().await;
+    let full = wait_for_lines(&full, 1).await;
+    let masked = wait_for_lines(&masked, 1).await;
+    relay.stop().await;
+    let (data, hidden) = (&full[0]["command"]["Data"], &masked[0]["command"]["Data"]);
+    assert!(data["Email"].as_str().unwrap().contains('@'));
+    assert!(data["Telephone"].as_str().unwrap().starts_with('+'));
+    assert_eq!(hidden["Email"], "***");
+    assert_eq!(hidden["Telephone"], "***");
+    assert_eq!(hidden["FirstName"], "***");
+    assert_eq!(hidden["LastName"], data["LastName"], "other fields stay");
+    assert_eq!(hidden["LockIds"], data["LockIds"]);
+    assert_eq!(masked[0]["seq"], full[0]["seq"]);
+    stop_rest.cancel();
+}
