@@ -299,6 +299,14 @@ async fn run_once(
         last_seq = *running.journal.committed().borrow(),
         "mews-relay started"
     );
+    let wants_rest =
+        settings.catch_up.commands || settings.catch_up.reservations || settings.enrich.commands;
+    if wants_rest && settings.mews.api_url.is_none() {
+        tracing::warn!(
+            websocket_url = %settings.mews.websocket_url,
+            "no mews.api_url: no catch-up after reconnects and no enrichment of device commands; set api_url (or turn [catch_up] and [enrich] off to silence this)"
+        );
+    }
 
     let ended = loop {
         tokio::select! {

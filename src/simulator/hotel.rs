@@ -598,6 +598,28 @@ mod tests {
     }
 
     #[test]
+    fn update_moves_a_command_and_announces_it() {
+        let hotel = Hotel::new();
+        let mut live = hotel.subscribe();
+        let id = hotel.create_key_command(false);
+        hotel
+            .rest(
+                "commands/update",
+                &json!({"CommandId": id, "State": "Processed"}),
+            )
+            .unwrap();
+        let event: Value = serde_json::from_str(&live.try_recv().unwrap()).unwrap();
+        assert_eq!(event["Events"][0]["State"], "Processed");
+        let err = hotel
+            .rest(
+                "commands/update",
+                &json!({"CommandId": id, "State": "Done"}),
+            )
+            .unwrap_err();
+        assert_eq!(err.0, 400);
+    }
+
+    #[test]
     fn throttling_answers_429_then_recovers() {
         let hotel = Hotel::new();
         hotel.throttle_next(1, 2);
