@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-/// Delays for attempt n are drawn uniformly from `[min, min(max, min * 2^n)]`.
+/// Delays for attempt n (from 0) are drawn uniformly from `[min, min(max, min * 2^(n+1))]`:
+/// even the first retry is jittered, so connections dropped together (a Mews restart, a
+/// thousand properties) do not come back together.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     min: Duration,
@@ -27,9 +29,11 @@ impl Backoff {
         }
     }
 
-    /// The ceiling of the current step: `min * 2^attempt`, capped at `max`.
+    /// The ceiling of the current step: `min * 2^(attempt+1)`, capped at `max`.
     fn ceiling(&self) -> Duration {
-        let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(self.attempt.saturating_add(1).min(31))
+            .unwrap_or(u32::MAX);
         self.min.saturating_mul(factor).min(self.max)
     }
 
@@ -86,7 +90,7 @@ mod tests {
         for seed in 0..50 {
             let delays: Vec<_> = schedule(seed).take(12).collect();
             for (n, d) in delays.iter().enumerate() {
-                let ceiling = (500 * MS * 2u32.pow(n as u32)).min(60_000 * MS);
+                let ceiling = (500 * MS * 2u32.pow(n as u32 + 1)).min(60_000 * MS);
                 assert!(
                     *d >= 500 * MS && *d <= ceiling,
                     "attempt {n}: {d:?} > {ceiling:?}"
@@ -107,8 +111,17 @@ mod tests {
 
     #[test]
     fn jitter_spreads_relays_that_start_together() {
-        let firsts: std::collections::HashSet<_> = (0..20).map(|s| schedule(s).nth(5)).collect();
-        assert!(firsts.len() > 15, "{firsts:?}");
+        let later: std::collections::HashSet<_> = (0..20).map(|s| schedule(s).nth(5)).collect();
+        assert!(later.len() > 15, "{later:?}");
+        // The very first retry too: a thousand connections dropped at once spread over
+        // [min, 2·min] instead of all coming back after exactly `min`.
+        let firsts: Vec<Duration> = (0..1000).map(|s| schedule(s).next_delay()).collect();
+        assert!(firsts.iter().all(|d| *d >= 500 * MS && *d <= 1_000 * MS));
+        let early = firsts.iter().filter(|d| **d < 750 * MS).count();
+        assert!(
+            (400..=600).contains(&early),
+            "{early} of 1000 in the first half"
+        );
     }
 
     #[test]
@@ -117,9 +130,9 @@ mod tests {
         b.by_ref().take(8).for_each(drop);
         b.reset();
         let d = b.next_delay();
-        assert_eq!(d, 500 * MS);
+        assert!(d >= 500 * MS && d <= 1_000 * MS, "{d:?}");
         let d = b.next_delay();
-        assert!(d <= 1_000 * MS, "{d:?}");
+        assert!(d <= 2_000 * MS, "{d:?}");
     }
 
     #[test]
