@@ -160,20 +160,59 @@ struct Envelope<'a> {
 /// The fields copied out of an event for routing; anything else is left raw.
 #[derive(Deserialize, Default)]
 struct Head {
-    #[serde(rename = "Type", default, deserialize_with = "string_or_none")]
-    kind: Option<String>,
-    #[serde(rename = "Id", default, deserialize_with = "string_or_none")]
-    id: Option<String>,
-    #[serde(rename = "State", default, deserialize_with = "string_or_none")]
-    state: Option<String>,
+    #[serde(rename = "Type", default)]
+    kind: MaybeStr,
+    #[serde(rename = "Id", default)]
+    id: MaybeStr,
+    #[serde(rename = "State", default)]
+    state: MaybeStr,
 }
 
-/// Keeps a string, turns any other JSON value into `None`.
-fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    Ok(match serde_json::Value::deserialize(d)? {
-        serde_json::Value::String(s) => Some(s),
-        _ => None,
-    })
+/// A string, or `None` for any other JSON value, which is skipped without being built.
+#[derive(Default)]
+struct MaybeStr(Option<String>);
+
+impl<'de> Deserialize<'de> for MaybeStr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct Keep;
+        impl<'de> Visitor<'de> for Keep {
+            type Value = MaybeStr;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<MaybeStr, E> {
+                Ok(MaybeStr(Some(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<MaybeStr, E> {
+                Ok(MaybeStr(Some(v)))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<MaybeStr, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<MaybeStr, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<MaybeStr, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<MaybeStr, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_unit<E>(self) -> Result<MaybeStr, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MaybeStr, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(MaybeStr(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MaybeStr, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(MaybeStr(None))
+            }
+        }
+        d.deserialize_any(Keep)
+    }
 }
 
 /// Splits `{"Events":[…]}` into one record per event, each event kept byte for byte.
@@ -199,9 +238,9 @@ pub fn decode(
                 property: Arc::clone(property),
                 origin: Origin::Websocket,
                 received_at: received_at.clone(),
-                kind: head.kind,
-                id: head.id,
-                state: head.state,
+                kind: head.kind.0,
+                id: head.id.0,
+                state: head.state.0,
                 event: raw.to_owned(),
                 command: None,
                 enterprise_id: None,
