@@ -223,14 +223,15 @@ async fn run_once(
             ctl,
         ));
     }
+    let http = match crate::mews::http_client(&tls, settings.mews.request_timeout) {
+        Ok(http) => http,
+        Err(err) => {
+            running.stop(grace).await;
+            return Err(AppError::Rest(err));
+        }
+    };
     for property in &settings.properties {
-        let rest = match crate::mews::rest_for(settings, property, &tls, &stats) {
-            Ok(rest) => rest,
-            Err(err) => {
-                running.stop(grace).await;
-                return Err(AppError::Rest(err));
-            }
-        };
+        let rest = crate::mews::rest_for(settings, property, &http, &stats);
         let source = Source::new(
             settings,
             property,
@@ -301,7 +302,7 @@ async fn run_once(
     );
     let wants_rest =
         settings.catch_up.commands || settings.catch_up.reservations || settings.enrich.commands;
-    if wants_rest && settings.mews.api_url.is_none() {
+    if wants_rest && !crate::mews::wanted(settings) {
         tracing::warn!(
             websocket_url = %settings.mews.websocket_url,
             "no mews.api_url: no catch-up after reconnects and no enrichment of device commands; set api_url (or turn [catch_up] and [enrich] off to silence this)"

@@ -132,12 +132,10 @@ pub struct RestSetup<'a> {
     pub access_token: Secret,
     /// `[mews] client`
     pub client: &'a str,
-    /// `[mews] request_timeout`
-    pub timeout: Duration,
     /// `[mews] rate_limit` and `rate_window`
     pub limiter: Limiter,
-    /// rustls config shared with the WebSocket.
-    pub tls: Arc<rustls::ClientConfig>,
+    /// The HTTP client every property shares ([`http_client`]).
+    pub http: reqwest::Client,
     /// Counters.
     pub stats: Arc<Stats>,
 }
@@ -163,18 +161,28 @@ impl std::fmt::Debug for Rest {
     }
 }
 
+/// The HTTP client for the Mews REST API, one for all properties: a few pooled connections
+/// serve a thousand properties (each keeps its own tokens and rate limit).
+pub fn http_client(
+    tls: &Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<reqwest::Client, RestError> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured((**tls).clone())
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .pool_max_idle_per_host(8)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .user_agent(concat!("mews-relay/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|err| RestError::Transport(describe(&err)))
+}
+
 impl Rest {
     /// A client for one property.
-    pub fn new(setup: RestSetup<'_>) -> Result<Rest, RestError> {
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured((*setup.tls).clone())
-            .connect_timeout(setup.timeout)
-            .timeout(setup.timeout)
-            .user_agent(concat!("mews-relay/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|err| RestError::Transport(describe(&err)))?;
-        Ok(Rest {
-            http,
+    pub fn new(setup: RestSetup<'_>) -> Rest {
+        Rest {
+            http: setup.http,
             base: format!("{}/api/connector/v1/", setup.api_url),
             client_token: setup.client_token,
             access_token: setup.access_token,
@@ -183,7 +191,7 @@ impl Rest {
             stats: setup.stats,
             refused: AtomicBool::new(false),
             failing: AtomicBool::new(false),
-        })
+        }
     }
 
     /// Calls `operation` (e.g. `commands/getAllActive`) with `body` plus the tokens, retrying

@@ -12,36 +12,41 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 pub use catch_up::CatchUpJob;
-pub use client::{Limiter, Rest, RestError, RestSetup};
+pub use client::{Limiter, Rest, RestError, RestSetup, http_client};
 pub use enrich::{Enricher, Pending};
 
 use crate::config::{Property, Settings};
 use crate::stats::Stats;
 
-/// The REST client for one property, when `api_url` is known and catch-up or enrichment wants
-/// it.
+/// Whether catch-up or enrichment will call the REST API (`api_url` known, one of them on).
+pub fn wanted(settings: &Settings) -> bool {
+    settings.mews.api_url.is_some()
+        && (settings.catch_up.commands
+            || settings.catch_up.reservations
+            || settings.enrich.commands)
+}
+
+/// The REST client for one property, sharing `http` (see [`http_client`]).
 pub fn rest_for(
     settings: &Settings,
     property: &Property,
-    tls: &Arc<rustls::ClientConfig>,
+    http: &reqwest::Client,
     stats: &Arc<Stats>,
-) -> Result<Option<Arc<Rest>>, RestError> {
-    let wanted =
-        settings.catch_up.commands || settings.catch_up.reservations || settings.enrich.commands;
-    let Some(api_url) = settings.mews.api_url.as_deref().filter(|_| wanted) else {
-        return Ok(None);
-    };
-    Rest::new(RestSetup {
+) -> Option<Arc<Rest>> {
+    let api_url = settings
+        .mews
+        .api_url
+        .as_deref()
+        .filter(|_| wanted(settings))?;
+    Some(Arc::new(Rest::new(RestSetup {
         api_url,
         client_token: settings.mews.client_token.clone(),
         access_token: property.access_token.clone(),
         client: &settings.mews.client,
-        timeout: settings.mews.request_timeout,
         limiter: Limiter::new(settings.mews.rate_limit, settings.mews.rate_window),
-        tls: Arc::clone(tls),
+        http: http.clone(),
         stats: Arc::clone(stats),
-    })
-    .map(|rest| Some(Arc::new(rest)))
+    })))
 }
 
 /// The dedupe key of a command state: live and catch-up records of it are journaled once.
