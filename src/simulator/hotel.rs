@@ -3,8 +3,8 @@
 //! match that state.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -46,6 +46,9 @@ struct Reservation {
 #[derive(Debug, Clone)]
 struct Command {
     id: String,
+    /// The AccessToken of the connection whose stream created it (its property); `None`
+    /// for commands made through [`Hotel::create_key_command`], which every property sees.
+    owner: Option<Arc<str>>,
     state: &'static str,
     created: u64,
     device: usize,
@@ -78,7 +81,12 @@ pub struct Hotel {
     live: broadcast::Sender<String>,
     calls: AtomicU64,
     log: Mutex<Vec<(std::time::Instant, String)>>,
+    connected: std::sync::atomic::AtomicUsize,
+    upgrades: Mutex<Vec<std::time::Instant>>,
 }
+
+/// At most this many REST calls and upgrade attempts are remembered (the oldest go).
+const MAX_LOG: usize = 100_000;
 
 impl Default for Hotel {
     fn default() -> Self {
@@ -165,6 +173,8 @@ impl Hotel {
             live,
             calls: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
+            connected: std::sync::atomic::AtomicUsize::new(0),
+            upgrades: Mutex::new(Vec::new()),
         }
     }
 
@@ -178,11 +188,12 @@ impl Hotel {
     }
 
     /// The next event of a connection's stream, changing the hotel to match: device commands
-    /// are created and move through their states, reservations change.
-    pub fn next_event(&self, factory: &mut EventFactory) -> Value {
+    /// are created (belonging to `owner`, the connection's AccessToken) and move through their
+    /// states, reservations change.
+    pub fn next_event(&self, factory: &mut EventFactory, owner: &Arc<str>) -> Value {
         let mut state = self.state();
         match state.rng.u8(0..10) {
-            0..=3 => state.command_event(),
+            0..=3 => state.command_event(owner),
             4..=6 => state.reservation_event(),
             _ => factory.untracked_event(),
         }
@@ -191,7 +202,7 @@ impl Hotel {
     /// Creates a Pending key-cutter command for a random reservation; returns its id. Connected
     /// WebSockets get its event (when `announce`), as Mews would send it.
     pub fn create_key_command(&self, announce: bool) -> String {
-        let id = self.state().new_command(0);
+        let id = self.state().new_command(0, None);
         if announce {
             self.announce(&id, "Pending");
         }
@@ -244,13 +255,45 @@ impl Hotel {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// WebSocket connections open now.
+    pub fn connected(&self) -> usize {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn connection_opened(&self) {
+        self.connected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn connection_closed(&self) {
+        self.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// When each WebSocket upgrade request arrived (accepted or not).
+    pub fn upgrades(&self) -> Vec<std::time::Instant> {
+        self.upgrades
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(super) fn upgrade_requested(&self) {
+        let mut log = self.upgrades.lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() >= MAX_LOG {
+            log.drain(..MAX_LOG / 2);
+        }
+        log.push(std::time::Instant::now());
+    }
+
     /// Handles one REST call: `Err((status, retry_after, message))` for a refusal.
     pub(super) fn rest(&self, operation: &str, body: &Value) -> Result<Value, (u16, u64, String)> {
         let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
-        self.log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((std::time::Instant::now(), operation.to_owned()));
+        {
+            let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+            if log.len() >= MAX_LOG {
+                log.drain(..MAX_LOG / 2);
+            }
+            log.push((std::time::Instant::now(), operation.to_owned()));
+        }
         {
             let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
             let every =
@@ -267,12 +310,14 @@ impl Hotel {
         let state = self.state();
         match operation {
             "commands/getAllActive" => {
-                // Oldest first, as created.
+                // This property's (and everyone's) active commands, oldest first.
+                let token = body["AccessToken"].as_str().unwrap_or_default();
                 let active: Vec<&Command> = state
                     .order
                     .iter()
                     .filter_map(|id| state.commands.get(id))
                     .filter(|c| matches!(c.state, "Pending" | "Received"))
+                    .filter(|c| c.owner.as_deref().is_none_or(|owner| owner == token))
                     .collect();
                 let commands: Vec<Value> = active.iter().map(|c| state.command_json(c)).collect();
                 Ok(json!({ "Commands": commands, "Cursor": null }))
@@ -347,13 +392,14 @@ impl State {
     }
 
     /// A new Pending command on device `device` (a key cutter by default).
-    fn new_command(&mut self, device: usize) -> String {
+    fn new_command(&mut self, device: usize, owner: Option<Arc<str>>) -> String {
         let id = uuid(&mut self.rng);
         let reservation = Some(self.rng.usize(..self.reservations.len()));
         self.commands.insert(
             id.clone(),
             Command {
                 id: id.clone(),
+                owner,
                 state: "Pending",
                 created: now_secs(),
                 device,
@@ -369,7 +415,7 @@ impl State {
         id
     }
 
-    fn command_event(&mut self) -> Value {
+    fn command_event(&mut self, owner: &Arc<str>) -> Value {
         // Move an unfinished command on, or create a new one.
         let unfinished: Vec<String> = self
             .order
@@ -394,7 +440,7 @@ impl State {
             (id, command.state)
         } else {
             let device = self.rng.usize(..self.devices.len());
-            (self.new_command(device), "Pending")
+            (self.new_command(device, Some(Arc::clone(owner))), "Pending")
         };
         json!({ "Type": "DeviceCommand", "Id": id, "State": state })
     }

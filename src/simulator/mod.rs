@@ -211,6 +211,7 @@ async fn upgrade(
         (Some(value), None) => !value.is_empty(),
         (None, _) => false,
     };
+    shared.hotel.upgrade_requested();
     if let Some(status) = shared.config.reject_status {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         tracing::info!(%peer, status = status.as_u16(), "simulator: upgrade refused (--reject)");
@@ -226,16 +227,19 @@ async fn upgrade(
         )
             .into_response();
     }
-    ws.on_upgrade(move |socket| stream_events(socket, shared, peer))
+    let owner: Arc<str> = Arc::from(cookie(&headers, "AccessToken").unwrap_or_default());
+    ws.on_upgrade(move |socket| stream_events(socket, shared, peer, owner))
 }
 
-async fn stream_events(socket: WebSocket, shared: Arc<Shared>, peer: SocketAddr) {
+async fn stream_events(socket: WebSocket, shared: Arc<Shared>, peer: SocketAddr, owner: Arc<str>) {
     tracing::info!(%peer, "simulator: client connected");
+    shared.hotel.connection_opened();
     let (mut tx, mut rx) = socket.split();
     let config = &shared.config;
     let per_message = config.events_per_message.max(1);
     let period = Duration::from_secs_f64(per_message as f64 / config.rate.max(0.001));
-    let mut ticks = tokio::time::interval(period);
+    // The first event comes one period after the connect, not at once.
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut factory = EventFactory::new();
     let mut live = shared.hotel.subscribe();
@@ -272,7 +276,7 @@ async fn stream_events(socket: WebSocket, shared: Arc<Shared>, peer: SocketAddr)
             Ok(text) = live.recv() => text,
             _ = ticks.tick() => {
                 let events: Vec<serde_json::Value> =
-                    (0..per_message).map(|_| shared.hotel.next_event(&mut factory)).collect();
+                    (0..per_message).map(|_| shared.hotel.next_event(&mut factory, &owner)).collect();
                 serde_json::json!({ "Events": events }).to_string()
             }
         };
@@ -288,6 +292,7 @@ async fn stream_events(socket: WebSocket, shared: Arc<Shared>, peer: SocketAddr)
             break;
         }
     }
+    shared.hotel.connection_closed();
     tracing::info!(%peer, "simulator: client disconnected");
 }
 
