@@ -9,37 +9,18 @@
 //! `batch_max` 1 and 100, and the catch-up after a 10-minute outage at 100 events/s; and the
 //! NATS sink into a local nats-server with JetStream, 1 and 64 publishes in flight (`-- nats`).
 
-use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use futures_util::SinkExt;
+use common::{Script, median, pct, sent_ns, serve, tail};
 use mews_relay::app::{self, Control};
 use mews_relay::config::{CredentialsDir, Settings};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio_tungstenite::tungstenite::Message;
-
-/// What the mock server sends on the relay's connection.
-enum Script {
-    /// All messages as fast as the socket takes them.
-    Burst(Vec<String>),
-    /// `count` single-event messages, `rate` per second, each stamped with its send time.
-    Steady {
-        count: usize,
-        rate: u32,
-        epoch: Instant,
-    },
-}
-
-fn stamped(i: usize, sent_ns: u128) -> String {
-    format!(
-        r#"{{"Events":[{{"Type":"DeviceCommand","Id":"cmd-{i}","State":"Pending","SentNs":{sent_ns}}}]}}"#
-    )
-}
 
 fn burst_messages(events: usize, per_message: usize) -> Vec<String> {
     (0..events / per_message)
@@ -53,42 +34,6 @@ fn burst_messages(events: usize, per_message: usize) -> Vec<String> {
             format!(r#"{{"Events":[{}]}}"#, list.join(","))
         })
         .collect()
-}
-
-/// Serves one connection with the script; reports when sending started.
-async fn serve(script: Script) -> (String, oneshot::Receiver<Instant>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/ws/connector", listener.local_addr().unwrap());
-    let (started_tx, started_rx) = oneshot::channel();
-    tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-        let _ = started_tx.send(Instant::now());
-        match script {
-            Script::Burst(messages) => {
-                for m in messages {
-                    ws.feed(Message::Text(m.into())).await.unwrap();
-                }
-                ws.flush().await.unwrap();
-            }
-            Script::Steady { count, rate, epoch } => {
-                let mut tick =
-                    tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                for i in 0..count {
-                    tick.tick().await;
-                    let sent = epoch.elapsed().as_nanos();
-                    ws.send(Message::Text(stamped(i, sent).into()))
-                        .await
-                        .unwrap();
-                }
-            }
-        }
-        // Keep the connection open until the relay stops.
-        use futures_util::StreamExt;
-        while let Some(Ok(_)) = ws.next().await {}
-    });
-    (url, started_rx)
 }
 
 /// A relay config with a file sink at `<dir>/out.jsonl` and the given extra sinks.
@@ -113,37 +58,6 @@ path = "{dir}/out.jsonl"
         dir = dir.display()
     );
     Settings::from_toml(&text, Path::new("bench.toml"), &CredentialsDir::default()).unwrap()
-}
-
-/// Follows a growing file, handing each complete line to `on_line`, until `lines` were seen.
-fn tail(path: &PathBuf, lines: usize, poll: Duration, mut on_line: impl FnMut(&[u8])) {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !path.exists() {
-        std::thread::sleep(poll);
-    }
-    let mut file = std::fs::File::open(path).unwrap();
-    let (mut seen, mut pos, mut buf, mut pending) = (0, 0u64, vec![0u8; 1 << 20], Vec::new());
-    while seen < lines {
-        assert!(
-            Instant::now() < deadline,
-            "benchmark stalled at {seen} of {lines} lines"
-        );
-        file.seek(SeekFrom::Start(pos)).unwrap();
-        let n = file.read(&mut buf).unwrap();
-        if n == 0 {
-            std::thread::sleep(poll);
-            continue;
-        }
-        pos += n as u64;
-        pending.extend_from_slice(&buf[..n]);
-        let mut start = 0;
-        while let Some(end) = pending[start..].iter().position(|b| *b == b'\n') {
-            on_line(&pending[start..start + end]);
-            seen += 1;
-            start += end + 1;
-        }
-        pending.drain(..start);
-    }
 }
 
 struct Running {
@@ -193,10 +107,7 @@ fn steady(rt: &tokio::runtime::Runtime, rate: u32, seconds: u32) -> Vec<Duration
         Duration::from_micros(100),
         |line| {
             let now = epoch.elapsed().as_nanos();
-            let text = std::str::from_utf8(line).unwrap();
-            let at = text.find("\"SentNs\":").unwrap() + 9;
-            let end = at + text[at..].find('}').unwrap();
-            let sent: u128 = text[at..end].parse().unwrap();
+            let sent = sent_ns(line);
             latencies.push(Duration::from_nanos((now - sent) as u64));
         },
     );
@@ -351,10 +262,6 @@ fn nats_burst(rt: &tokio::runtime::Runtime, events: usize, in_flight: usize) -> 
     Some(events as f64 / (done - started).as_secs_f64())
 }
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
-
 /// Prints a table row: the median rate and every run.
 fn rate_row(label: &str, unit: &str, runs: impl Iterator<Item = f64>) {
     let results: Vec<f64> = runs.collect();
@@ -364,11 +271,6 @@ fn rate_row(label: &str, unit: &str, runs: impl Iterator<Item = f64>) {
         median(results.clone()),
         each.join(", ")
     );
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn main() {
