@@ -93,13 +93,18 @@ struct Shared {
 /// The REST operations live under this path (`api_url` is the server's root).
 pub const REST_PATH: &str = "/api/connector/v1";
 
-/// Serves a new hotel until `shutdown`, then closes every connection with 1001.
+/// Serves a new hotel until `shutdown`, then closes every connection with 1001. Two key
+/// commands are already pending, as if made before the relay connected: its catch-up finds them.
 pub async fn serve(
     listener: TcpListener,
     config: SimulatorConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    serve_hotel(listener, config, Arc::new(Hotel::new()), shutdown).await
+    let hotel = Arc::new(Hotel::new());
+    for _ in 0..2 {
+        hotel.create_key_command(false);
+    }
+    serve_hotel(listener, config, hotel, shutdown).await
 }
 
 /// The same with a hotel the caller holds (tests create commands and reservations in it).

@@ -111,6 +111,17 @@ async fn the_demo_command_prints_records_on_stdout() {
         assert_eq!(record["seq"], i as u64 + 1);
         assert_eq!(record["property"], "demo-hotel");
     }
+    // The two commands pending before the relay connected come from the catch-up.
+    let caught_up: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["origin"] == "catch_up")
+        .collect();
+    assert_eq!(caught_up.len(), 2, "{stdout}");
+    assert!(
+        caught_up
+            .iter()
+            .all(|r| r["command"]["Device"]["Type"] == "KeyCutter")
+    );
     // Device commands come enriched: the device and what a key cutter needs.
     let commands: Vec<&serde_json::Value> = records
         .iter()
