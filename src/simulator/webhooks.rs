@@ -32,6 +32,7 @@ pub(super) async fn send(url: String, shutdown: CancellationToken) {
     };
     let mut rng = fastrand::Rng::new();
     let integration = uuid(&mut rng);
+    let mut failing = false;
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + EVERY, EVERY);
     loop {
         tokio::select! {
@@ -53,15 +54,21 @@ pub(super) async fn send(url: String, shutdown: CancellationToken) {
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.to_string());
+        // A run of failures is logged once (the receiver may simply not be up yet, or gone).
         match request.send().await {
-            Ok(response) if response.status().is_success() => {}
-            Ok(response) => tracing::warn!(
-                status = response.status().as_u16(),
-                "simulator: webhook not accepted"
-            ),
-            Err(err) => {
-                tracing::warn!(error = %err.without_url(), "simulator: cannot send a webhook")
+            Ok(response) if response.status().is_success() => failing = false,
+            Ok(response) if !failing => {
+                failing = true;
+                tracing::warn!(
+                    status = response.status().as_u16(),
+                    "simulator: webhook not accepted"
+                );
             }
+            Err(err) if !failing => {
+                failing = true;
+                tracing::warn!(error = %err.without_url(), "simulator: cannot send a webhook");
+            }
+            _ => {}
         }
     }
 }
