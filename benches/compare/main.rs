@@ -12,6 +12,8 @@
 //! - steady: 1,000 events/s for 10 s, each event stamped with its send time (this process's
 //!   monotonic clock); latency to the line in the output file (tailed every 100 µs).
 //! - idle: one connection to the simulator, no events, `--idle-secs`: RSS and CPU time.
+//! - With `MEWS_RELAY_BASELINE=/path/to/an/older/mews-relay`, that binary takes the reference's
+//!   column: two builds of the relay side by side (for checking a change, not for the README).
 //! - fleet: `--fleet` properties in one process against the simulator (with its REST API, so the
 //!   relay's catch-up runs too): time until all are connected, RSS, idle CPU; then the simulator
 //!   restarts (1 s down) and the reconnect attempts it sees are timed.
@@ -85,8 +87,9 @@ impl Proc {
 fn spawn(client: Client, url: &str, connections: usize, api_url: Option<&str>) -> Proc {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
+    let baseline = std::env::var_os("MEWS_RELAY_BASELINE");
     let child = match client {
-        Client::Reference => {
+        Client::Reference if baseline.is_none() => {
             let file = std::fs::File::create(&out).unwrap();
             Command::new(std::env::current_exe().unwrap())
                 .args(["--reference-client", url, &connections.to_string()])
@@ -95,7 +98,11 @@ fn spawn(client: Client, url: &str, connections: usize, api_url: Option<&str>) -
                 .spawn()
                 .unwrap()
         }
-        Client::Relay => {
+        Client::Reference | Client::Relay => {
+            let binary = match (client, &baseline) {
+                (Client::Reference, Some(path)) => PathBuf::from(path),
+                _ => PathBuf::from(env!("CARGO_BIN_EXE_mews-relay")),
+            };
             let mut text = format!(
                 "[mews]\nwebsocket_url = \"{url}\"\nclient_token = \"BENCH\"\n{api}\n[state]\ndir = \"{dir}\"\n\n[[sink]]\ntype = \"file\"\npath = \"{out}\"\n",
                 api = api_url.map_or(String::new(), |a| format!("api_url = \"{a}\"\n")),
@@ -110,7 +117,7 @@ fn spawn(client: Client, url: &str, connections: usize, api_url: Option<&str>) -
             let config = dir.path().join("relay.toml");
             std::fs::write(&config, text).unwrap();
             let log = std::fs::File::create(dir.path().join("relay.log")).unwrap();
-            Command::new(env!("CARGO_BIN_EXE_mews-relay"))
+            Command::new(binary)
                 .args(["--log-level", "error", "run", "--config"])
                 .arg(&config)
                 .stdout(Stdio::null())

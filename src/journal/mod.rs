@@ -23,6 +23,9 @@ pub use writer::JournalWriter;
 use store::Store;
 use writer::Op;
 
+/// Reads of at most this many fresh records run on the calling task (see `read_after`).
+const INLINE_READ: usize = 64;
+
 /// File name of the journal inside `state.dir`.
 pub const FILE_NAME: &str = "journal.redb";
 
@@ -178,6 +181,11 @@ impl Journal {
         after: u64,
         max: usize,
     ) -> Result<Vec<StoredRecord>, JournalError> {
+        // A sink that keeps up reads a few records the writer has just committed: they are in
+        // redb's cache, and a hop to the blocking pool would cost more than the read itself.
+        if self.committed.borrow().saturating_sub(after) <= INLINE_READ as u64 {
+            return self.store.read_after(after, max.min(INLINE_READ));
+        }
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || store.read_after(after, max))
             .await

@@ -1,11 +1,10 @@
 //! A sink that appends JSON lines to a file, with a chosen fsync policy and reopen for logrotate.
 
-use std::io;
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::fs::{File, OpenOptions};
-use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::Sink;
@@ -13,18 +12,31 @@ use super::stdout::join_lines;
 use crate::config::Fsync;
 use crate::journal::StoredRecord;
 
+/// Writes up to this size go straight to the page cache from the sink's task (microseconds);
+/// larger ones, fsync and opening run on the blocking pool.
+const INLINE_WRITE: usize = 64 * 1024;
+
 /// Appends to `path`; a failed write is cut back so the file never holds half a line.
 pub struct FileSink {
     path: PathBuf,
     fsync: Fsync,
     interval: Duration,
-    file: Option<File>,
+    file: Option<Arc<std::fs::File>>,
     /// Length of the file after the last complete write.
     len: u64,
     /// A write started and did not finish (its future was dropped): cut back before the next.
     dirty: bool,
     unsynced_since: Option<Instant>,
     buf: Vec<u8>,
+}
+
+/// Runs blocking file work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| io::Error::other(format!("file task failed: {err}")))?
 }
 
 impl FileSink {
@@ -44,32 +56,36 @@ impl FileSink {
         Ok(sink)
     }
 
-    async fn ensure_open(&mut self) -> io::Result<&mut File> {
+    async fn ensure_open(&mut self) -> io::Result<Arc<std::fs::File>> {
         if self.file.is_none() {
-            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                tokio::fs::create_dir_all(dir)
-                    .await
-                    .map_err(|e| with_path(e, "cannot create the directory of", &self.path))?;
-            }
-            let mut file = OpenOptions::new()
-                .create(true)
-                .read(true)
-                .append(true)
-                .open(&self.path)
-                .await
-                .map_err(|e| with_path(e, "cannot open", &self.path))?;
-            self.len = whole_lines(&mut file, &self.path).await?;
+            let path = self.path.clone();
+            let (file, len) = blocking(move || {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| with_path(e, "cannot create the directory of", &path))?;
+                }
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .read(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| with_path(e, "cannot open", &path))?;
+                let len = whole_lines(&mut file, &path)?;
+                Ok((file, len))
+            })
+            .await?;
+            self.len = len;
             self.dirty = false;
-            self.file = Some(file);
+            self.file = Some(Arc::new(file));
         }
         self.file
-            .as_mut()
+            .clone()
             .ok_or_else(|| io::Error::other("file not open"))
     }
 
     async fn sync(&mut self) -> io::Result<()> {
-        if let Some(file) = self.file.as_mut() {
-            file.sync_data().await?;
+        if let Some(file) = self.file.clone() {
+            blocking(move || file.sync_data()).await?;
         }
         self.unsynced_since = None;
         Ok(())
@@ -77,16 +93,15 @@ impl FileSink {
 }
 
 /// The file's length without an incomplete last line (left by a crash mid-write), which is cut.
-async fn whole_lines(file: &mut File, path: &Path) -> io::Result<u64> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let len = file.metadata().await?.len();
+fn whole_lines(file: &mut std::fs::File, path: &Path) -> io::Result<u64> {
+    let len = file.metadata()?.len();
     if len == 0 {
         return Ok(0);
     }
     let start = len.saturating_sub(64 * 1024);
-    file.seek(std::io::SeekFrom::Start(start)).await?;
+    file.seek(std::io::SeekFrom::Start(start))?;
     let mut tail = Vec::with_capacity((len - start) as usize);
-    file.read_to_end(&mut tail).await?;
+    file.read_to_end(&mut tail)?;
     if tail.last() == Some(&b'\n') {
         return Ok(len);
     }
@@ -96,7 +111,7 @@ async fn whole_lines(file: &mut File, path: &Path) -> io::Result<u64> {
         None => return Ok(len), // a line longer than 64 KiB: leave it
     };
     tracing::warn!(file = %path.display(), bytes = len - keep, "cutting an incomplete last line left by an interrupted write");
-    file.set_len(keep).await?;
+    file.set_len(keep)?;
     Ok(keep)
 }
 
@@ -110,24 +125,41 @@ impl Sink for FileSink {
         join_lines(records, &mut buf);
         let len = self.len;
         let dirty = std::mem::replace(&mut self.dirty, true);
-        let result = async {
-            let file = self.ensure_open().await?;
-            if dirty {
-                file.set_len(len).await?;
+        let result = match self.ensure_open().await {
+            Err(err) => Err(err),
+            Ok(file) if buf.len() <= INLINE_WRITE => {
+                // Small: into the page cache right here, no hop to another thread.
+                let result = (|| {
+                    if dirty {
+                        file.set_len(len)?;
+                    }
+                    (&*file).write_all(&buf)
+                })();
+                result.map(|()| buf)
             }
-            file.write_all(&buf).await?;
-            file.flush().await
-        }
-        .await;
+            Ok(file) => {
+                blocking(move || {
+                    if dirty {
+                        file.set_len(len)?;
+                    }
+                    (&*file).write_all(&buf)?;
+                    Ok(buf)
+                })
+                .await
+            }
+        };
+        let buf = match result {
+            Ok(buf) => buf,
+            Err(err) => {
+                // Cut back to the last whole line; reopen on the next try.
+                if let Some(file) = self.file.take() {
+                    let _ = file.set_len(self.len);
+                }
+                return Err(with_path(err, "cannot write to", &self.path));
+            }
+        };
         let written = buf.len() as u64;
         self.buf = buf;
-        if let Err(err) = result {
-            // Cut back to the last whole line; reopen on the next try.
-            if let Some(file) = self.file.take() {
-                let _ = file.set_len(self.len).await;
-            }
-            return Err(with_path(err, "cannot write to", &self.path));
-        }
         self.len += written;
         self.dirty = false;
         match self.fsync {
