@@ -267,11 +267,19 @@ impl JournalWriter {
         };
         let store = Arc::clone(&self.store);
         let at = (self.last_seq, self.stored_bytes);
-        let result = tokio::task::spawn_blocking(move || {
+        let work = move || {
             let result = store.commit(at, &commit);
             (result, commit)
-        })
-        .await;
+        };
+        // On the multi-threaded runtime the writer's own thread runs the commit (its other
+        // tasks move to another thread meanwhile): no hand-off and wake-up on the way back.
+        let result = if tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            Ok(tokio::task::block_in_place(work))
+        } else {
+            tokio::task::spawn_blocking(work).await
+        };
         let (result, commit) = match result {
             Ok(pair) => pair,
             Err(join) => {
