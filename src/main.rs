@@ -50,7 +50,7 @@ enum Command {
     Run(ConfigArg),
     /// Validate a config and print it with secrets masked (exit 0), or name the bad key (exit 64).
     Check(ConfigArg),
-    /// Serve a Mews-compatible WebSocket that emits realistic events.
+    /// Serve a Mews-compatible WebSocket and REST API over a simulated hotel, with faults on demand.
     Simulate(SimulateArgs),
     /// Run the simulator and the relay together and print events to stdout.
     Demo(DemoArgs),
