@@ -93,13 +93,13 @@ impl CatchUpJob {
     async fn commands(&self) -> Result<usize, StepError> {
         let body = self.rest.call("commands/getAllActive", Map::new()).await?;
         let received_at = format_time(SystemTime::now());
-        let entries: Vec<Entry> = parse_commands(&body)?
+        let entries = parse_commands(&body)?
             .into_iter()
             .map(|(id, state, details)| {
                 let event = json!({"Type": DEVICE_COMMAND, "Id": id, "State": state});
-                let event =
-                    RawValue::from_string(event.to_string()).expect("serde_json output is JSON"); // ok: just serialized
-                Entry::Record(Record {
+                let event = serde_json::value::to_raw_value(&event)
+                    .map_err(|err| RestError::Decode(err.to_string()))?;
+                Ok(Entry::Record(Record {
                     property: Arc::clone(&self.property),
                     origin: Origin::CatchUp,
                     received_at: received_at.clone(),
@@ -114,9 +114,9 @@ impl CatchUpJob {
                     enterprise_id: None,
                     integration_id: None,
                     enrich_error: None,
-                })
+                }))
             })
-            .collect();
+            .collect::<Result<Vec<Entry>, RestError>>()?;
         let n = entries.len();
         if n > 0 {
             self.journal.append_committed(entries).await?;

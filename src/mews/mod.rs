@@ -97,21 +97,15 @@ struct Details<'a> {
 }
 
 impl Command<'_> {
-    fn details(&self) -> Box<RawValue> {
+    fn details(&self) -> Result<Box<RawValue>, RestError> {
         let details = Details {
             device: self.device,
             data: self.data,
             created_utc: self.created_utc,
             creator: self.creator,
         };
-        // Raw values are valid JSON already; serializing them into a string cannot fail.
-        let text = serde_json::to_string(&details).unwrap_or_else(|_| "{}".into());
-        RawValue::from_string(text).unwrap_or_else(|_| empty_object())
+        serde_json::value::to_raw_value(&details).map_err(|err| RestError::Decode(err.to_string()))
     }
-}
-
-fn empty_object() -> Box<RawValue> {
-    RawValue::from_string("{}".into()).expect("{} is JSON") // ok: constant
 }
 
 /// One command of a response: id, state, and the details for the record's `command`.
@@ -126,7 +120,7 @@ fn parse_commands(body: &[u8]) -> Result<Vec<Parsed>, RestError> {
         .map(|raw| {
             let command: Command<'_> = serde_json::from_str(raw.get())
                 .map_err(|err| RestError::Decode(format!("a command: {err}")))?;
-            let details = command.details();
+            let details = command.details()?;
             Ok((command.id, command.state, details))
         })
         .collect()

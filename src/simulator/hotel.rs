@@ -429,15 +429,21 @@ impl State {
             })
             .cloned()
             .collect();
-        let (id, state) = if !unfinished.is_empty() && self.rng.bool() {
+        let moved = if !unfinished.is_empty() && self.rng.bool() {
             let id = unfinished[self.rng.usize(..unfinished.len())].clone();
-            let command = self.commands.get_mut(&id).expect("listed above"); // ok: just looked up
-            let at = COMMAND_STATES
-                .iter()
-                .position(|s| *s == command.state)
-                .unwrap_or(0);
-            command.state = COMMAND_STATES[(at + 1).min(COMMAND_STATES.len() - 1)];
-            (id, command.state)
+            self.commands.get_mut(&id).map(|command| {
+                let at = COMMAND_STATES
+                    .iter()
+                    .position(|s| *s == command.state)
+                    .unwrap_or(0);
+                command.state = COMMAND_STATES[(at + 1).min(COMMAND_STATES.len() - 1)];
+                (id.clone(), command.state)
+            })
+        } else {
+            None
+        };
+        let (id, state) = if let Some(moved) = moved {
+            moved
         } else {
             let device = self.rng.usize(..self.devices.len());
             (self.new_command(device, Some(Arc::clone(owner))), "Pending")
