@@ -1,6 +1,7 @@
 //! Config: read the TOML, validate it, resolve secrets, and hand out [`Settings`] with no gaps.
 
 mod file;
+mod mews;
 mod nats;
 mod sinks;
 mod validate;

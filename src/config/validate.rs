@@ -3,11 +3,10 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use http::Uri;
 use serde::de::DeserializeOwned;
 
 use super::file::ConfigFile;
-use super::{ConfigError, Connection, Mews, Property, Settings, Shutdown, State, defaults};
+use super::{ConfigError, Connection, Property, Settings, Shutdown, State, defaults};
 use crate::secret::Secret;
 
 /// systemd's `$CREDENTIALS_DIRECTORY` (set by `LoadCredential=`), if any.
@@ -118,7 +117,7 @@ pub(super) fn parse(
     })?;
     let raw: ConfigFile = ctx.deserialize(de, "")?;
 
-    let mews = mews(&ctx, raw.mews, credentials)?;
+    let mews = super::mews::mews(&ctx, raw.mews, credentials)?;
     let properties = properties(&ctx, raw.properties, credentials)?;
     let connection = connection(&ctx, raw.connection)?;
     let state = State {
@@ -162,36 +161,8 @@ pub(super) fn parse(
         }),
         None => None,
     };
-    let pick = |v: Option<super::file::Dur>, d| v.map_or(d, |v| v.0);
-    let catch_up = super::CatchUp {
-        commands: raw.catch_up.commands.unwrap_or(true),
-        reservations: raw.catch_up.reservations.unwrap_or(false),
-        reservations_since: pick(
-            raw.catch_up.reservations_since,
-            defaults::RESERVATIONS_SINCE,
-        ),
-        margin: pick(raw.catch_up.margin, defaults::CATCH_UP_MARGIN),
-        dedupe_window: pick(raw.catch_up.dedupe_window, defaults::DEDUPE_WINDOW),
-    };
-    if catch_up.reservations_since > MAX_REST_WINDOW {
-        return Err(ctx.err(
-            "catch_up.reservations_since",
-            "is longer than 90 days, the longest UpdatedUtc window Mews allows; use e.g. \"1h\"",
-        ));
-    }
-    if catch_up.dedupe_window.is_zero() {
-        return Err(ctx.err(
-            "catch_up.dedupe_window",
-            "must be longer than zero; it should cover the longest outage, e.g. \"24h\"",
-        ));
-    }
-    let enrich = super::Enrich {
-        commands: raw.enrich.commands.unwrap_or(true),
-        timeout: pick(raw.enrich.timeout, defaults::ENRICH_TIMEOUT),
-    };
-    if enrich.timeout.is_zero() {
-        return Err(ctx.err("enrich.timeout", "must be longer than zero, e.g. \"2s\""));
-    }
+    let catch_up = super::mews::catch_up(&ctx, raw.catch_up)?;
+    let enrich = super::mews::enrich(&ctx, raw.enrich)?;
     let names: HashSet<&str> = properties.iter().map(|p| p.name.as_str()).collect();
     let sinks = super::sinks::validate(&ctx, raw.sinks, &names)?;
     Ok(Settings {
@@ -208,10 +179,6 @@ pub(super) fn parse(
         sinks,
     })
 }
-
-/// The longest `UpdatedUtc` interval Mews accepts (3 months; 90 days stays inside it).
-pub(super) const MAX_REST_WINDOW: std::time::Duration =
-    std::time::Duration::from_secs(90 * 24 * 3600);
 
 fn webhooks(
     ctx: &Ctx<'_>,
@@ -265,115 +232,6 @@ fn webhooks(
         tls_key: raw.tls_key,
         tls,
     })
-}
-
-fn mews(
-    ctx: &Ctx<'_>,
-    raw: super::file::MewsFile,
-    credentials: &CredentialsDir,
-) -> Result<Mews, ConfigError> {
-    let Some(websocket_url) = raw.websocket_url else {
-        return Err(ctx.err(
-            "mews.websocket_url",
-            r#"missing; set it to "wss://ws.mews.com/ws/connector" (production) or "wss://ws.mews-demo.com/ws/connector" (demo)"#,
-        ));
-    };
-    let uri: Uri = websocket_url.parse().map_err(|err| {
-        ctx.err(
-            "mews.websocket_url",
-            format!(r#"is not a URL ({err}); write it like "wss://ws.mews.com/ws/connector""#),
-        )
-    })?;
-    match uri.scheme_str() {
-        Some("ws" | "wss") => {}
-        Some("http" | "https") => {
-            return Err(ctx.err(
-                "mews.websocket_url",
-                r#"must start with wss:// (Mews WebSockets live on their own host: "wss://ws.mews.com/ws/connector", not the API address)"#,
-            ));
-        }
-        _ => {
-            return Err(ctx.err(
-                "mews.websocket_url",
-                r#"must start with wss:// or ws://, like "wss://ws.mews.com/ws/connector""#,
-            ));
-        }
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(ctx.err(
-            "mews.websocket_url",
-            "has no host; write it like \"wss://ws.mews.com/ws/connector\"",
-        ));
-    }
-    if let Some(api) = &raw.api_url {
-        let ok = api.parse::<Uri>().ok().is_some_and(|u| {
-            matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
-        });
-        if !ok {
-            return Err(ctx.err(
-                "mews.api_url",
-                r#"must be an http(s) URL, like "https://api.mews.com""#,
-            ));
-        }
-    }
-    let client_token = secret(
-        ctx,
-        "mews.client_token",
-        raw.client_token,
-        raw.client_token_file,
-        "client_token",
-        credentials,
-    )?;
-    let client = raw
-        .client
-        .unwrap_or_else(|| format!("mews-relay {}", env!("CARGO_PKG_VERSION")));
-    if client.trim().is_empty() {
-        return Err(ctx.err(
-            "mews.client",
-            "is empty; Mews wants the name and version of the client, e.g. \"mews-relay 0.1.0\"",
-        ));
-    }
-    let rate_limit = raw.rate_limit.unwrap_or(defaults::RATE_LIMIT);
-    if rate_limit == 0 {
-        return Err(ctx.err(
-            "mews.rate_limit",
-            "must be at least 1; Mews allows 200 requests per AccessToken per 30s",
-        ));
-    }
-    let request_timeout = raw
-        .request_timeout
-        .map_or(defaults::REQUEST_TIMEOUT, |d| d.0);
-    let rate_window = raw.rate_window.map_or(defaults::RATE_WINDOW, |d| d.0);
-    for (key, value) in [
-        ("mews.request_timeout", request_timeout),
-        ("mews.rate_window", rate_window),
-    ] {
-        if value.is_zero() {
-            return Err(ctx.err(key, "must be longer than zero"));
-        }
-    }
-    Ok(Mews {
-        api_url: raw
-            .api_url
-            .map(|u| u.trim_end_matches('/').to_owned())
-            .or_else(|| derived_api_url(&websocket_url)),
-        websocket_url,
-        client_token,
-        client,
-        request_timeout,
-        rate_limit,
-        rate_window,
-    })
-}
-
-/// Mews's own WebSocket hosts imply their REST address.
-fn derived_api_url(websocket_url: &str) -> Option<String> {
-    let host = websocket_url.parse::<Uri>().ok()?.host()?.to_owned();
-    match host.as_str() {
-        "ws.mews.com" => Some("https://api.mews.com".into()),
-        "ws.mews-demo.com" => Some("https://api.mews-demo.com".into()),
-        _ => None,
-    }
 }
 
 fn properties(
@@ -447,7 +305,7 @@ pub(super) fn check_name(ctx: &Ctx<'_>, key: &str, name: &str) -> Result<(), Con
 }
 
 /// Resolves a token given inline, in a file, or as a systemd credential.
-fn secret(
+pub(super) fn secret(
     ctx: &Ctx<'_>,
     key: &str,
     inline: Option<String>,
