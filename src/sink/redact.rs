@@ -85,19 +85,8 @@ fn mask(value: &mut Value, path: &[String]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::stdout::test_record as record;
     use super::*;
-
-    fn record(json: &str) -> StoredRecord {
-        StoredRecord {
-            seq: 1,
-            property: "p".into(),
-            kind: None,
-            journal_id: 0,
-            replay_key: None,
-            only_sink: None,
-            json: json.as_bytes().to_vec(),
-        }
-    }
 
     #[test]
     fn configured_paths_are_masked_and_nothing_else() {

@@ -38,6 +38,49 @@ fn config(ws: &str, api: &str, dir: &Path, sinks: &str, extra: &str) -> String {
         + extra
 }
 
+/// The hotel served over REST, a steerable WebSocket, a state directory and a file sink at
+/// `out`; the REST server stops when it is dropped.
+struct Site {
+    hotel: Arc<Hotel>,
+    api: String,
+    stop_rest: CancellationToken,
+    dir: tempfile::TempDir,
+    out: std::path::PathBuf,
+    server: MockServer,
+}
+
+impl Site {
+    async fn start() -> Site {
+        let hotel = Arc::new(Hotel::new());
+        let (api, stop_rest) = rest_server(Arc::clone(&hotel)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.jsonl");
+        Site {
+            hotel,
+            api,
+            stop_rest,
+            dir,
+            out,
+            server: MockServer::start().await,
+        }
+    }
+
+    /// The relay's config with the file sink at `out` and `extra` tables appended.
+    fn config(&self, extra: &str) -> String {
+        self.config_with_sinks(&file_sink(&self.out), extra)
+    }
+
+    fn config_with_sinks(&self, sinks: &str, extra: &str) -> String {
+        config(&self.server.url(), &self.api, self.dir.path(), sinks, extra)
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        self.stop_rest.cancel();
+    }
+}
+
 fn lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -66,19 +109,10 @@ fn dropped(relay: &Relay) -> u64 {
 /// device and the key-cutter data, and later reconnects do not send them again.
 #[tokio::test]
 async fn commands_missed_while_disconnected_arrive_once_with_details() {
-    let hotel = Arc::new(Hotel::new());
-    let (api, stop_rest) = rest_server(Arc::clone(&hotel)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.jsonl");
-    let mut server = MockServer::start().await;
-    let relay = Relay::start(&config(
-        &server.url(),
-        &api,
-        dir.path(),
-        &file_sink(&out),
-        "",
-    ));
-    let conn = server.next().await;
+    let mut site = Site::start().await;
+    let hotel = Arc::clone(&site.hotel);
+    let relay = Relay::start(&site.config(""));
+    let conn = site.server.next().await;
     wait_until("the first catch-up ran", || {
         calls(&hotel, "commands/getAllActive") >= 1
     })
@@ -86,8 +120,8 @@ async fn commands_missed_while_disconnected_arrive_once_with_details() {
     // Created in Mews, but no event reached the relay.
     let missed: Vec<String> = (0..3).map(|_| hotel.create_key_command(false)).collect();
     conn.reset();
-    let conn = server.next().await;
-    let got = wait_for_lines(&out, 3).await;
+    let conn = site.server.next().await;
+    let got = wait_for_lines(&site.out, 3).await;
     for (record, id) in got.iter().zip(&missed) {
         assert_eq!(record["origin"], "catch_up");
         assert_eq!(record["type"], "DeviceCommand");
@@ -100,35 +134,31 @@ async fn commands_missed_while_disconnected_arrive_once_with_details() {
     }
     // Two more reconnects: the same active commands come back from Mews and are dropped.
     conn.reset();
-    let mut conn = server.next().await;
+    let mut conn = site.server.next().await;
     wait_until("the repeated catch-up was deduplicated", || {
         dropped(&relay) >= 3
     })
     .await;
     conn.close().await;
-    let _conn = server.next().await;
+    let _conn = site.server.next().await;
     wait_until("the third catch-up was deduplicated", || {
         dropped(&relay) >= 6
     })
     .await;
     relay.stop().await;
-    let all = lines(&out);
+    let all = lines(&site.out);
     assert_eq!(all.len(), 3, "{all:?}");
-    stop_rest.cancel();
 }
 
 /// Live first, catch-up second (and the reverse): one record per command state, also after
 /// a restart of the relay.
 #[tokio::test]
 async fn live_and_catch_up_never_duplicate_a_state_even_across_a_restart() {
-    let hotel = Arc::new(Hotel::new());
-    let (api, stop_rest) = rest_server(Arc::clone(&hotel)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.jsonl");
-    let mut server = MockServer::start().await;
-    let text = config(&server.url(), &api, dir.path(), &file_sink(&out), "");
+    let mut site = Site::start().await;
+    let hotel = Arc::clone(&site.hotel);
+    let text = site.config("");
     let relay = Relay::start(&text);
-    let mut conn = server.next().await;
+    let mut conn = site.server.next().await;
     wait_until("the first catch-up ran", || {
         calls(&hotel, "commands/getAllActive") >= 1
     })
@@ -137,35 +167,35 @@ async fn live_and_catch_up_never_duplicate_a_state_even_across_a_restart() {
     // Live first: the event is enriched, then catch-up sees the same state and drops it.
     let live = hotel.create_key_command(false);
     conn.send(&live_command(&live, "Pending")).await;
-    let got = wait_for_lines(&out, 1).await;
+    let got = wait_for_lines(&site.out, 1).await;
     assert_eq!(got[0]["origin"], "websocket");
     assert_eq!(got[0]["command"]["Device"]["Type"], "KeyCutter");
     conn.reset();
-    let mut conn = server.next().await;
+    let mut conn = site.server.next().await;
     wait_until("catch-up dropped the live state", || dropped(&relay) >= 1).await;
 
     // Catch-up first: a command the relay missed arrives by REST, then its late live event
     // with the same state is dropped.
     let missed = hotel.create_key_command(false);
     conn.close().await;
-    let mut conn = server.next().await;
-    wait_for_lines(&out, 2).await;
+    let mut conn = site.server.next().await;
+    wait_for_lines(&site.out, 2).await;
     conn.send(&live_command(&missed, "Pending")).await;
     wait_until("the late live event was dropped", || dropped(&relay) >= 3).await;
     // A new state is news, from either side.
     conn.send(&live_command(&missed, "Processed")).await;
-    wait_for_lines(&out, 3).await;
+    wait_for_lines(&site.out, 3).await;
     relay.stop().await;
 
     // After a restart, the journal still knows both states.
     let relay = Relay::start(&text);
-    let _conn = server.next().await;
+    let _conn = site.server.next().await;
     wait_until("the catch-up after the restart was deduplicated", || {
         dropped(&relay) >= 2
     })
     .await;
     relay.stop().await;
-    let all = lines(&out);
+    let all = lines(&site.out);
     let keys: Vec<(String, String, String)> = all
         .iter()
         .map(|r| {
@@ -184,28 +214,18 @@ async fn live_and_catch_up_never_duplicate_a_state_even_across_a_restart() {
             (missed.clone(), "Processed".into(), "websocket".into()),
         ]
     );
-    stop_rest.cancel();
 }
 
 /// 429 with `Retry-After: 2` makes the relay wait at least that long, then the call succeeds.
 #[tokio::test]
 async fn throttled_calls_wait_for_retry_after_then_succeed() {
-    let hotel = Arc::new(Hotel::new());
-    let (api, stop_rest) = rest_server(Arc::clone(&hotel)).await;
+    let mut site = Site::start().await;
+    let hotel = Arc::clone(&site.hotel);
     let missed = hotel.create_key_command(false);
     hotel.throttle_next(1, 2);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.jsonl");
-    let mut server = MockServer::start().await;
-    let relay = Relay::start(&config(
-        &server.url(),
-        &api,
-        dir.path(),
-        &file_sink(&out),
-        "",
-    ));
-    let _conn = server.next().await;
-    let got = wait_for_lines(&out, 1).await;
+    let relay = Relay::start(&site.config(""));
+    let _conn = site.server.next().await;
+    let got = wait_for_lines(&site.out, 1).await;
     assert_eq!(got[0]["id"], missed.as_str());
     let tries: Vec<std::time::Instant> = hotel
         .calls()
@@ -224,7 +244,6 @@ async fn throttled_calls_wait_for_retry_after_then_succeed() {
         1
     );
     relay.stop().await;
-    stop_rest.cancel();
 }
 
 /// A burst of 500 live commands against a budget of 5 requests per 30 s: the relay sends at
@@ -232,23 +251,20 @@ async fn throttled_calls_wait_for_retry_after_then_succeed() {
 /// record arrives.
 #[tokio::test]
 async fn the_rate_limiter_keeps_a_burst_under_the_budget() {
-    let hotel = Arc::new(Hotel::new());
-    let (api, stop_rest) = rest_server(Arc::clone(&hotel)).await;
+    let mut site = Site::start().await;
+    let hotel = Arc::clone(&site.hotel);
     let ids: Vec<String> = (0..500).map(|_| hotel.create_key_command(false)).collect();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.jsonl");
-    let mut server = MockServer::start().await;
-    let text = config(&server.url(), &api, dir.path(), &file_sink(&out), "").replace(
+    let text = site.config("").replace(
         "[mews]\n",
         "[mews]\nrate_limit = 5\nrate_window = \"30s\"\n",
     ) + "[catch_up]\ncommands = false\n[enrich]\ntimeout = \"500ms\"\n";
     let relay = Relay::start(&text);
-    let mut conn = server.next().await;
+    let mut conn = site.server.next().await;
     let started = Instant::now();
     for id in &ids {
         conn.send(&live_command(id, "Received")).await;
     }
-    let got = wait_for_lines(&out, 500).await;
+    let got = wait_for_lines(&site.out, 500).await;
     let elapsed = started.elapsed();
     let calls = hotel.calls();
     assert!(
@@ -266,7 +282,6 @@ async fn the_rate_limiter_keeps_a_burst_under_the_budget() {
     }
     assert!(got[0]["command"]["Device"].is_object());
     relay.stop().await;
-    stop_rest.cancel();
 }
 
 /// The REST API accepts connections but never answers: live records still arrive, without
@@ -318,22 +333,14 @@ async fn an_unresponsive_rest_api_delays_records_by_at_most_the_enrich_timeout()
 /// relay asks only from its mark on, and gets only what changed since.
 #[tokio::test]
 async fn reservation_catch_up_pages_and_resumes_from_its_mark() {
-    let hotel = Arc::new(Hotel::new());
-    let (api, stop_rest) = rest_server(Arc::clone(&hotel)).await;
+    let mut site = Site::start().await;
+    let hotel = Arc::clone(&site.hotel);
     hotel.add_reservations(2500, SystemTime::now() - Duration::from_secs(60));
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.jsonl");
-    let mut server = MockServer::start().await;
-    let text = config(
-        &server.url(),
-        &api,
-        dir.path(),
-        &file_sink(&out),
-        "[catch_up]\ncommands = false\nreservations = true\nreservations_since = \"1h\"\nmargin = \"1s\"\n",
+    let text = site.config("[catch_up]\ncommands = false\nreservations = true\nreservations_since = \"1h\"\nmargin = \"1s\"\n",
     );
     let relay = Relay::start(&text);
-    let _conn = server.next().await;
-    let got = wait_for_lines(&out, 2500).await;
+    let _conn = site.server.next().await;
+    let got = wait_for_lines(&site.out, 2500).await;
     assert!(
         got.iter()
             .all(|r| r["origin"] == "catch_up" && r["type"] == "Reservation")
@@ -347,8 +354,8 @@ async fn reservation_catch_up_pages_and_resumes_from_its_mark() {
 
     hotel.add_reservations(10, SystemTime::now());
     let relay = Relay::start(&text);
-    let _conn = server.next().await;
-    let got = wait_for_lines(&out, 2510).await;
+    let _conn = site.server.next().await;
+    let got = wait_for_lines(&site.out, 2510).await;
     wait_until("the second catch-up finished", || {
         calls(&hotel, "reservations/getAll/2023-06-06") >= 4
     })
@@ -360,31 +367,27 @@ async fn reservation_catch_up_pages_and_resumes_from_its_mark() {
         "one page from the mark"
     );
     assert_eq!(
-        lines(&out).len(),
+        lines(&site.out).len(),
         2510,
         "only the ten new ones: {:?}",
         &got[2500..]
     );
-    stop_rest.cancel();
 }
 
 /// `redact` masks the configured paths in one sink; the other sink gets the data as it is.
 #[tokio::test]
 async fn redaction_masks_paths_in_one_sink_only() {
-    let hotel = Arc::new(Hotel::new());
-    let (api, stop_rest) = rest_server(Arc::clone(&hotel)).await;
-    hotel.create_key_command(false);
-    let dir = tempfile::tempdir().unwrap();
-    let full = dir.path().join("full.jsonl");
-    let masked = dir.path().join("masked.jsonl");
+    let mut site = Site::start().await;
+    site.hotel.create_key_command(false);
+    let full = site.dir.path().join("full.jsonl");
+    let masked = site.dir.path().join("masked.jsonl");
     let sinks = format!(
         "{}name = \"full\"\n{}name = \"masked\"\nredact = [\"command.Data.Email\", \"command.Data.Telephone\", \"command.Data.FirstName\"]\n",
         file_sink(&full),
         file_sink(&masked)
     );
-    let mut server = MockServer::start().await;
-    let relay = Relay::start(&config(&server.url(), &api, dir.path(), &sinks, ""));
-    let _conn = server.next().await;
+    let relay = Relay::start(&site.config_with_sinks(&sinks, ""));
+    let _conn = site.server.next().await;
     let full = wait_for_lines(&full, 1).await;
     let masked = wait_for_lines(&masked, 1).await;
     relay.stop().await;
@@ -397,5 +400,4 @@ async fn redaction_masks_paths_in_one_sink_only() {
     assert_eq!(hidden["LastName"], data["LastName"], "other fields stay");
     assert_eq!(hidden["LockIds"], data["LockIds"]);
     assert_eq!(masked[0]["seq"], full[0]["seq"]);
-    stop_rest.cancel();
 }
