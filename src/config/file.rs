@@ -206,6 +206,11 @@ pub(crate) enum FsyncFile {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Dur(pub Duration);
 
+/// The configured duration, or `default` when the key is absent.
+pub(crate) fn pick(value: Option<Dur>, default: Duration) -> Duration {
+    value.map_or(default, |v| v.0)
+}
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Visitor;

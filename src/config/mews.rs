@@ -3,17 +3,13 @@
 
 use http::Uri;
 
-use super::file::{CatchUpFile, Dur, EnrichFile, MewsFile};
+use super::file::{CatchUpFile, EnrichFile, MewsFile, pick};
 use super::validate::{CredentialsDir, Ctx, secret};
 use super::{CatchUp, ConfigError, Enrich, Mews, defaults};
 
 /// The longest `UpdatedUtc` interval Mews accepts (3 months; 90 days stays inside it).
 pub(super) const MAX_REST_WINDOW: std::time::Duration =
     std::time::Duration::from_secs(90 * 24 * 3600);
-
-fn pick(value: Option<Dur>, default: std::time::Duration) -> std::time::Duration {
-    value.map_or(default, |v| v.0)
-}
 
 /// `[catch_up]`, with its defaults.
 pub(super) fn catch_up(ctx: &Ctx<'_>, raw: CatchUpFile) -> Result<CatchUp, ConfigError> {

@@ -61,7 +61,7 @@ pub(super) fn nats_sink(
             ),
         ));
     }
-    let pick = |v: Option<super::file::Dur>, d| v.map_or(d, |v| v.0);
+    use super::file::pick;
     let ack_timeout = pick(s.ack_timeout, defaults::NATS_ACK_TIMEOUT);
     if ack_timeout.is_zero() {
         return Err(ctx.err(key("ack_timeout"), "must be longer than zero"));

@@ -251,7 +251,7 @@ fn http_sink(ctx: &Ctx<'_>, prefix: &str, s: HttpSinkFile) -> Result<SinkParts, 
             ));
         }
     }
-    let pick = |v: Option<super::file::Dur>, d| v.map_or(d, |v| v.0);
+    use super::file::pick;
     let timeout = pick(s.timeout, defaults::HTTP_TIMEOUT);
     let retry_min = pick(s.retry_min, defaults::HTTP_RETRY_MIN);
     let retry_max = pick(s.retry_max, defaults::HTTP_RETRY_MAX);

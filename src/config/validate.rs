@@ -375,7 +375,7 @@ pub(super) fn read_secret(ctx: &Ctx<'_>, key: &str, path: &Path) -> Result<Strin
 }
 
 fn connection(ctx: &Ctx<'_>, raw: super::file::ConnectionFile) -> Result<Connection, ConfigError> {
-    let pick = |v: Option<super::file::Dur>, d| v.map_or(d, |v| v.0);
+    use super::file::pick;
     let c = Connection {
         ping_interval: pick(raw.ping_interval, defaults::PING_INTERVAL),
         pong_timeout: pick(raw.pong_timeout, defaults::PONG_TIMEOUT),

@@ -29,8 +29,6 @@ pub struct Source {
     stats: Arc<Stats>,
     /// The catch-up run after each connect, when a REST client is configured.
     catch_up: Option<Arc<CatchUpJob>>,
-    /// Live DeviceCommand records get dedupe keys (catch-up of commands is on).
-    dedupe_commands: bool,
     /// Enrichment: the REST client and `enrich.timeout`.
     enrich: Option<(Arc<Rest>, std::time::Duration)>,
     /// Set while running with enrichment: records go through the enricher, in order.
@@ -38,6 +36,13 @@ pub struct Source {
 }
 
 impl Source {
+    /// Live DeviceCommand records get dedupe keys when the catch-up fetches commands too.
+    fn dedupe_commands(&self) -> bool {
+        self.catch_up
+            .as_ref()
+            .is_some_and(|job| job.settings.commands)
+    }
+
     /// The source for one `[[property]]`; `rest` is its Mews REST client (catch-up, enrichment).
     pub fn new(
         settings: &Settings,
@@ -62,7 +67,6 @@ impl Source {
                 })
             });
         Source {
-            dedupe_commands: catch_up.is_some() && settings.catch_up.commands,
             catch_up,
             enrich: rest
                 .filter(|_| settings.enrich.commands)

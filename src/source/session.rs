@@ -272,7 +272,7 @@ impl Source {
         }
         match decode(&self.name, text, SystemTime::now()) {
             Ok(mut records) => {
-                if self.dedupe_commands {
+                if self.dedupe_commands() {
                     for record in &mut records {
                         if let (Some(DEVICE_COMMAND), Some(id), Some(state)) =
                             (record.kind.as_deref(), &record.id, &record.state)
