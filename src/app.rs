@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::Settings;
 use crate::ingress::Ingress;
@@ -126,6 +127,9 @@ struct Running {
     writer: tokio::task::JoinHandle<()>,
     sources_stop: CancellationToken,
     sources: JoinSet<()>,
+    /// Enrichers settle what is pending, then end (after the sources, before the drain).
+    enrich_stop: CancellationToken,
+    enrichers: JoinSet<()>,
     drain: CancellationToken,
     abort: CancellationToken,
     sinks: JoinSet<()>,
@@ -134,13 +138,32 @@ struct Running {
 }
 
 impl Running {
-    /// Sources first (nothing new arrives), then the sinks drain within `grace`, then the
-    /// journal closes.
-    async fn stop(mut self, grace: std::time::Duration) {
+    /// Sources first (nothing new arrives), then the enrichers settle what is pending, then
+    /// the sinks drain within `grace`, then the journal closes. An error if the last journal
+    /// commit failed (what the sources handed over may not be stored).
+    async fn stop(mut self, grace: std::time::Duration) -> Result<(), JournalError> {
         self.sources_stop.cancel();
         while self.sources.join_next().await.is_some() {}
-        if let Err(err) = self.journal.flush().await {
-            tracing::warn!(error = %err, "final journal commit failed");
+        let mut result = self.journal.flush().await;
+        self.enrich_stop.cancel();
+        let enrichers = &mut self.enrichers;
+        if tokio::time::timeout(grace, async {
+            while enrichers.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "records still waiting for enrichment stay in the journal for the next start"
+            );
+            self.enrichers.shutdown().await;
+        }
+        if result.is_ok() {
+            result = self.journal.flush().await;
+        }
+        if let Err(err) = &result {
+            tracing::error!(error = %err, "the final journal commit failed");
         }
         self.drain.cancel();
         let sinks = &mut self.sinks;
@@ -164,6 +187,7 @@ impl Running {
         if let Err(err) = self.writer.await {
             tracing::error!(error = %err, "journal writer failed");
         }
+        result
     }
 }
 
@@ -192,6 +216,8 @@ async fn run_once(
         journal,
         sources_stop: CancellationToken::new(),
         sources: JoinSet::new(),
+        enrich_stop: CancellationToken::new(),
+        enrichers: JoinSet::new(),
         drain: CancellationToken::new(),
         abort: CancellationToken::new(),
         sinks: JoinSet::new(),
@@ -205,7 +231,7 @@ async fn run_once(
         let sink = match sink_settings.build(&settings.state.dir, &stats).await {
             Ok(sink) => sink,
             Err(err) => {
-                running.stop(grace).await;
+                let _ = running.stop(grace).await;
                 return Err(err.into());
             }
         };
@@ -226,25 +252,68 @@ async fn run_once(
     let http = match crate::mews::http_client(&tls, settings.mews.request_timeout) {
         Ok(http) => http,
         Err(err) => {
-            running.stop(grace).await;
+            let _ = running.stop(grace).await;
             return Err(AppError::Rest(err));
         }
     };
-    for property in &settings.properties {
-        let rest = crate::mews::rest_for(settings, property, &http, &stats);
-        let source = Source::new(
-            settings,
-            property,
-            Arc::clone(&tls),
-            running.journal.clone(),
-            Arc::clone(&rejects),
-            Arc::clone(&stats),
-            rest,
+    let rests: Vec<_> = settings
+        .properties
+        .iter()
+        .map(|property| crate::mews::rest_for(settings, property, &http, &stats))
+        .collect();
+    // Enrichers claim their property's pending records before any source appends more.
+    let mut healths = Vec::with_capacity(rests.len());
+    for (property, rest) in settings.properties.iter().zip(&rests) {
+        let Some(rest) = rest.as_ref().filter(|_| settings.enrich.commands) else {
+            healths.push(None);
+            continue;
+        };
+        let health = Arc::new(crate::mews::enrich::Health::default());
+        healths.push(Some(Arc::clone(&health)));
+        let inbox = match running.journal.claim(&property.name).await {
+            Ok(inbox) => inbox,
+            Err(err) => {
+                let _ = running.stop(grace).await;
+                return Err(err.into());
+            }
+        };
+        let enricher = crate::mews::Enricher {
+            rest: Arc::clone(rest),
+            journal: running.journal.clone(),
+            property: Arc::from(property.name.as_str()),
+            timeout: settings.enrich.timeout,
+            stats: Arc::clone(&stats),
+            health,
+        };
+        let span = tracing::info_span!("property", property = %property.name);
+        running.enrichers.spawn(
+            enricher
+                .run(inbox, running.enrich_stop.clone())
+                .instrument(span),
         );
+    }
+    if let Err(err) = running
+        .journal
+        .release_unclaimed("not enriched: enrichment is off for this property now (config changed)")
+        .await
+    {
+        let _ = running.stop(grace).await;
+        return Err(err.into());
+    }
+    let shared = crate::source::Shared {
+        tls: Arc::clone(&tls),
+        journal: running.journal.clone(),
+        rejects: Arc::clone(&rejects),
+        stats: Arc::clone(&stats),
+    };
+    for ((property, rest), health) in settings.properties.iter().zip(rests).zip(healths) {
+        let source = Source::new(settings, property, &shared, rest, health);
         running
             .sources
             .spawn(source.run(running.sources_stop.clone()));
     }
+    // Its journal handle would keep the writer from ending at shutdown.
+    drop(shared);
     // The listeners are bound before anything depends on them, with one way out on failure.
     let listeners = async {
         let ingress = match &settings.webhooks {
@@ -282,7 +351,7 @@ async fn run_once(
             }
         }
         Err(err) => {
-            running.stop(grace).await;
+            let _ = running.stop(grace).await;
             return Err(err);
         }
     }
@@ -314,6 +383,7 @@ async fn run_once(
             () = control.shutdown.cancelled() => break Ok(Ended::Stopped),
             Some(res) = running.sources.join_next() => break Err(ended("source", res)),
             Some(res) = running.sinks.join_next() => break Err(ended("sink", res)),
+            Some(res) = running.enrichers.join_next() => break Err(ended("enricher", res)),
             Ok(()) = control.reload.changed() => {
                 if let Some(next) = control.reload.borrow_and_update().clone() {
                     break Ok(Ended::Reload(next));
@@ -325,9 +395,10 @@ async fn run_once(
         Ok(Ended::Reload(_)) => crate::ops::reloading(),
         _ => crate::ops::stopping(),
     }
-    running.stop(grace).await;
+    let stopped = running.stop(grace).await;
     match ended {
         Ok(Ended::Stopped) => {
+            stopped?;
             tracing::info!("mews-relay stopped");
             Ok(Ended::Stopped)
         }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Settings, Webhooks};
 use crate::journal::{Entry, Journal};
-use crate::record::{Origin, Record, format_time};
+use crate::record::{Enrich, Origin, Record, format_time};
 use crate::rejects::sample;
 use crate::secret::Secret;
 use crate::stats::Stats;
@@ -282,6 +282,7 @@ pub fn parse(
                         integration_id: parsed.integration_id.clone(),
                         enrich_error: None,
                         dedupe: None,
+                        enrich: Enrich::None,
                     })
                 })
                 .collect()
@@ -304,6 +305,7 @@ pub fn parse(
                 integration_id: integration,
                 enrich_error: None,
                 dedupe: None,
+                enrich: Enrich::None,
             }])
         }
         _ => Err("neither a General webhook {EnterpriseId, IntegrationId, Events} nor an Integration webhook {Action, Data}".into()),

@@ -5,11 +5,12 @@
 //!  Mews WS ──▶ source::Source (one per property: connect, ping, reconnect with backoff)
 //!                 │ record::decode: {"Events":[…]} → one Record per event, raw JSON kept
 //!                 │ (anything undecodable → rejects: rejected.jsonl, counted, logged)
-//!                 │ mews::enrich: DeviceCommands get `command` (commands/getAllByIds, coalesced)
 //!  Mews REST ─▶ mews::catch_up after every connect (getAllActive, reservations since the mark)
 //!  Webhooks ─▶ ingress::Ingress (token, shape; 202 only after the commit)
 //!                 ▼
 //!            journal::Journal (redb; group commit, one fsync per batch; seq numbers)
+//!                 │   ▲ mews::enrich: DeviceCommands journaled pending, settled with `command`
+//!                 │   │ (commands/getAllByIds); sinks see only what is settled, in order
 //!                 │           │
 //!        cursor "stdout"   cursor "file:…"     (each sink its own task and cursor)
 //!                 ▼           ▼

@@ -60,6 +60,22 @@ pub struct Record {
     /// Not part of the record: a key the journal remembers for `catch_up.dedupe_window`; a
     /// second record with the same key in that time is dropped (live vs catch-up).
     pub dedupe: Option<String>,
+    /// Not part of the record: what enrichment still has to do with it.
+    pub enrich: Enrich,
+}
+
+/// What enrichment still has to do with a record (not part of the record).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Enrich {
+    /// Nothing.
+    #[default]
+    None,
+    /// The journal holds it back from every sink until the enricher settles it (with
+    /// `command` or with `enrich_error`).
+    Pending,
+    /// It goes out without details (`enrich_error` set, the REST API is failing); the journal
+    /// remembers this key so the command is sent again with details once Mews answers.
+    Heal(String),
 }
 
 /// The public JSON shape (README "Record format"); field order is part of it.
@@ -103,6 +119,53 @@ impl Record {
         };
         // Serializing plain strings and already-valid raw JSON into a Vec cannot fail.
         serde_json::to_writer(out, &wire).expect("record serialization is infallible"); // ok: no I/O, valid raw JSON
+    }
+
+    /// Reads a journaled JSON line back (a pending record after a restart); `None` if it is
+    /// not a record.
+    pub fn from_json(json: &[u8]) -> Option<Record> {
+        #[derive(Deserialize)]
+        struct WireIn {
+            property: String,
+            origin: OriginIn,
+            received_at: String,
+            #[serde(rename = "type")]
+            kind: Option<String>,
+            id: Option<String>,
+            state: Option<String>,
+            event: Box<RawValue>,
+            command: Option<Box<RawValue>>,
+            enrich_error: Option<String>,
+            enterprise_id: Option<String>,
+            integration_id: Option<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        enum OriginIn {
+            Websocket,
+            CatchUp,
+            Webhook,
+        }
+        let wire: WireIn = serde_json::from_slice(json).ok()?;
+        Some(Record {
+            property: Arc::from(wire.property),
+            origin: match wire.origin {
+                OriginIn::Websocket => Origin::Websocket,
+                OriginIn::CatchUp => Origin::CatchUp,
+                OriginIn::Webhook => Origin::Webhook,
+            },
+            received_at: wire.received_at,
+            kind: wire.kind,
+            id: wire.id,
+            state: wire.state,
+            event: wire.event,
+            command: wire.command,
+            enterprise_id: wire.enterprise_id,
+            integration_id: wire.integration_id,
+            enrich_error: wire.enrich_error,
+            dedupe: None,
+            enrich: Enrich::None,
+        })
     }
 }
 
@@ -247,6 +310,7 @@ pub fn decode(
                 integration_id: None,
                 enrich_error: None,
                 dedupe: None,
+                enrich: Enrich::None,
             }
         })
         .collect())
@@ -281,6 +345,25 @@ mod tests {
         let line = String::from_utf8(line).unwrap();
         assert!(line.starts_with(r#"{"seq":7,"property":"old-town","origin":"websocket","received_at":"1970-01-01T00:00:00.000000Z","type":"Resource","id":"b","state":"Dirty","event":{ "Type" : "Resource""#), "{line}");
         assert!(!line.contains("command"));
+    }
+
+    #[test]
+    fn a_journaled_line_reads_back_into_the_same_record() {
+        let mut records =
+            decode_now(r#"{"Events":[{"Type":"DeviceCommand","Id":"a","State":"Pending"}]}"#)
+                .unwrap();
+        let mut record = records.remove(0);
+        record.enrich_error = Some("no answer".into());
+        let mut line = Vec::new();
+        record.encode(9, &mut line);
+        let back = Record::from_json(&line).unwrap();
+        let mut again = Vec::new();
+        back.encode(9, &mut again);
+        assert_eq!(
+            String::from_utf8(again).unwrap(),
+            String::from_utf8(line).unwrap()
+        );
+        assert!(Record::from_json(b"{}").is_none());
     }
 
     #[test]

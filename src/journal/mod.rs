@@ -18,10 +18,10 @@ use crate::record::Record;
 use crate::stats::Stats;
 
 pub use value::{Entry, Replay, StoredRecord, record_key};
-pub use writer::JournalWriter;
+pub use writer::{JournalWriter, Note, Settle};
 
 use store::Store;
-use writer::Op;
+use writer::{Append, Op};
 
 /// Reads of at most this many fresh records run on the calling task (see `read_after`).
 const INLINE_READ: usize = 64;
@@ -62,6 +62,7 @@ pub struct Journal {
     store: Arc<Store>,
     ops: mpsc::Sender<Op>,
     committed: watch::Receiver<u64>,
+    visible: watch::Receiver<u64>,
     cursors: Arc<HashMap<String, u64>>,
     shed: Arc<HashMap<String, watch::Receiver<u64>>>,
     journal_id: u64,
@@ -87,6 +88,9 @@ impl Journal {
         let store = Arc::new(store);
         let (ops_tx, ops_rx) = mpsc::channel(writer::QUEUE);
         let (committed_tx, committed_rx) = watch::channel(opened.last_seq);
+        let first_pending = opened.pending.iter().map(|r| r.seq).min();
+        let (visible_tx, visible_rx) =
+            watch::channel(first_pending.map_or(opened.last_seq, |seq| seq - 1));
         let (shed_tx, shed_rx): (HashMap<_, _>, HashMap<_, _>) = sinks
             .iter()
             .map(|name| {
@@ -98,6 +102,7 @@ impl Journal {
             store: Arc::clone(&store),
             ops: ops_tx,
             committed: committed_rx,
+            visible: visible_rx,
             cursors: Arc::new(opened.cursors.clone()),
             shed: Arc::new(shed_rx),
             journal_id: opened.journal_id,
@@ -106,6 +111,7 @@ impl Journal {
             store,
             ops: ops_rx,
             committed: committed_tx,
+            visible: visible_tx,
             opened,
             max_bytes,
             shed: shed_tx,
@@ -121,24 +127,92 @@ impl Journal {
         }
         let entries = records.into_iter().map(Entry::Record).collect();
         self.ops
-            .send(Op::Append(entries, None))
+            .send(Op::Append(Append {
+                entries,
+                unheal: Vec::new(),
+                waiter: None,
+            }))
             .await
             .map_err(|_| JournalError::Closed)
     }
 
     /// Appends and waits for the durable commit; returns the last seq given.
     pub async fn append_committed(&self, entries: Vec<Entry>) -> Result<u64, JournalError> {
+        self.append_healed(entries, Vec::new()).await
+    }
+
+    /// Appends healed records and forgets the heal keys they settle, in one durable commit.
+    pub async fn append_healed(
+        &self,
+        entries: Vec<Entry>,
+        unheal: Vec<String>,
+    ) -> Result<u64, JournalError> {
         let (tx, rx) = oneshot::channel();
         self.ops
-            .send(Op::Append(entries, Some(tx)))
+            .send(Op::Append(Append {
+                entries,
+                unheal,
+                waiter: Some(tx),
+            }))
             .await
             .map_err(|_| JournalError::Closed)?;
         rx.await.map_err(|_| JournalError::Closed)?
     }
 
+    /// Takes the pending records of `property`: those journaled so far, then each new one as
+    /// it is committed. Claim before records of the property are appended.
+    pub async fn claim(
+        &self,
+        property: &str,
+    ) -> Result<mpsc::UnboundedReceiver<Note>, JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(Op::Claim(property.to_owned(), tx))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)
+    }
+
+    /// Settles pending records nobody claimed (their property has no enrichment any more)
+    /// with `reason` as their `enrich_error`.
+    pub async fn release_unclaimed(&self, reason: &str) -> Result<(), JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(Op::ReleaseUnclaimed(reason.to_owned(), tx))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)
+    }
+
+    /// Gives pending records their final form; sinks may pass them after the commit.
+    pub async fn settle(&self, settled: Vec<Settle>) -> Result<(), JournalError> {
+        if settled.is_empty() {
+            return Ok(());
+        }
+        self.ops
+            .send(Op::Settle(settled))
+            .await
+            .map_err(|_| JournalError::Closed)
+    }
+
+    /// The heal keys (see [`Settle::heal`]) that start with `prefix`.
+    pub async fn heal_keys(&self, prefix: &str) -> Result<Vec<String>, JournalError> {
+        let store = Arc::clone(&self.store);
+        let prefix = prefix.to_owned();
+        tokio::task::spawn_blocking(move || store.heal_keys(&prefix))
+            .await
+            .map_err(|_| JournalError::Closed)?
+    }
+
     /// The last committed seq, and a way to wait for the next one.
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.committed.clone()
+    }
+
+    /// The last seq sinks may read (records after the oldest one still waiting for
+    /// enrichment are held back, so every sink keeps the order), and a way to wait for more.
+    pub fn visible(&self) -> watch::Receiver<u64> {
+        self.visible.clone()
     }
 
     /// Where a sink stood when the journal was opened (0 for an empty journal).
@@ -154,14 +228,14 @@ impl Journal {
             .map_err(|_| JournalError::Closed)
     }
 
-    /// Commits everything queued so far, durably.
+    /// Commits everything queued so far, durably; an error if that commit failed.
     pub async fn flush(&self) -> Result<(), JournalError> {
         let (tx, rx) = oneshot::channel();
         self.ops
             .send(Op::Flush(tx))
             .await
             .map_err(|_| JournalError::Closed)?;
-        rx.await.map_err(|_| JournalError::Closed)
+        rx.await.map_err(|_| JournalError::Closed)?
     }
 
     /// Returns once the writer has worked through everything queued before: a stuck writer
@@ -175,19 +249,20 @@ impl Journal {
         rx.await.map_err(|_| JournalError::Closed)
     }
 
-    /// Up to `max` committed records after `after`, oldest first.
+    /// Up to `max` visible records after `after`, oldest first.
     pub async fn read_after(
         &self,
         after: u64,
         max: usize,
     ) -> Result<Vec<StoredRecord>, JournalError> {
+        let upto = *self.visible.borrow();
         // A sink that keeps up reads a few records the writer has just committed: they are in
         // redb's cache, and a hop to the blocking pool would cost more than the read itself.
-        if self.committed.borrow().saturating_sub(after) <= INLINE_READ as u64 {
-            return self.store.read_after(after, max.min(INLINE_READ));
+        if upto.saturating_sub(after) <= INLINE_READ as u64 {
+            return self.store.read_after(after, upto, max.min(INLINE_READ));
         }
         let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || store.read_after(after, max))
+        tokio::task::spawn_blocking(move || store.read_after(after, upto, max))
             .await
             .map_err(|_| JournalError::Closed)?
     }
@@ -228,5 +303,149 @@ impl Journal {
     /// The journal file.
     pub fn path(&self) -> &Path {
         self.store.path()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Enrich, Origin, Record};
+    use serde_json::value::RawValue;
+
+    fn record(id: &str, pending: bool) -> Record {
+        let enrich = if pending {
+            Enrich::Pending
+        } else {
+            Enrich::None
+        };
+        Record {
+            property: Arc::from("p"),
+            origin: Origin::Websocket,
+            received_at: "t".into(),
+            kind: Some("DeviceCommand".into()),
+            id: Some(id.into()),
+            state: Some("Pending".into()),
+            event: RawValue::from_string(format!(r#"{{"Id":"{id}"}}"#)).unwrap(),
+            command: None,
+            enterprise_id: None,
+            integration_id: None,
+            enrich_error: None,
+            dedupe: None,
+            enrich,
+        }
+    }
+
+    fn open(dir: &Path) -> (Journal, tokio::task::JoinHandle<()>) {
+        let (journal, writer) =
+            Journal::open(dir, &["s".to_owned()], 1 << 30, Arc::new(Stats::default())).unwrap();
+        (journal, tokio::spawn(writer.run()))
+    }
+
+    /// A flush after records could not be stored says so, until records are stored again.
+    #[tokio::test]
+    async fn a_failed_final_commit_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, writer) = open(dir.path());
+        journal
+            .store
+            .fail_commits
+            .store(1, std::sync::atomic::Ordering::SeqCst);
+        journal.append(vec![record("a", false)]).await.unwrap();
+        let err = journal.flush().await.unwrap_err();
+        assert!(err.to_string().contains("no space"), "{err}");
+        let err = journal.flush().await.unwrap_err();
+        assert!(err.to_string().contains("1 records lost"), "{err}");
+        journal.append(vec![record("b", false)]).await.unwrap();
+        journal.flush().await.unwrap();
+        drop(journal);
+        writer.await.unwrap();
+    }
+
+    /// A pending record holds back itself and everything after it, until it is settled;
+    /// after a restart it is still pending and goes to whoever claims its property.
+    #[tokio::test]
+    async fn pending_records_are_held_back_until_settled_also_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, writer) = open(dir.path());
+        journal
+            .append_committed(vec![
+                Entry::Record(record("a", false)),
+                Entry::Record(record("b", true)),
+                Entry::Record(record("c", false)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(*journal.visible().borrow(), 1);
+        assert_eq!(journal.read_after(0, 10).await.unwrap().len(), 1);
+        drop(journal);
+        writer.await.unwrap();
+
+        let (journal, writer) = open(dir.path());
+        assert_eq!(
+            *journal.visible().borrow(),
+            1,
+            "still held back after a restart"
+        );
+        let mut inbox = journal.claim("p").await.unwrap();
+        let note = inbox.recv().await.unwrap();
+        assert_eq!((note.seq, note.record.id.as_deref()), (2, Some("b")));
+        let mut record = note.record;
+        record.enrich_error = Some("no answer".into());
+        journal
+            .settle(vec![Settle {
+                seq: 2,
+                record,
+                heal: Some("c\u{1f}p\u{1f}b\u{1f}Pending".into()),
+            }])
+            .await
+            .unwrap();
+        journal.flush().await.unwrap();
+        assert_eq!(*journal.visible().borrow(), 3);
+        let read = journal.read_after(0, 10).await.unwrap();
+        assert_eq!(read.len(), 3);
+        assert!(
+            String::from_utf8_lossy(&read[1].json).contains(r#""enrich_error":"no answer""#),
+            "the settled value replaced the pending one"
+        );
+        assert_eq!(
+            journal.heal_keys("c\u{1f}p\u{1f}").await.unwrap(),
+            ["c\u{1f}p\u{1f}b\u{1f}Pending"]
+        );
+        journal
+            .append_healed(Vec::new(), vec!["c\u{1f}p\u{1f}b\u{1f}Pending".into()])
+            .await
+            .unwrap();
+        assert!(
+            journal
+                .heal_keys("c\u{1f}p\u{1f}")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        drop(journal);
+        writer.await.unwrap();
+    }
+
+    /// Pending records of a property nobody claims are released with the reason.
+    #[tokio::test]
+    async fn unclaimed_pending_records_are_released_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, writer) = open(dir.path());
+        journal
+            .append_committed(vec![Entry::Record(record("a", true))])
+            .await
+            .unwrap();
+        drop(journal);
+        writer.await.unwrap();
+        let (journal, writer) = open(dir.path());
+        journal
+            .release_unclaimed("enrichment is off")
+            .await
+            .unwrap();
+        assert_eq!(*journal.visible().borrow(), 1);
+        let read = journal.read_after(0, 10).await.unwrap();
+        assert!(String::from_utf8_lossy(&read[0].json).contains("enrichment is off"));
+        drop(journal);
+        writer.await.unwrap();
     }
 }

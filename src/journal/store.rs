@@ -8,6 +8,7 @@ use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable,
 
 use super::JournalError;
 use super::value::{self, Entry, StoredRecord};
+use crate::record::Enrich;
 
 /// seq -> encoded entry (see [`value::encode`]).
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
@@ -20,6 +21,11 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
 /// Progress marks of the REST catch-up (e.g. the last reservation sync), unix milliseconds.
 const MARKS: TableDefinition<&str, u64> = TableDefinition::new("marks");
+/// Records held back from sinks until enrichment settles them: seq -> unix seconds journaled.
+const PENDING: TableDefinition<u64, u64> = TableDefinition::new("pending");
+/// Command states that went out without details (`enrich_error`): dedupe key -> unix seconds.
+/// The enricher forwards them again once Mews answers (see `crate::mews::enrich`).
+const HEAL: TableDefinition<&str, u64> = TableDefinition::new("heal");
 const LAST_SEQ: &str = "last_seq";
 const STORED_BYTES: &str = "stored_bytes";
 const JOURNAL_ID: &str = "journal_id";
@@ -30,6 +36,17 @@ pub(super) struct Opened {
     pub stored_bytes: u64,
     pub journal_id: u64,
     pub cursors: HashMap<String, u64>,
+    /// Records still waiting for enrichment, oldest first.
+    pub pending: Vec<StoredRecord>,
+}
+
+/// A record settled by the enricher: its new value, and whether its command must be healed.
+pub(super) struct Settled {
+    pub seq: u64,
+    /// The whole encoded entry (see [`value::encode`]).
+    pub value: Vec<u8>,
+    /// Went out without details: this dedupe key is forgotten and remembered for healing.
+    pub heal: Option<String>,
 }
 
 /// What one transaction does.
@@ -41,6 +58,10 @@ pub(super) struct Commit {
     pub marks: Vec<(String, u64)>,
     /// Dedupe: keys first seen less than `window` seconds before `now` drop their record.
     pub seen: Seen,
+    /// Pending records that got their final value.
+    pub settled: Vec<Settled>,
+    /// Heal keys done with (their command was forwarded again, or is no longer active).
+    pub unheal: Vec<String>,
 }
 
 /// The clock and window the dedupe keys are judged by, and an optional clean-up.
@@ -65,6 +86,9 @@ pub(super) struct Store {
     path: PathBuf,
     journal_id: u64,
     db: RwLock<Option<Arc<Database>>>,
+    /// Tests: this many next commits fail as if the disk were full.
+    #[cfg(test)]
+    pub fail_commits: std::sync::atomic::AtomicU32,
 }
 
 fn storage(path: &Path, err: impl Into<redb::Error>) -> JournalError {
@@ -94,9 +118,17 @@ impl Store {
         let db = open_db(path)?;
         let txn = db.begin_write().map_err(|e| storage(path, e))?;
         let opened = {
-            let _records = txn.open_table(RECORDS).map_err(|e| storage(path, e))?;
             let _seen = txn.open_table(SEEN).map_err(|e| storage(path, e))?;
             let _marks = txn.open_table(MARKS).map_err(|e| storage(path, e))?;
+            let _heal = txn.open_table(HEAL).map_err(|e| storage(path, e))?;
+            let pending_seqs: Vec<u64> = {
+                let pending = txn.open_table(PENDING).map_err(|e| storage(path, e))?;
+                let mut seqs = Vec::new();
+                for entry in pending.iter().map_err(|e| storage(path, e))? {
+                    seqs.push(entry.map_err(|e| storage(path, e))?.0.value());
+                }
+                seqs
+            };
             let mut meta = txn.open_table(META).map_err(|e| storage(path, e))?;
             let get = |meta: &redb::Table<&str, u64>, key| -> Result<Option<u64>, JournalError> {
                 Ok(meta
@@ -138,11 +170,19 @@ impl Store {
                 tracing::info!(sink = %name, at_seq = seq, "dropping the position of a sink that is no longer configured");
                 table.remove(name.as_str()).map_err(|e| storage(path, e))?;
             }
+            let records = txn.open_table(RECORDS).map_err(|e| storage(path, e))?;
+            let mut pending = Vec::with_capacity(pending_seqs.len());
+            for seq in pending_seqs {
+                if let Some(value) = records.get(seq).map_err(|e| storage(path, e))? {
+                    pending.push(value::decode(journal_id, seq, value.value()));
+                }
+            }
             Opened {
                 last_seq,
                 stored_bytes,
                 journal_id,
                 cursors,
+                pending,
             }
         };
         txn.commit().map_err(|e| storage(path, e))?;
@@ -150,6 +190,8 @@ impl Store {
             path: path.to_owned(),
             journal_id: opened.journal_id,
             db: RwLock::new(Some(Arc::new(db))),
+            #[cfg(test)]
+            fail_commits: std::sync::atomic::AtomicU32::new(0),
         };
         Ok((store, opened))
     }
@@ -166,19 +208,24 @@ impl Store {
         })
     }
 
-    /// Up to `max` records after `after`.
-    pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<StoredRecord>, JournalError> {
+    /// Up to `max` records after `after`, none after `upto`.
+    pub fn read_after(
+        &self,
+        after: u64,
+        upto: u64,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>, JournalError> {
         let db = self.db()?;
         let txn = db.begin_read().map_err(|e| storage(&self.path, e))?;
         let table = txn
             .open_table(RECORDS)
             .map_err(|e| storage(&self.path, e))?;
         let mut out = Vec::new();
-        let Some(start) = after.checked_add(1) else {
+        let Some(start) = after.checked_add(1).filter(|start| *start <= upto) else {
             return Ok(out);
         };
         for entry in table
-            .range(start..)
+            .range(start..=upto)
             .map_err(|e| storage(&self.path, e))?
             .take(max)
         {
@@ -199,9 +246,40 @@ impl Store {
             .map(|v| v.value()))
     }
 
+    /// The heal keys starting with `prefix`.
+    pub fn heal_keys(&self, prefix: &str) -> Result<Vec<String>, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| storage(&self.path, e))?;
+        let table = txn.open_table(HEAL).map_err(|e| storage(&self.path, e))?;
+        let mut keys = Vec::new();
+        for entry in table.range(prefix..).map_err(|e| storage(&self.path, e))? {
+            let (key, _) = entry.map_err(|e| storage(&self.path, e))?;
+            let key = key.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            keys.push(key.to_owned());
+        }
+        Ok(keys)
+    }
+
     /// Runs one transaction: entries get seqs after `at.0`; `at.1` is the stored size before.
     /// Returns the new last seq and stored size, and which entries were duplicates.
     pub fn commit(&self, at: (u64, u64), commit: &Commit) -> Result<Committed, JournalError> {
+        #[cfg(test)]
+        if self
+            .fail_commits
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+        {
+            return Err(JournalError::Write(
+                "simulated: no space left on device".into(),
+            ));
+        }
         let db = match self.db() {
             Ok(db) => db,
             // An earlier reopen failed (e.g. still no space): try again now.
@@ -221,6 +299,8 @@ impl Store {
         {
             let mut table = txn.open_table(RECORDS).map_err(|e| err(e.into()))?;
             let mut seen = txn.open_table(SEEN).map_err(|e| err(e.into()))?;
+            let mut pending = txn.open_table(PENDING).map_err(|e| err(e.into()))?;
+            let mut heal = txn.open_table(HEAL).map_err(|e| err(e.into()))?;
             let mut buf = Vec::with_capacity(512);
             let Seen { now, window, .. } = commit.seen;
             for (i, entry) in commit.entries.iter().enumerate() {
@@ -246,6 +326,38 @@ impl Store {
                 table
                     .insert(seq, buf.as_slice())
                     .map_err(|e| err(e.into()))?;
+                if let Entry::Record(record) = entry {
+                    match &record.enrich {
+                        Enrich::None => {}
+                        Enrich::Pending => {
+                            pending.insert(seq, now).map_err(|e| err(e.into()))?;
+                        }
+                        Enrich::Heal(key) => {
+                            heal.insert(key.as_str(), now).map_err(|e| err(e.into()))?;
+                        }
+                    }
+                }
+            }
+            for settled in &commit.settled {
+                if pending
+                    .remove(settled.seq)
+                    .map_err(|e| err(e.into()))?
+                    .is_none()
+                {
+                    continue; // settled already (a second answer after a restart)
+                }
+                let old = table
+                    .insert(settled.seq, settled.value.as_slice())
+                    .map_err(|e| err(e.into()))?
+                    .map_or(0, |old| old.value().len() as u64);
+                bytes = bytes.saturating_sub(old) + settled.value.len() as u64;
+                if let Some(key) = &settled.heal {
+                    seen.remove(key.as_str()).map_err(|e| err(e.into()))?;
+                    heal.insert(key.as_str(), now).map_err(|e| err(e.into()))?;
+                }
+            }
+            for key in &commit.unheal {
+                heal.remove(key.as_str()).map_err(|e| err(e.into()))?;
             }
             if let Some(to) = commit.prune_to {
                 for entry in table
@@ -274,6 +386,8 @@ impl Store {
             }
             if let Some(before) = commit.seen.forget_before {
                 seen.retain(|_, first| first >= before)
+                    .map_err(|e| err(e.into()))?;
+                heal.retain(|_, first| first >= before)
                     .map_err(|e| err(e.into()))?;
             }
         }

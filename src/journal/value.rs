@@ -126,7 +126,7 @@ pub(super) fn decode(journal_id: u64, seq: u64, value: &[u8]) -> StoredRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Origin;
+    use crate::record::{Enrich, Origin};
     use serde_json::value::RawValue;
 
     #[test]
@@ -145,6 +145,7 @@ mod tests {
                 integration_id: None,
                 enrich_error: None,
                 dedupe: None,
+                enrich: Enrich::None,
             };
             let mut buf = Vec::new();
             encode(3, &Entry::Record(record), &mut buf);

@@ -8,8 +8,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::JournalError;
-use super::store::{Commit, Committed, Opened, Seen, Store};
-use super::value::Entry;
+use super::store::{Commit, Committed, Opened, Seen, Settled, Store};
+use super::value::{self, Entry};
+use crate::record::Record;
 use crate::stats::Stats;
 
 /// Queue depth: how many appends may wait while a commit runs before producers wait too.
@@ -21,11 +22,44 @@ const CURSOR_SYNC_AFTER: Duration = Duration::from_secs(1);
 
 type Waiter = oneshot::Sender<Result<u64, JournalError>>;
 
+/// A record that waits for enrichment, as its enricher gets it.
+#[derive(Debug)]
+pub struct Note {
+    /// Its seq: it is settled under this seq.
+    pub seq: u64,
+    /// The record as journaled.
+    pub record: Record,
+}
+
+/// A settled record, from the enricher: `command` or `enrich_error` is now set.
+#[derive(Debug)]
+pub struct Settle {
+    /// The seq it was journaled under.
+    pub seq: u64,
+    /// The record with its details (or its error).
+    pub record: Record,
+    /// It went out without details: remember its command state for healing under this key.
+    pub heal: Option<String>,
+}
+
+/// An append: entries, heal keys done with (in the same transaction), and who waits.
+pub(super) struct Append {
+    pub entries: Vec<Entry>,
+    pub unheal: Vec<String>,
+    pub waiter: Option<Waiter>,
+}
+
 /// A request to the writer.
 pub(super) enum Op {
-    Append(Vec<Entry>, Option<Waiter>),
+    Append(Append),
     Cursor(String, u64),
-    Flush(oneshot::Sender<()>),
+    /// Enriched (or failed) pending records.
+    Settle(Vec<Settle>),
+    /// An enricher takes the pending records of a property, those journaled so far and later.
+    Claim(String, oneshot::Sender<mpsc::UnboundedReceiver<Note>>),
+    /// Pending records nobody claimed are settled with this `enrich_error`.
+    ReleaseUnclaimed(String, oneshot::Sender<()>),
+    Flush(oneshot::Sender<Result<(), JournalError>>),
     /// Answered once everything queued before it is done: proof the writer is not stuck.
     Ping(oneshot::Sender<()>),
     /// Sets a catch-up mark, durably.
@@ -41,6 +75,14 @@ pub struct JournalWriter {
     store: Arc<Store>,
     ops: mpsc::Receiver<Op>,
     committed: watch::Sender<u64>,
+    /// The last seq sinks may read: before the oldest pending record.
+    visible: watch::Sender<u64>,
+    /// Pending records by seq, with their property.
+    pending: std::collections::BTreeMap<u64, Arc<str>>,
+    /// Pending records whose property has no enricher (yet).
+    unclaimed: Vec<Note>,
+    /// Each enricher's inbox, by property.
+    claims: HashMap<String, mpsc::UnboundedSender<Note>>,
     last_seq: u64,
     stored_bytes: u64,
     max_bytes: u64,
@@ -59,6 +101,7 @@ pub(super) struct Setup {
     pub store: Arc<Store>,
     pub ops: mpsc::Receiver<Op>,
     pub committed: watch::Sender<u64>,
+    pub visible: watch::Sender<u64>,
     pub opened: Opened,
     pub max_bytes: u64,
     pub shed: HashMap<String, watch::Sender<u64>>,
@@ -69,6 +112,8 @@ pub(super) struct Setup {
 struct Outage {
     lost: u64,
     last_report: std::time::Instant,
+    /// The last failure, for a flush that asks whether everything is stored.
+    error: String,
 }
 
 /// While commits keep failing, a summary is logged this often.
@@ -79,18 +124,23 @@ struct Batch {
     records: Vec<Entry>,
     waiters: Vec<(Waiter, usize)>,
     cursors: HashMap<String, u64>,
-    flushes: Vec<oneshot::Sender<()>>,
+    flushes: Vec<oneshot::Sender<Result<(), JournalError>>>,
     pings: Vec<oneshot::Sender<()>>,
     marks: Vec<(String, u64)>,
     mark_waiters: Vec<oneshot::Sender<Result<(), JournalError>>>,
+    settled: Vec<Settle>,
+    unheal: Vec<String>,
+    /// Claims and releases, handled after the commit (in order with the records before them).
+    claims: Vec<Op>,
 }
 
 impl Batch {
     fn add(&mut self, op: Op) {
         match op {
-            Op::Append(records, waiter) => {
-                self.records.extend(records);
-                if let Some(waiter) = waiter {
+            Op::Append(append) => {
+                self.records.extend(append.entries);
+                self.unheal.extend(append.unheal);
+                if let Some(waiter) = append.waiter {
                     self.waiters.push((waiter, self.records.len()));
                 }
             }
@@ -98,6 +148,8 @@ impl Batch {
                 let at = self.cursors.entry(name).or_insert(seq);
                 *at = (*at).max(seq);
             }
+            Op::Settle(settled) => self.settled.extend(settled),
+            op @ (Op::Claim(..) | Op::ReleaseUnclaimed(..)) => self.claims.push(op),
             Op::Flush(done) => self.flushes.push(done),
             Op::Ping(done) => self.pings.push(done),
             Op::Mark(name, at, done) => {
@@ -106,14 +158,53 @@ impl Batch {
             }
         }
     }
+
+    /// Whether the batch writes anything.
+    fn writes(&self) -> bool {
+        !(self.records.is_empty()
+            && self.cursors.is_empty()
+            && self.flushes.is_empty()
+            && self.marks.is_empty()
+            && self.settled.is_empty()
+            && self.unheal.is_empty())
+    }
+
+    /// Whether the commit must be durable (anything but cursor moves).
+    fn durable(&self) -> bool {
+        !(self.records.is_empty()
+            && self.flushes.is_empty()
+            && self.marks.is_empty()
+            && self.settled.is_empty()
+            && self.unheal.is_empty())
+    }
 }
 
 impl JournalWriter {
     pub(super) fn new(setup: Setup) -> Self {
+        let mut pending = std::collections::BTreeMap::new();
+        let mut unclaimed = Vec::new();
+        for stored in setup.opened.pending {
+            let property: Arc<str> = Arc::from(stored.property.as_str());
+            pending.insert(stored.seq, property);
+            match Record::from_json(&stored.json) {
+                Some(record) => unclaimed.push(Note {
+                    seq: stored.seq,
+                    record,
+                }),
+                None => tracing::error!(
+                    seq = stored.seq,
+                    "a pending journal record cannot be read back; it stays held back"
+                ),
+            }
+        }
         JournalWriter {
             store: setup.store,
             ops: setup.ops,
             committed: setup.committed,
+            visible: setup.visible,
+            pending,
+            unclaimed,
+            claims: HashMap::new(),
             last_seq: setup.opened.last_seq,
             stored_bytes: setup.opened.stored_bytes,
             max_bytes: setup.max_bytes,
@@ -153,23 +244,21 @@ impl JournalWriter {
             let Some(first) = first else { break };
             let mut batch = Batch::default();
             batch.add(first);
-            while batch.records.len() < MAX_BATCH_RECORDS {
+            while batch.records.len() < MAX_BATCH_RECORDS && batch.claims.is_empty() {
                 match self.ops.try_recv() {
                     Ok(op) => batch.add(op),
                     Err(_) => break,
                 }
             }
             let pings = std::mem::take(&mut batch.pings);
-            if !(batch.records.is_empty()
-                && batch.cursors.is_empty()
-                && batch.flushes.is_empty()
-                && batch.marks.is_empty())
-            {
-                let durable = !batch.records.is_empty()
-                    || !batch.flushes.is_empty()
-                    || !batch.marks.is_empty();
+            let claims = std::mem::take(&mut batch.claims);
+            if batch.writes() {
+                let durable = batch.durable();
                 self.commit(batch, durable).await;
                 unsynced = !durable;
+            }
+            for op in claims {
+                self.claim_or_release(op).await;
             }
             for ping in pings {
                 let _ = ping.send(());
@@ -179,6 +268,59 @@ impl JournalWriter {
             self.commit(Batch::default(), true).await;
         }
         tracing::debug!(last_seq = self.last_seq, "journal writer stopped");
+    }
+
+    /// An enricher claims a property's pending records, or the unclaimed ones are released.
+    async fn claim_or_release(&mut self, op: Op) {
+        match op {
+            Op::Claim(property, reply) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let (mine, rest): (Vec<Note>, Vec<Note>) = std::mem::take(&mut self.unclaimed)
+                    .into_iter()
+                    .partition(|note| *note.record.property == *property);
+                self.unclaimed = rest;
+                for note in mine {
+                    let _ = tx.send(note);
+                }
+                self.claims.insert(property, tx);
+                let _ = reply.send(rx);
+            }
+            Op::ReleaseUnclaimed(reason, done) => {
+                let notes = std::mem::take(&mut self.unclaimed);
+                if !notes.is_empty() {
+                    tracing::warn!(
+                        records = notes.len(),
+                        "records journaled for enrichment go on without details: {reason}"
+                    );
+                    let settled = notes
+                        .into_iter()
+                        .map(|note| {
+                            let mut record = note.record;
+                            record.enrich_error = Some(reason.clone());
+                            Settle {
+                                seq: note.seq,
+                                record,
+                                heal: None,
+                            }
+                        })
+                        .collect();
+                    let batch = Batch {
+                        settled,
+                        ..Batch::default()
+                    };
+                    self.commit(batch, true).await;
+                }
+                let _ = done.send(());
+            }
+            _ => {}
+        }
+    }
+
+    /// The last seq sinks may read.
+    fn visible_seq(&self) -> u64 {
+        self.pending
+            .first_key_value()
+            .map_or(self.last_seq, |(seq, _)| seq - 1)
     }
 
     /// Over `max_bytes`: the sinks holding the journal back dead-letter their oldest records
@@ -193,6 +335,7 @@ impl JournalWriter {
                 Ok(Err(err)) => return tracing::warn!(error = %err, "cannot size the journal"),
                 Err(err) => return tracing::warn!(error = %err, "sizing the journal panicked"),
             };
+        let target = target.min(self.visible_seq());
         if target <= self.shed_to {
             return; // already under way
         }
@@ -227,7 +370,7 @@ impl JournalWriter {
     }
 
     fn prune_target(&self) -> Option<u64> {
-        let min = self.min_cursor();
+        let min = self.min_cursor().min(self.visible_seq());
         (min > self.pruned_to).then_some(min)
     }
 
@@ -237,9 +380,11 @@ impl JournalWriter {
             waiters,
             cursors,
             flushes,
-            pings: _,
             marks,
             mark_waiters,
+            settled,
+            unheal,
+            ..
         } = batch;
         for (name, seq) in &cursors {
             if let Some(at) = self.cursors.get_mut(name) {
@@ -253,6 +398,22 @@ impl JournalWriter {
         let forget = self
             .last_forget
             .is_none_or(|at| at.elapsed() >= FORGET_EVERY);
+        let settled_values = settled
+            .iter()
+            .map(|settle| {
+                let mut value = Vec::with_capacity(512);
+                value::encode(
+                    settle.seq,
+                    &Entry::Record(settle.record.clone()),
+                    &mut value,
+                );
+                Settled {
+                    seq: settle.seq,
+                    value,
+                    heal: settle.heal.clone(),
+                }
+            })
+            .collect();
         let commit = Commit {
             entries: records,
             cursors: cursors.into_iter().collect(),
@@ -264,7 +425,50 @@ impl JournalWriter {
                 window,
                 forget_before: forget.then(|| now.saturating_sub(window)),
             },
+            settled: settled_values,
+            unheal,
         };
+        let Some((result, commit)) = self.run_commit(commit).await else {
+            for done in flushes {
+                let _ = done.send(Err(JournalError::Write("journal commit panicked".into())));
+            }
+            return;
+        };
+        let outcome = match result {
+            Ok(committed) => {
+                if forget {
+                    self.last_forget = Some(std::time::Instant::now());
+                }
+                self.committed_ok(commit, committed, waiters, settled).await;
+                for done in mark_waiters {
+                    let _ = done.send(Ok(()));
+                }
+                // Records queued before a flush but lost in an earlier failed commit still
+                // make the flush fail, until records are stored again.
+                match &self.outage {
+                    Some(outage) => Err(format!("{} ({} records lost)", outage.error, outage.lost)),
+                    None => Ok(()),
+                }
+            }
+            Err(err) => {
+                let message = err.to_string();
+                self.failed(&err, &commit, waiters, settled).await;
+                for done in mark_waiters {
+                    let _ = done.send(Err(JournalError::Write(message.clone())));
+                }
+                Err(message)
+            }
+        };
+        for done in flushes {
+            let _ = done.send(outcome.clone().map_err(JournalError::Write));
+        }
+    }
+
+    /// Runs the transaction; `None` if it panicked (logged).
+    async fn run_commit(
+        &self,
+        commit: Commit,
+    ) -> Option<(Result<Committed, JournalError>, Commit)> {
         let store = Arc::clone(&self.store);
         let at = (self.last_seq, self.stored_bytes);
         let work = move || {
@@ -280,125 +484,185 @@ impl JournalWriter {
         } else {
             tokio::task::spawn_blocking(work).await
         };
-        let (result, commit) = match result {
-            Ok(pair) => pair,
+        match result {
+            Ok(pair) => Some(pair),
             Err(join) => {
                 tracing::error!(error = %join, "journal commit panicked");
-                return;
+                None
             }
+        }
+    }
+
+    /// After a successful commit: counters, waiters, pending records to their enrichers, and
+    /// the new committed and visible seqs.
+    async fn committed_ok(
+        &mut self,
+        commit: Commit,
+        committed: Committed,
+        waiters: Vec<(Waiter, usize)>,
+        settled: Vec<Settle>,
+    ) {
+        let Committed {
+            seq,
+            bytes,
+            dropped,
+        } = committed;
+        let count = commit.entries.len() as u64 - dropped.len() as u64;
+        if !dropped.is_empty() {
+            Stats::add(&self.stats.duplicates_dropped, dropped.len() as u64);
+            tracing::debug!(
+                records = dropped.len(),
+                "dropped records already journaled (live vs catch-up)"
+            );
+        }
+        self.stored_bytes = bytes;
+        self.stats
+            .journal_bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+        let kept = || {
+            commit
+                .entries
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !dropped.contains(i))
+                .map(|(_, entry)| entry)
         };
-        let count = commit.entries.len() as u64;
-        match result {
-            Ok(Committed {
-                seq,
-                bytes,
-                dropped,
-            }) => {
-                if forget {
-                    self.last_forget = Some(std::time::Instant::now());
-                }
-                let count = count - dropped.len() as u64;
-                if !dropped.is_empty() {
-                    Stats::add(&self.stats.duplicates_dropped, dropped.len() as u64);
-                    tracing::debug!(
-                        records = dropped.len(),
-                        "dropped records already journaled (live vs catch-up)"
-                    );
-                }
-                self.stored_bytes = bytes;
-                self.stats
-                    .journal_bytes
-                    .store(bytes, std::sync::atomic::Ordering::Relaxed);
-                self.stats.committed(
-                    commit
-                        .entries
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| !dropped.contains(i))
-                        .filter_map(|(_, entry)| match entry {
-                            Entry::Record(r) => Some((&*r.property, r.kind.as_deref(), r.origin)),
-                            Entry::Replay(_) => None,
-                        }),
-                );
-                if let Some(outage) = self.outage.take() {
-                    tracing::warn!(
-                        path = %self.store.path().display(),
-                        lost = outage.lost,
-                        "journal writes work again"
-                    );
-                }
-                self.last_seq = seq;
-                if let Some(to) = commit.prune_to {
-                    self.pruned_to = to;
-                }
-                Stats::add(&self.stats.records_committed, count);
-                if count > 0 {
-                    self.committed.send_replace(seq);
-                }
-                let first = seq - count;
-                for (waiter, upto) in waiters {
-                    let before = dropped.iter().filter(|&&i| i < upto).count();
-                    let _ = waiter.send(Ok(first + (upto - before) as u64));
-                }
-                for done in mark_waiters {
-                    let _ = done.send(Ok(()));
-                }
-                if self.stored_bytes > self.max_bytes {
-                    self.shed_oldest().await;
-                }
+        self.stats.committed(kept().filter_map(|entry| match entry {
+            Entry::Record(r) => Some((&*r.property, r.kind.as_deref(), r.origin)),
+            Entry::Replay(_) => None,
+        }));
+        if !commit.entries.is_empty()
+            && let Some(outage) = self.outage.take()
+        {
+            tracing::warn!(
+                path = %self.store.path().display(),
+                lost = outage.lost,
+                "journal writes work again"
+            );
+        }
+        let first = seq - count;
+        for (at, entry) in (first + 1..).zip(kept()) {
+            if let Entry::Record(record) = entry
+                && record.enrich == crate::record::Enrich::Pending
+            {
+                self.pending.insert(at, Arc::clone(&record.property));
+                self.route(Note {
+                    seq: at,
+                    record: record.clone(),
+                });
             }
-            Err(err) => {
-                let lost_total = Stats::add(&self.stats.records_lost, count);
-                match &mut self.outage {
-                    None => {
-                        tracing::error!(
-                            error = %err,
-                            records = count,
-                            lost_total,
-                            "cannot write to the journal: these records are lost (counted); check free space on the state directory"
-                        );
-                        self.outage = Some(Outage {
-                            lost: count,
-                            last_report: std::time::Instant::now(),
-                        });
-                    }
-                    Some(outage) => {
-                        outage.lost += count;
-                        if outage.last_report.elapsed() >= REPORT_EVERY {
-                            tracing::error!(error = %err, lost = outage.lost, lost_total, "still cannot write to the journal");
-                            outage.last_report = std::time::Instant::now();
-                        } else {
-                            tracing::debug!(error = %err, records = count, lost_total, "journal commit failed");
-                        }
-                    }
+        }
+        for settle in &settled {
+            self.pending.remove(&settle.seq);
+        }
+        self.last_seq = seq;
+        if let Some(to) = commit.prune_to {
+            self.pruned_to = to;
+        }
+        Stats::add(&self.stats.records_committed, count);
+        if count > 0 {
+            self.committed.send_replace(seq);
+        }
+        let visible = self.visible_seq();
+        self.visible.send_if_modified(|at| {
+            let changed = *at != visible;
+            *at = visible;
+            changed
+        });
+        for (waiter, upto) in waiters {
+            let before = dropped.iter().filter(|&&i| i < upto).count();
+            let _ = waiter.send(Ok(first + (upto - before) as u64));
+        }
+        if self.stored_bytes > self.max_bytes {
+            self.shed_oldest().await;
+        }
+    }
+
+    /// Hands a pending record to its property's enricher, or keeps it until one claims it.
+    fn route(&mut self, note: Note) {
+        let note = match self.claims.get(&*note.record.property) {
+            Some(inbox) => match inbox.send(note) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(note)) => {
+                    self.claims.remove(&*note.record.property);
+                    note
                 }
-                for (waiter, _) in waiters {
-                    let _ = waiter.send(Err(JournalError::Write(err.to_string())));
-                }
-                for done in mark_waiters {
-                    let _ = done.send(Err(JournalError::Write(err.to_string())));
-                }
-                // redb refuses every later write after an I/O error until the file is reopened.
-                if matches!(
-                    &err,
-                    JournalError::Storage {
-                        source: redb::Error::Io(_) | redb::Error::PreviousIo,
-                        ..
-                    }
-                ) {
-                    let store = Arc::clone(&self.store);
-                    match tokio::task::spawn_blocking(move || store.reopen()).await {
-                        Ok(Ok(())) => tracing::debug!("journal reopened after an I/O error"),
-                        Ok(Err(err)) => {
-                            tracing::debug!(error = %err, "cannot reopen the journal yet")
-                        }
-                        Err(err) => tracing::error!(error = %err, "reopening the journal panicked"),
-                    }
+            },
+            None => note,
+        };
+        tracing::debug!(
+            seq = note.seq,
+            "a pending record waits for its property's enricher"
+        );
+        self.unclaimed.push(note);
+    }
+
+    /// After a failed commit: the records are lost (counted, logged once per outage), waiters
+    /// told, settles handed back to be tried again, redb reopened after an I/O error.
+    async fn failed(
+        &mut self,
+        err: &JournalError,
+        commit: &Commit,
+        waiters: Vec<(Waiter, usize)>,
+        settled: Vec<Settle>,
+    ) {
+        let count = commit.entries.len() as u64;
+        let lost_total = Stats::add(&self.stats.records_lost, count);
+        match &mut self.outage {
+            None => {
+                tracing::error!(
+                    error = %err,
+                    records = count,
+                    lost_total,
+                    "cannot write to the journal: these records are lost (counted); check free space on the state directory"
+                );
+                self.outage = Some(Outage {
+                    lost: count,
+                    last_report: std::time::Instant::now(),
+                    error: err.to_string(),
+                });
+            }
+            Some(outage) => {
+                outage.lost += count;
+                outage.error = err.to_string();
+                if outage.last_report.elapsed() >= REPORT_EVERY {
+                    tracing::error!(error = %err, lost = outage.lost, lost_total, "still cannot write to the journal");
+                    outage.last_report = std::time::Instant::now();
+                } else {
+                    tracing::debug!(error = %err, records = count, lost_total, "journal commit failed");
                 }
             }
         }
-        for done in flushes {
-            let _ = done.send(());
+        for (waiter, _) in waiters {
+            let _ = waiter.send(Err(JournalError::Write(err.to_string())));
+        }
+        // A settle that was not written is still pending: its enricher gets it again.
+        for settle in settled {
+            self.route(Note {
+                seq: settle.seq,
+                record: Record {
+                    command: None,
+                    enrich_error: None,
+                    ..settle.record
+                },
+            });
+        }
+        // redb refuses every later write after an I/O error until the file is reopened.
+        if matches!(
+            err,
+            JournalError::Storage {
+                source: redb::Error::Io(_) | redb::Error::PreviousIo,
+                ..
+            }
+        ) {
+            let store = Arc::clone(&self.store);
+            match tokio::task::spawn_blocking(move || store.reopen()).await {
+                Ok(Ok(())) => tracing::debug!("journal reopened after an I/O error"),
+                Ok(Err(err)) => {
+                    tracing::debug!(error = %err, "cannot reopen the journal yet")
+                }
+                Err(err) => tracing::error!(error = %err, "reopening the journal panicked"),
+            }
         }
     }
 }

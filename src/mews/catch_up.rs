@@ -16,7 +16,7 @@ use super::{Rest, RestError, command_key, parse_commands, reservation_key};
 use crate::backoff::Backoff;
 use crate::config::CatchUp;
 use crate::journal::{Entry, Journal, JournalError};
-use crate::record::{Origin, Record, format_time};
+use crate::record::{Enrich, Origin, Record, format_time};
 
 /// Reservations per page (the most Mews allows).
 pub const PAGE: usize = 1000;
@@ -96,25 +96,8 @@ impl CatchUpJob {
         let entries = parse_commands(&body)?
             .into_iter()
             .map(|(id, state, details)| {
-                let event = json!({"Type": DEVICE_COMMAND, "Id": id, "State": state});
-                let event = serde_json::value::to_raw_value(&event)
-                    .map_err(|err| RestError::Decode(err.to_string()))?;
-                Ok(Entry::Record(Record {
-                    property: Arc::clone(&self.property),
-                    origin: Origin::CatchUp,
-                    received_at: received_at.clone(),
-                    kind: Some(DEVICE_COMMAND.into()),
-                    dedupe: state
-                        .as_deref()
-                        .map(|state| command_key(&self.property, &id, state)),
-                    id: Some(id),
-                    state,
-                    event,
-                    command: Some(details),
-                    enterprise_id: None,
-                    integration_id: None,
-                    enrich_error: None,
-                }))
+                command_record(&self.property, &received_at, &id, state.as_deref(), details)
+                    .map(Entry::Record)
             })
             .collect::<Result<Vec<Entry>, RestError>>()?;
         let n = entries.len();
@@ -205,10 +188,40 @@ impl CatchUpJob {
                 enterprise_id: None,
                 integration_id: None,
                 enrich_error: None,
+                enrich: Enrich::None,
             }));
         }
         Ok((entries, page.cursor))
     }
+}
+
+/// A command fetched over REST as a record: `event` shaped like the live one, `command` filled
+/// in, a dedupe key for its state (catch-up, and commands healed after an enrichment failure).
+pub(super) fn command_record(
+    property: &Arc<str>,
+    received_at: &str,
+    id: &str,
+    state: Option<&str>,
+    details: Box<RawValue>,
+) -> Result<Record, RestError> {
+    let event = json!({"Type": DEVICE_COMMAND, "Id": id, "State": state});
+    let event = serde_json::value::to_raw_value(&event)
+        .map_err(|err| RestError::Decode(err.to_string()))?;
+    Ok(Record {
+        property: Arc::clone(property),
+        origin: Origin::CatchUp,
+        received_at: received_at.to_owned(),
+        kind: Some(DEVICE_COMMAND.into()),
+        dedupe: state.map(|state| command_key(property, id, state)),
+        id: Some(id.to_owned()),
+        state: state.map(str::to_owned),
+        event,
+        command: Some(details),
+        enterprise_id: None,
+        integration_id: None,
+        enrich_error: None,
+        enrich: Enrich::None,
+    })
 }
 
 #[derive(Deserialize)]

@@ -110,6 +110,24 @@ impl Limiter {
         at
     }
 
+    /// The earliest a request could start now (budget and `Retry-After`), without reserving it.
+    pub fn next_start(&self) -> Instant {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut at = Instant::now();
+        if let Some(until) = s.blocked_until {
+            at = at.max(until);
+        }
+        if let Some(last) = s.starts.back() {
+            at = at.max(*last);
+        }
+        if s.starts.len() >= s.limit
+            && let Some(oldest) = s.starts.front()
+        {
+            at = at.max(*oldest + s.window);
+        }
+        at
+    }
+
     /// Nothing starts before `until` (Mews said 429 with `Retry-After`).
     pub fn block_until(&self, until: Instant) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -192,6 +210,11 @@ impl Rest {
             refused: AtomicBool::new(false),
             failing: AtomicBool::new(false),
         }
+    }
+
+    /// The earliest this property's next request could start (rate limit, `Retry-After`).
+    pub fn next_start(&self) -> Instant {
+        self.limiter.next_start()
     }
 
     /// Calls `operation` (e.g. `commands/getAllActive`) with `body` plus the tokens, retrying

@@ -1,156 +1,476 @@
-//! Enrichment of live events: a DeviceCommand event carries only `Id` and `State`; the record
-//! gets `command` (Device, Data, CreatedUtc, Creator) from `commands/getAllByIds`.
+//! Enrichment behind the journal: a live DeviceCommand event carries only `Id` and `State`; its
+//! record is journaled at once, held back from the sinks, and settled here with `command`
+//! (Device, Data, … from `commands/getAllByIds`) or with `enrich_error`.
 //!
-//! One task per property sits between the WebSocket reader and the journal, so records keep
-//! their order. Whatever queued up while a call was out is coalesced into the next call. A
-//! record never waits longer than `enrich.timeout` from its arrival: then it goes on without
-//! `command` and with `enrich_error`.
+//! One task per property. Records waiting when a call goes out are coalesced into it; a record
+//! never waits longer than `enrich.timeout` from its arrival (or from the restart that found it
+//! pending). Once the REST API is failing — an error, a timeout, or a rate-limit block past the
+//! deadline — records go on at once with `enrich_error` while a probe retries in the
+//! background. Command states that went out without details are kept as heal keys in the
+//! journal; when Mews answers again, those still active are journaled once more with their
+//! details (`origin = "catch_up"`), exactly once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::future::join_all;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, timeout_at};
-use tracing::Instrument;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
 
-use super::{Rest, RestError, details_by_id};
-use crate::journal::Journal;
-use crate::record::Record;
+use super::catch_up::command_record;
+use super::{Rest, RestError, command_key, command_key_prefix, parse_commands};
+use crate::backoff::Backoff;
+use crate::journal::{Entry, Journal, Note, Settle};
+use crate::record::{Enrich, Record};
 use crate::stats::Stats;
 
-/// Messages queued for enrichment before the reader waits.
-const QUEUE: usize = 1024;
-/// At most this many records are coalesced into one round.
+/// At most this many records are coalesced into one round of calls.
 const MAX_ROUND: usize = 4096;
 /// `CommandIds` takes at most this many ids.
 const MAX_IDS: usize = 1000;
+/// Probes of a failing REST API are this far apart, growing.
+const PROBE_MIN: Duration = Duration::from_secs(1);
+const PROBE_MAX: Duration = Duration::from_secs(30);
+/// While heal keys remain, they are looked at again this often.
+const HEAL_EVERY: Duration = Duration::from_secs(60);
 /// The event type that is enriched.
 pub const DEVICE_COMMAND: &str = "DeviceCommand";
+/// Command states Mews still expects an integration to act on.
+const ACTIVE: [&str; 2] = ["Pending", "Received"];
 
-/// Records of one message and when they arrived.
-pub struct Pending {
-    /// The decoded records, in order.
-    pub records: Vec<Record>,
-    /// When the message was read.
-    pub arrived: Instant,
+/// A command's state in Mews and the record's `command` (which holds that state too).
+type Details = (Option<String>, Box<RawValue>);
+/// What one round of `commands/getAllByIds` found, by command id.
+type Fetched = Result<HashMap<String, Details>, RestError>;
+
+/// Whether a property's REST API is failing, shared with its WebSocket reader: while it is,
+/// DeviceCommand records are journaled with `enrich_error` at once rather than pending.
+#[derive(Debug, Default)]
+pub struct Health {
+    failing: std::sync::atomic::AtomicBool,
+    reason: std::sync::Mutex<Option<Arc<str>>>,
+}
+
+impl Health {
+    /// The `enrich_error` for a record while the REST API is failing; `None` while it works.
+    pub fn failing(&self) -> Option<Arc<str>> {
+        if !self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set(&self, reason: Option<&str>) {
+        let mut guard = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        *guard = reason.map(|r| {
+            Arc::from(format!(
+                "the Mews REST API is failing ({r}); details follow once it answers"
+            ))
+        });
+        self.failing
+            .store(guard.is_some(), std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// One property's enrichment task.
 pub struct Enricher {
     /// Its REST client.
     pub rest: Arc<Rest>,
-    /// Where records go afterwards.
+    /// Where pending records are settled and healed ones appended.
     pub journal: Journal,
+    /// The property's name.
+    pub property: Arc<str>,
     /// `enrich.timeout`
     pub timeout: Duration,
     /// Counters.
     pub stats: Arc<Stats>,
+    /// Told when the REST API starts and stops failing (the reader reads it).
+    pub health: Arc<Health>,
+}
+
+/// A pending record and when it must go on at the latest.
+struct Waiting {
+    note: Note,
+    deadline: Instant,
+}
+
+/// The REST API is failing: why, and when to probe it next.
+struct Outage {
+    reason: String,
+    probe_at: Instant,
+    backoff: Backoff,
+    /// Command ids to probe with (the last ones that went out without details).
+    probe_ids: Vec<String>,
 }
 
 impl Enricher {
-    /// Starts the task; it ends, after journaling everything queued, when the sender is dropped.
-    pub fn spawn(self) -> (mpsc::Sender<Pending>, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let span = tracing::Span::current();
-        (tx, tokio::spawn(self.run(rx).instrument(span)))
-    }
-
-    async fn run(self, mut inbox: mpsc::Receiver<Pending>) {
-        let mut failing = false;
-        while let Some(first) = inbox.recv().await {
-            let deadline = first.arrived + self.timeout;
-            let mut records = first.records;
-            while records.len() < MAX_ROUND {
-                match inbox.try_recv() {
-                    Ok(more) => records.extend(more.records),
-                    Err(_) => break,
+    /// Settles the property's pending records as they come (`inbox`, from
+    /// [`Journal::claim`]) until `finish`; then settles what is left, within its deadlines.
+    pub async fn run(self, mut inbox: mpsc::UnboundedReceiver<Note>, finish: CancellationToken) {
+        let mut queue: VecDeque<Waiting> = VecDeque::new();
+        // The records of the call in flight; empty while the call is a probe.
+        let mut round: Vec<Waiting> = Vec::new();
+        let mut call: Option<JoinHandle<Fetched>> = None;
+        let mut outage: Option<Outage> = None;
+        let mut heal: Option<JoinHandle<Result<usize, String>>> = None;
+        let mut heal_at = Some(Instant::now());
+        let mut finishing = false;
+        loop {
+            if let Some(out) = &mut outage {
+                let settled = self.fail_all(queue.drain(..), &out.reason, &mut out.probe_ids);
+                if self.settle(settled).await.is_err() {
+                    break;
                 }
             }
-            self.enrich(&mut records, deadline, &mut failing).await;
-            if self.journal.append(records).await.is_err() {
+            if call.is_none() && !queue.is_empty() {
+                let first_deadline = queue.iter().map(|w| w.deadline).min();
+                let next_start = self.rest.next_start();
+                if first_deadline.is_some_and(|deadline| next_start >= deadline) {
+                    let wait = next_start.saturating_duration_since(Instant::now());
+                    let reason = format!(
+                        "the Mews REST rate limit allows no request for {} (429 Retry-After or rate_limit)",
+                        humantime::format_duration(Duration::from_secs(wait.as_secs().max(1)))
+                    );
+                    outage = Some(self.outage(reason, None));
+                    continue;
+                }
+                let take = queue.len().min(MAX_ROUND);
+                round = queue.drain(..take).collect();
+                call = Some(self.spawn_fetch(ids_of(round.iter().map(|w| &w.note))));
+            }
+            if finishing && queue.is_empty() && round.is_empty() {
                 break;
             }
-        }
-    }
-
-    async fn enrich(&self, records: &mut [Record], deadline: Instant, failing: &mut bool) {
-        let mut ids: Vec<String> = records
-            .iter()
-            .filter(|r| wants(r))
-            .filter_map(|r| r.id.clone())
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        if ids.is_empty() {
-            return;
-        }
-        let fetched = match timeout_at(deadline, self.fetch(&ids)).await {
-            Ok(Ok(found)) => Ok(found),
-            Ok(Err(err)) => Err(format!("commands/getAllByIds failed: {err}")),
-            Err(_) => Err(format!(
-                "no answer from commands/getAllByIds within enrich.timeout ({})",
-                humantime::format_duration(self.timeout)
-            )),
-        };
-        let mut failed = 0u64;
-        for record in records.iter_mut().filter(|r| wants(r)) {
-            let id = record.id.as_deref().unwrap_or_default();
-            match &fetched {
-                Ok(found) => match found.get(id) {
-                    Some(details) => record.command = Some(details.clone()),
-                    None => {
-                        record.enrich_error =
-                            Some("the command was not returned by commands/getAllByIds".into());
-                        failed += 1;
-                    }
+            let next_deadline = round.iter().chain(queue.iter()).map(|w| w.deadline).min();
+            let probe_at = outage.as_ref().map(|o| o.probe_at);
+            tokio::select! {
+                note = inbox.recv(), if !finishing => match note {
+                    Some(note) => queue.push_back(Waiting { note, deadline: Instant::now() + self.timeout }),
+                    None => finishing = true,
                 },
-                Err(err) => {
-                    record.enrich_error = Some(err.clone());
-                    failed += 1;
+                () = finish.cancelled(), if !finishing => {
+                    finishing = true;
+                    // Whatever was committed before the finish is still settled.
+                    while let Ok(note) = inbox.try_recv() {
+                        queue.push_back(Waiting { note, deadline: Instant::now() + self.timeout });
+                    }
+                    if let Some(task) = heal.take() {
+                        task.abort();
+                    }
+                }
+                joined = join(&mut call), if call.is_some() => {
+                    call = None;
+                    let fetched = joined.unwrap_or_else(|err| Err(RestError::Transport(format!("enrichment task failed: {err}"))));
+                    let round = std::mem::take(&mut round);
+                    match fetched {
+                        Ok(found) => {
+                            if let Some(out) = outage.take() {
+                                self.health.set(None);
+                                tracing::info!(was = %out.reason, "the Mews REST API answers again: DeviceCommand records are enriched again; healing those that went without");
+                                heal_at = Some(Instant::now());
+                            }
+                            let settled = self.found(round, &found);
+                            if self.settle(settled).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(err) => {
+                            let reason = format!("commands/getAllByIds failed: {err}");
+                            let mut out = match outage.take() {
+                                Some(mut out) => {
+                                    out.probe_at = Instant::now() + out.backoff.next_delay();
+                                    tracing::debug!(error = %err, retry_in = ?out.probe_at.saturating_duration_since(Instant::now()), "Mews REST API still failing");
+                                    out
+                                }
+                                None => self.outage(reason.clone(), Some(&err)),
+                            };
+                            let settled = self.fail_all(round, &reason, &mut out.probe_ids);
+                            outage = Some(out);
+                            if self.settle(settled).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                () = sleep_until(next_deadline.unwrap_or_else(Instant::now)), if next_deadline.is_some() => {
+                    let reason = format!(
+                        "no answer from commands/getAllByIds within enrich.timeout ({})",
+                        humantime::format_duration(self.timeout)
+                    );
+                    // Everything waiting goes on now; the call in flight stays as the probe.
+                    let mut out = outage.take().unwrap_or_else(|| self.outage(reason.clone(), None));
+                    let waiting: Vec<Waiting> = round.drain(..).chain(queue.drain(..)).collect();
+                    let settled = self.fail_all(waiting, &reason, &mut out.probe_ids);
+                    outage = Some(out);
+                    if self.settle(settled).await.is_err() {
+                        break;
+                    }
+                }
+                () = sleep_until(probe_at.unwrap_or_else(Instant::now)), if probe_at.is_some() && call.is_none() => {
+                    if let Some(out) = &mut outage {
+                        out.probe_at = Instant::now() + out.backoff.next_delay();
+                        call = Some(self.spawn_fetch(out.probe_ids.clone()));
+                    }
+                }
+                joined = join(&mut heal), if heal.is_some() => {
+                    heal = None;
+                    match joined {
+                        Ok(Ok(0)) => {}
+                        Ok(Ok(n)) => {
+                            tracing::info!(commands = n, "commands that went out without details and are still active were journaled again with them (unless the catch-up already had)");
+                            heal_at = Some(Instant::now() + HEAL_EVERY);
+                        }
+                        Ok(Err(err)) => {
+                            tracing::debug!(error = %err, "healing failed; trying again later");
+                            heal_at = Some(Instant::now() + HEAL_EVERY);
+                        }
+                        Err(err) => tracing::error!(error = %err, "the healing task failed"),
+                    }
+                }
+                () = sleep_until(heal_at.unwrap_or_else(Instant::now)), if heal_at.is_some() && heal.is_none() && outage.is_none() && !finishing => {
+                    heal_at = None;
+                    heal = Some(tokio::spawn(self.heal_task()));
                 }
             }
         }
-        Stats::add(&self.stats.enrich_failed, failed);
-        match &fetched {
-            Err(err) if !*failing => {
-                *failing = true;
-                tracing::warn!(error = %err, records = failed, "DeviceCommand records go on without details (enrich_error set) until the Mews REST API answers");
-            }
-            Ok(_) if *failing => {
-                *failing = false;
-                tracing::info!("DeviceCommand records are enriched again");
-            }
-            _ => {}
+        if let Some(task) = call {
+            task.abort();
+        }
+        if let Some(task) = heal {
+            task.abort();
         }
     }
 
-    /// Details of these commands, in as few calls as `CommandIds` allows, made together.
-    async fn fetch(&self, ids: &[String]) -> Result<HashMap<String, Box<RawValue>>, RestError> {
-        let calls = ids.chunks(MAX_IDS).map(|chunk| async move {
+    /// Starts an outage: logged once, first probe soon, the reader told.
+    fn outage(&self, reason: String, err: Option<&RestError>) -> Outage {
+        self.health.set(Some(&reason));
+        let mut backoff = Backoff::new(PROBE_MIN, PROBE_MAX);
+        let delay = backoff.next_delay();
+        match err {
+            Some(err) => {
+                tracing::warn!(error = %err, retry_in = ?delay, "the Mews REST API is failing: DeviceCommand records go on at once without details (enrich_error) until it answers; they are forwarded again with details then")
+            }
+            None => {
+                tracing::warn!(reason = %reason, retry_in = ?delay, "the Mews REST API is failing: DeviceCommand records go on at once without details (enrich_error) until it answers; they are forwarded again with details then")
+            }
+        }
+        Outage {
+            reason,
+            probe_at: Instant::now() + delay,
+            backoff,
+            probe_ids: Vec::new(),
+        }
+    }
+
+    /// Records that go on without details, each remembered for healing.
+    fn fail_all(
+        &self,
+        waiting: impl IntoIterator<Item = Waiting>,
+        reason: &str,
+        probe_ids: &mut Vec<String>,
+    ) -> Vec<Settle> {
+        let settled: Vec<Settle> = waiting
+            .into_iter()
+            .map(|w| self.without_details(w.note, reason.to_owned()))
+            .collect();
+        for settle in &settled {
+            if let Some(id) = &settle.record.id {
+                if probe_ids.len() >= MAX_IDS {
+                    probe_ids.remove(0);
+                }
+                probe_ids.push(id.clone());
+            }
+        }
+        settled
+    }
+
+    fn without_details(&self, note: Note, error: String) -> Settle {
+        let mut record = note.record;
+        let heal = record.id.as_deref().map(|id| {
+            command_key(
+                &self.property,
+                id,
+                record.state.as_deref().unwrap_or_default(),
+            )
+        });
+        record.enrich_error = Some(error);
+        Settle {
+            seq: note.seq,
+            record,
+            heal,
+        }
+    }
+
+    /// Settles a round Mews answered: details where found, else an error (and a heal key: a
+    /// command Mews did not return yet may still appear).
+    fn found(&self, round: Vec<Waiting>, found: &HashMap<String, Details>) -> Vec<Settle> {
+        round
+            .into_iter()
+            .map(|w| {
+                let id = w.note.record.id.clone().unwrap_or_default();
+                match found.get(&id) {
+                    Some((_, details)) => {
+                        let mut record = w.note.record;
+                        record.command = Some(details.clone());
+                        Settle {
+                            seq: w.note.seq,
+                            record,
+                            heal: None,
+                        }
+                    }
+                    None => self.without_details(
+                        w.note,
+                        "the command was not returned by commands/getAllByIds".into(),
+                    ),
+                }
+            })
+            .collect()
+    }
+
+    async fn settle(&self, settled: Vec<Settle>) -> Result<(), ()> {
+        let failed = settled
+            .iter()
+            .filter(|s| s.record.enrich_error.is_some())
+            .count();
+        Stats::add(&self.stats.enrich_failed, failed as u64);
+        self.journal.settle(settled).await.map_err(|_| ())
+    }
+
+    fn spawn_fetch(&self, ids: Vec<String>) -> JoinHandle<Fetched> {
+        tokio::spawn(fetch(Arc::clone(&self.rest), ids))
+    }
+
+    /// The healing pass as a task of its own.
+    fn heal_task(&self) -> impl Future<Output = Result<usize, String>> + Send + 'static {
+        let (rest, journal, property) = (
+            Arc::clone(&self.rest),
+            self.journal.clone(),
+            Arc::clone(&self.property),
+        );
+        async move { heal(&rest, &journal, &property).await }
+    }
+}
+
+/// Waits for a task, or forever when there is none.
+async fn join<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Command ids of these notes, each once.
+fn ids_of<'a>(notes: impl Iterator<Item = &'a Note>) -> Vec<String> {
+    let mut ids: Vec<String> = notes.filter_map(|n| n.record.id.clone()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Whether a record is one the enricher settles: a live DeviceCommand with an `Id`.
+pub fn wants(record: &Record) -> bool {
+    record.kind.as_deref() == Some(DEVICE_COMMAND) && record.id.is_some()
+}
+
+/// Prepares a live record for enrichment, on the reader's side (no waiting): held back for the
+/// enricher, or — while the REST API is failing — out at once with `enrich_error` and a heal
+/// key (and no dedupe key, so a later copy with details is not dropped). True for the latter.
+pub fn prepare(record: &mut Record, property: &str, health: &Health) -> bool {
+    if !wants(record) {
+        return false;
+    }
+    match health.failing() {
+        None => {
+            record.enrich = Enrich::Pending;
+            false
+        }
+        Some(reason) => {
+            let id = record.id.as_deref().unwrap_or_default();
+            let state = record.state.as_deref().unwrap_or_default();
+            record.enrich = Enrich::Heal(command_key(property, id, state));
+            record.enrich_error = Some(reason.to_string());
+            record.dedupe = None;
+            true
+        }
+    }
+}
+
+/// Details of these commands, in as few calls as `CommandIds` allows, made together.
+async fn fetch(rest: Arc<Rest>, ids: Vec<String>) -> Fetched {
+    let calls = ids.chunks(MAX_IDS).map(|chunk| {
+        let rest = Arc::clone(&rest);
+        async move {
             let mut body = Map::new();
             body.insert(
                 "CommandIds".into(),
                 Value::Array(chunk.iter().cloned().map(Value::String).collect()),
             );
-            let bytes = self.rest.call("commands/getAllByIds", body).await?;
-            details_by_id(&bytes)
-        });
-        let mut found = HashMap::with_capacity(ids.len());
-        for result in join_all(calls).await {
-            found.extend(result?);
+            let bytes = rest.call("commands/getAllByIds", body).await?;
+            parse_commands(&bytes)
         }
-        Ok(found)
+    });
+    let mut found = HashMap::with_capacity(ids.len());
+    for result in join_all(calls).await {
+        found.extend(
+            result?
+                .into_iter()
+                .map(|(id, state, details)| (id, (state, details))),
+        );
     }
+    Ok(found)
 }
 
-/// A live DeviceCommand record without details yet.
-fn wants(record: &Record) -> bool {
-    record.kind.as_deref() == Some(DEVICE_COMMAND)
-        && record.id.is_some()
-        && record.command.is_none()
+/// Journals once more, with details, the commands of `property` that went out without them
+/// and are still active in Mews; forgets the rest. Returns how many were forwarded.
+async fn heal(rest: &Arc<Rest>, journal: &Journal, property: &Arc<str>) -> Result<usize, String> {
+    let prefix = command_key_prefix(property);
+    let prefix = prefix.as_str();
+    let keys = journal
+        .heal_keys(prefix)
+        .await
+        .map_err(|err| err.to_string())?;
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let ids_of_keys: Vec<(String, String)> = keys
+        .iter()
+        .filter_map(|key| {
+            let id = key.strip_prefix(prefix)?.split('\u{1f}').next()?;
+            Some((key.clone(), id.to_owned()))
+        })
+        .collect();
+    let mut ids: Vec<String> = ids_of_keys.iter().map(|(_, id)| id.clone()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let found = fetch(Arc::clone(rest), ids)
+        .await
+        .map_err(|err| err.to_string())?;
+    let received_at = crate::record::format_time(SystemTime::now());
+    let mut entries = Vec::new();
+    let mut forwarded = std::collections::HashSet::new();
+    for (_, id) in &ids_of_keys {
+        if let Some((Some(state), details)) = found.get(id)
+            && ACTIVE.contains(&state.as_str())
+            && forwarded.insert(id.clone())
+        {
+            let record = command_record(property, &received_at, id, Some(state), details.clone())
+                .map_err(|err| err.to_string())?;
+            entries.push(Entry::Record(record));
+        }
+    }
+    let count = entries.len();
+    let unheal = ids_of_keys.into_iter().map(|(key, _)| key).collect();
+    journal
+        .append_healed(entries, unheal)
+        .await
+        .map_err(|err| err.to_string())?;
+    Ok(count)
 }

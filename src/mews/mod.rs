@@ -5,7 +5,6 @@ pub mod catch_up;
 pub mod client;
 pub mod enrich;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -13,7 +12,7 @@ use serde_json::value::RawValue;
 
 pub use catch_up::CatchUpJob;
 pub use client::{Limiter, Rest, RestError, RestSetup, http_client};
-pub use enrich::{Enricher, Pending};
+pub use enrich::Enricher;
 
 use crate::config::{Property, Settings};
 use crate::stats::Stats;
@@ -51,7 +50,12 @@ pub fn rest_for(
 
 /// The dedupe key of a command state: live and catch-up records of it are journaled once.
 pub fn command_key(property: &str, id: &str, state: &str) -> String {
-    format!("c\u{1f}{property}\u{1f}{id}\u{1f}{state}")
+    format!("{}{id}\u{1f}{state}", command_key_prefix(property))
+}
+
+/// What every command key of `property` starts with.
+pub fn command_key_prefix(property: &str) -> String {
+    format!("c\u{1f}{property}\u{1f}")
 }
 
 /// The dedupe key of a reservation version seen by catch-up.
@@ -83,9 +87,12 @@ struct Command<'a> {
     creator: Option<&'a RawValue>,
 }
 
-/// A record's `command`: what a key cutter needs, as Mews sent it.
+/// A record's `command`: the command's state in Mews when it was fetched, and what a key
+/// cutter needs, as Mews sent it.
 #[derive(Serialize)]
 struct Details<'a> {
+    #[serde(rename = "State", skip_serializing_if = "Option::is_none")]
+    state: Option<&'a str>,
     #[serde(rename = "Device", skip_serializing_if = "Option::is_none")]
     device: Option<&'a RawValue>,
     #[serde(rename = "Data", skip_serializing_if = "Option::is_none")]
@@ -99,6 +106,7 @@ struct Details<'a> {
 impl Command<'_> {
     fn details(&self) -> Result<Box<RawValue>, RestError> {
         let details = Details {
+            state: self.state.as_deref(),
             device: self.device,
             data: self.data,
             created_utc: self.created_utc,
@@ -126,14 +134,6 @@ fn parse_commands(body: &[u8]) -> Result<Vec<Parsed>, RestError> {
         .collect()
 }
 
-/// Details by command id.
-fn details_by_id(body: &[u8]) -> Result<HashMap<String, Box<RawValue>>, RestError> {
-    Ok(parse_commands(body)?
-        .into_iter()
-        .map(|(id, _, details)| (id, details))
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +148,7 @@ mod tests {
         let (id, state, details) = &commands[0];
         assert_eq!((id.as_str(), state.as_deref()), ("a", Some("Pending")));
         let details: serde_json::Value = serde_json::from_str(details.get()).unwrap();
+        assert_eq!(details["State"], "Pending");
         assert_eq!(details["Device"]["Type"], "KeyCutter");
         assert_eq!(details["Data"]["LockIds"][0], "101");
         assert_eq!(details["CreatedUtc"], "2026-11-23T10:00:00Z");

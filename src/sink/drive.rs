@@ -76,7 +76,8 @@ enum Step {
 
 impl Driver {
     async fn run(mut self) {
-        let mut committed = self.journal.committed();
+        // Only settled records are visible (enrichment holds the rest back, in order).
+        let mut committed = self.journal.visible();
         let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
         tracing::debug!(cursor = self.cursor, "sink started");
         loop {

@@ -9,12 +9,25 @@ use tracing::Instrument;
 use crate::backoff::Backoff;
 use crate::config::{CatchUp, Connection, Property, Settings};
 use crate::journal::Journal;
-use crate::mews::{CatchUpJob, Enricher, Pending, Rest};
+use crate::mews::{CatchUpJob, Rest};
 use crate::rejects::Rejects;
 use crate::secret::Secret;
 use crate::stats::{Link, Stats};
 
 use session::{SessionEnd, SessionError};
+
+/// What every source shares.
+#[derive(Clone)]
+pub struct Shared {
+    /// The TLS client config (system roots plus `connection.ca_file`).
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Where records go.
+    pub journal: Journal,
+    /// Where undecodable messages go.
+    pub rejects: Arc<Rejects>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+}
 
 /// Everything one property's connection needs.
 pub struct Source {
@@ -29,30 +42,37 @@ pub struct Source {
     stats: Arc<Stats>,
     /// The catch-up run after each connect, when a REST client is configured.
     catch_up: Option<Arc<CatchUpJob>>,
-    /// Enrichment: the REST client and `enrich.timeout`.
-    enrich: Option<(Arc<Rest>, std::time::Duration)>,
-    /// Set while running with enrichment: records go through the enricher, in order.
-    enricher: Option<tokio::sync::mpsc::Sender<Pending>>,
+    /// With enrichment: DeviceCommand records are journaled pending, for the property's
+    /// enricher to settle (or with `enrich_error` at once while its REST API is failing).
+    enrich: Option<Arc<crate::mews::enrich::Health>>,
 }
 
 impl Source {
-    /// Live DeviceCommand records get dedupe keys when the catch-up fetches commands too.
+    /// Live DeviceCommand records get dedupe keys when REST may bring the same state again
+    /// (the catch-up, or the healing after a failed enrichment).
     fn dedupe_commands(&self) -> bool {
-        self.catch_up
-            .as_ref()
-            .is_some_and(|job| job.settings.commands)
+        self.enrich.is_some()
+            || self
+                .catch_up
+                .as_ref()
+                .is_some_and(|job| job.settings.commands)
     }
 
-    /// The source for one `[[property]]`; `rest` is its Mews REST client (catch-up, enrichment).
+    /// The source for one `[[property]]`; `rest` is its Mews REST client (catch-up), `enrich`
+    /// its enricher's health when DeviceCommands are enriched.
     pub fn new(
         settings: &Settings,
         property: &Property,
-        tls: Arc<rustls::ClientConfig>,
-        journal: Journal,
-        rejects: Arc<Rejects>,
-        stats: Arc<Stats>,
+        shared: &Shared,
         rest: Option<Arc<Rest>>,
+        enrich: Option<Arc<crate::mews::enrich::Health>>,
     ) -> Self {
+        let Shared {
+            tls,
+            journal,
+            rejects,
+            stats,
+        } = shared.clone();
         let name: Arc<str> = Arc::from(property.name.as_str());
         let catch_up: &CatchUp = &settings.catch_up;
         let catch_up = rest
@@ -68,10 +88,7 @@ impl Source {
             });
         Source {
             catch_up,
-            enrich: rest
-                .filter(|_| settings.enrich.commands)
-                .map(|rest| (rest, settings.enrich.timeout)),
-            enricher: None,
+            enrich,
             name,
             access_token: property.access_token.clone(),
             client_token: settings.mews.client_token.clone(),
@@ -85,31 +102,11 @@ impl Source {
     }
 
     /// Connects, reads, reconnects, until `shutdown`.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken) {
         let span = tracing::info_span!("property", property = %self.name);
-        let _enter = span.enter();
-        let enricher = self.enrich.take().map(|(rest, timeout)| {
-            Enricher {
-                rest,
-                journal: self.journal.clone(),
-                timeout,
-                stats: Arc::clone(&self.stats),
-            }
-            .spawn()
-        });
-        drop(_enter);
-        let task = enricher.map(|(tx, task)| {
-            self.enricher = Some(tx);
-            task
-        });
         self.reconnect_loop(shutdown).instrument(span).await;
-        // The reader is gone with `self`; the enricher journals what it holds, then ends.
-        if let Some(task) = task {
-            let _ = task.await;
-        }
     }
 
-    /// Takes `self`: when it returns, the reader's handle to the enricher is gone.
     async fn reconnect_loop(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.connection.backoff_min, self.connection.backoff_max);
         let mut failures = Failures::default();

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::Source;
-use crate::mews::enrich::DEVICE_COMMAND;
-use crate::mews::{Pending, command_key};
+use crate::mews::command_key;
+use crate::mews::enrich::{DEVICE_COMMAND, prepare};
 use crate::record::decode;
 use crate::rejects::Payload;
 
@@ -272,29 +272,25 @@ impl Source {
         }
         match decode(&self.name, text, SystemTime::now()) {
             Ok(mut records) => {
-                if self.dedupe_commands() {
-                    for record in &mut records {
-                        if let (Some(DEVICE_COMMAND), Some(id), Some(state)) =
+                let dedupe = self.dedupe_commands();
+                let mut failed = 0;
+                for record in &mut records {
+                    if dedupe
+                        && let (Some(DEVICE_COMMAND), Some(id), Some(state)) =
                             (record.kind.as_deref(), &record.id, &record.state)
-                        {
-                            record.dedupe = Some(command_key(&self.name, id, state));
-                        }
+                    {
+                        record.dedupe = Some(command_key(&self.name, id, state));
+                    }
+                    // Journaled now; the enricher settles it behind the journal.
+                    if let Some(health) = &self.enrich {
+                        failed += u64::from(prepare(record, &self.name, health));
                     }
                 }
-                match &self.enricher {
-                    Some(enricher) => enricher
-                        .send(Pending {
-                            records,
-                            arrived: Instant::now(),
-                        })
-                        .await
-                        .map_err(|_| SessionError::JournalClosed),
-                    None => self
-                        .journal
-                        .append(records)
-                        .await
-                        .map_err(|_| SessionError::JournalClosed),
-                }
+                crate::stats::Stats::add(&self.stats.enrich_failed, failed);
+                self.journal
+                    .append(records)
+                    .await
+                    .map_err(|_| SessionError::JournalClosed)
             }
             Err(err) => {
                 self.rejects.reject(

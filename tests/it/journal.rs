@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use mews_relay::journal::{Entry, FILE_NAME, Journal};
-use mews_relay::record::{Origin, Record};
+use mews_relay::record::{Enrich, Origin, Record};
 use mews_relay::stats::Stats;
 use serde_json::value::RawValue;
 
@@ -26,6 +26,7 @@ fn record(id: usize) -> Record {
         integration_id: None,
         enrich_error: None,
         dedupe: None,
+        enrich: Enrich::None,
     }
 }
 
