@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::support::*;
 
 /// The simulator serving `hotel` over REST (its WebSocket stays unused); returns `api_url`.
-async fn rest_server(hotel: Arc<Hotel>) -> (String, CancellationToken) {
+pub(crate) async fn rest_server(hotel: Arc<Hotel>) -> (String, CancellationToken) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
@@ -33,24 +33,24 @@ async fn rest_server(hotel: Arc<Hotel>) -> (String, CancellationToken) {
 }
 
 /// The test config pointed at `api_url`, with `extra` tables appended.
-fn config(ws: &str, api: &str, dir: &Path, sinks: &str, extra: &str) -> String {
+pub(crate) fn config(ws: &str, api: &str, dir: &Path, sinks: &str, extra: &str) -> String {
     config_text(ws, dir, sinks).replace("[mews]\n", &format!("[mews]\napi_url = \"{api}\"\n"))
         + extra
 }
 
 /// The hotel served over REST, a steerable WebSocket, a state directory and a file sink at
 /// `out`; the REST server stops when it is dropped.
-struct Site {
-    hotel: Arc<Hotel>,
-    api: String,
+pub(crate) struct Site {
+    pub hotel: Arc<Hotel>,
+    pub api: String,
     stop_rest: CancellationToken,
-    dir: tempfile::TempDir,
-    out: std::path::PathBuf,
-    server: MockServer,
+    pub dir: tempfile::TempDir,
+    pub out: std::path::PathBuf,
+    pub server: MockServer,
 }
 
 impl Site {
-    async fn start() -> Site {
+    pub async fn start() -> Site {
         let hotel = Arc::new(Hotel::new());
         let (api, stop_rest) = rest_server(Arc::clone(&hotel)).await;
         let dir = tempfile::tempdir().unwrap();
@@ -66,11 +66,11 @@ impl Site {
     }
 
     /// The relay's config with the file sink at `out` and `extra` tables appended.
-    fn config(&self, extra: &str) -> String {
+    pub fn config(&self, extra: &str) -> String {
         self.config_with_sinks(&file_sink(&self.out), extra)
     }
 
-    fn config_with_sinks(&self, sinks: &str, extra: &str) -> String {
+    pub fn config_with_sinks(&self, sinks: &str, extra: &str) -> String {
         config(&self.server.url(), &self.api, self.dir.path(), sinks, extra)
     }
 }
@@ -81,7 +81,7 @@ impl Drop for Site {
     }
 }
 
-fn lines(path: &Path) -> Vec<Value> {
+pub(crate) fn lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -89,7 +89,7 @@ fn lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn calls(hotel: &Hotel, operation: &str) -> usize {
+pub(crate) fn calls(hotel: &Hotel, operation: &str) -> usize {
     hotel
         .calls()
         .iter()
@@ -97,11 +97,11 @@ fn calls(hotel: &Hotel, operation: &str) -> usize {
         .count()
 }
 
-fn live_command(id: &str, state: &str) -> String {
+pub(crate) fn live_command(id: &str, state: &str) -> String {
     format!(r#"{{"Events":[{{"Type":"DeviceCommand","Id":"{id}","State":"{state}"}}]}}"#)
 }
 
-fn dropped(relay: &Relay) -> u64 {
+pub(crate) fn dropped(relay: &Relay) -> u64 {
     mews_relay::stats::Stats::get(&relay.stats.duplicates_dropped)
 }
 
@@ -289,15 +289,8 @@ async fn the_rate_limiter_keeps_a_burst_under_the_budget() {
 /// not held up behind them for longer.
 #[tokio::test]
 async fn an_unresponsive_rest_api_delays_records_by_at_most_the_enrich_timeout() {
-    let blackhole = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = format!("http://{}", blackhole.local_addr().unwrap());
-    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let keep = Arc::clone(&held);
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = blackhole.accept().await {
-            keep.lock().unwrap().push(socket);
-        }
-    });
+    let gate = RestGate::start(None).await;
+    let api = gate.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
     let mut server = MockServer::start().await;

@@ -7,6 +7,7 @@ mod chaos;
 mod config;
 mod crash;
 mod delivery;
+mod enrich;
 mod http;
 mod journal;
 mod malformed;

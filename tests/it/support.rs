@@ -71,6 +71,14 @@ impl Conn {
             .expect("mock server send");
     }
 
+    /// Sends, or says the connection is gone.
+    pub async fn try_send(&mut self, text: &str) -> Result<(), String> {
+        self.tx
+            .send(Message::Text(text.into()))
+            .await
+            .map_err(|err| err.to_string())
+    }
+
     pub async fn send_message(&mut self, message: Message) {
         self.tx.send(message).await.expect("mock server send");
     }
@@ -338,6 +346,13 @@ impl Relay {
     }
 
     pub fn start_with(settings: Settings) -> Relay {
+        // `TEST_LOG=debug cargo test …` shows the in-process relay's logs.
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let (control, steer) = Control::new();
         let stats = Arc::new(Stats::default());
         let handle = tokio::spawn(mews_relay::app::run_with_stats(
@@ -524,4 +539,58 @@ pub fn http_client() -> reqwest::Client {
         .tls_backend_preconfigured((*tls).clone())
         .build()
         .unwrap()
+}
+
+/// A REST endpoint for the relay: while down it accepts connections and never answers (like
+/// an overloaded API behind a load balancer); while up it passes them through to `target`.
+pub struct RestGate {
+    pub url: String,
+    up: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RestGate {
+    /// Starts down; `target` is the real REST server (e.g. the simulator), if any.
+    pub async fn start(target: Option<SocketAddr>) -> RestGate {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let is_up = Arc::clone(&up);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                match target.filter(|_| is_up.load(std::sync::atomic::Ordering::SeqCst)) {
+                    Some(target) => {
+                        tokio::spawn(async move {
+                            if let Ok(mut upstream) = TcpStream::connect(target).await {
+                                let _ =
+                                    tokio::io::copy_bidirectional(&mut socket, &mut upstream).await;
+                            }
+                        });
+                    }
+                    None => held.push(socket),
+                }
+            }
+        });
+        RestGate { url, up }
+    }
+
+    /// From now on, new connections reach the target (held ones stay unanswered).
+    pub fn open(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Waits until the async `check` holds, polling; `what` names it in the failure.
+pub async fn wait_until_async<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        if Instant::now() > deadline {
+            panic!("timed out waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -1,0 +1,343 @@
+//! Enrichment behind the journal: every event is journaled whatever the Mews REST API does,
+//! a REST outage costs one timeout, and commands that went out without details are healed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::catch_up::{Site, config, dropped, lines, live_command};
+use crate::support::*;
+
+/// Event `i` of a mixed stream: every third a DeviceCommand, the others Resource, Reservation
+/// and PriceUpdate events; ids are unique. Returns the id and the message.
+fn mixed(i: usize) -> (String, String) {
+    let event = match i % 6 {
+        0 | 3 => format!(r#"{{"Type":"DeviceCommand","Id":"cmd-{i}","State":"Pending"}}"#),
+        1 => format!(r#"{{"Type":"Resource","Id":"res-{i}","State":"Dirty"}}"#),
+        2 => format!(
+            r#"{{"Type":"Reservation","Id":"resv-{i}","State":"Confirmed","StartUtc":"2026-12-01T14:00:00Z","EndUtc":"2026-12-03T10:00:00Z"}}"#
+        ),
+        _ => format!(r#"{{"Type":"PriceUpdate","Id":"pu-{i}","RateId":"r"}}"#),
+    };
+    let id = event
+        .split(r#""Id":""#)
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    (id, format!(r#"{{"Events":[{event}]}}"#))
+}
+
+/// The ids of the complete lines in `path` (a line cut by a kill is skipped).
+fn ids(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|l| l["id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Mixed events at about 250 per second while the Mews REST API accepts connections and
+/// never answers, and a `kill -9` in the middle: after the restart, every event the server
+/// wrote before the kill is in the file sink but for the few still in the kernel's buffers.
+#[tokio::test]
+async fn a_kill_9_while_rest_hangs_loses_no_event() {
+    let gate = RestGate::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = MockServer::start().await;
+    let out = dir.path().join("out.jsonl");
+    let text = config(&server.url(), &gate.url, dir.path(), &file_sink(&out), "");
+    let path = write_config(dir.path(), &text);
+    let args = ["run", "--config", path.to_str().unwrap()];
+    let mut daemon = Daemon::spawn(&args, dir.path(), "first");
+    let mut conn = server.next().await;
+    let mut written = Vec::new();
+    let mut ticks = tokio::time::interval(Duration::from_millis(4));
+    let started = Instant::now();
+    for i in 0.. {
+        ticks.tick().await;
+        if started.elapsed() >= Duration::from_millis(1600) {
+            daemon.child.kill().unwrap(); // SIGKILL, mid-stream
+            break;
+        }
+        let (id, message) = mixed(i);
+        conn.try_send(&message).await.unwrap();
+        written.push(id);
+    }
+    daemon.wait().await;
+    assert!(written.len() >= 200, "sent {}", written.len());
+
+    let mut daemon = Daemon::spawn(&args, dir.path(), "second");
+    let _conn = server.next().await;
+    let all = written.len();
+    wait_until(
+        "the restarted relay delivered what the first one journaled",
+        || ids(&out).len() >= all - 10,
+    )
+    .await;
+    let got: std::collections::HashSet<String> = ids(&out).into_iter().collect();
+    let missing: Vec<(usize, &String)> = written
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| !got.contains(*id))
+        .collect();
+    assert!(
+        missing.iter().all(|(at, _)| *at >= all - 10),
+        "lost events the relay had read long before the kill: {missing:?}\n{}",
+        daemon.stderr_text()
+    );
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(daemon.wait().await, Some(0));
+}
+
+/// Sends `events` 10 ms apart and returns, for each, how long until its line was in `out`.
+async fn latencies(
+    conn: &mut Conn,
+    out: &std::path::Path,
+    events: &[(String, String)],
+) -> Vec<Duration> {
+    // Watch the file (reading only what was appended) while the events go out.
+    let watched = out.to_owned();
+    let expected = events.len();
+    let seen = tokio::spawn(async move {
+        let mut at: HashMap<String, Instant> = HashMap::new();
+        let mut offset = std::fs::metadata(&watched).map_or(0, |m| m.len() as usize);
+        let deadline = Instant::now() + WAIT;
+        while at.len() < expected && Instant::now() < deadline {
+            let text = std::fs::read(&watched).unwrap_or_default();
+            let now = Instant::now();
+            let whole = text[offset..]
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1);
+            for line in String::from_utf8_lossy(&text[offset..offset + whole]).lines() {
+                let id = line
+                    .split(r#""id":""#)
+                    .nth(1)
+                    .and_then(|r| r.split('"').next());
+                at.entry(id.unwrap_or_default().to_owned()).or_insert(now);
+            }
+            offset += whole;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        at
+    });
+    let mut sent = HashMap::new();
+    let mut ticks = tokio::time::interval(Duration::from_millis(10));
+    for (id, message) in events {
+        ticks.tick().await;
+        sent.insert(id.clone(), Instant::now());
+        conn.send(message).await;
+    }
+    let seen = seen.await.unwrap();
+    let mut latencies: Vec<Duration> = sent
+        .iter()
+        .map(|(id, at)| {
+            seen.get(id)
+                .unwrap_or_else(|| panic!("{id} never reached the file"))
+                .saturating_duration_since(*at)
+        })
+        .collect();
+    latencies.sort();
+    latencies
+}
+
+/// The REST API never answers, `enrich.timeout = "500ms"`: the first DeviceCommand waits for
+/// the timeout, then the outage is known and records of every type go on at once — the median
+/// latency of a mixed stream stays under 20 ms (on a busy machine: within the latency of a
+/// stream that never touches enrichment, measured first by the same relay), none near 500 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_first_timeout_records_are_not_held_while_rest_is_down() {
+    let gate = RestGate::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = MockServer::start().await;
+    let out = dir.path().join("out.jsonl");
+    let sink = format!(
+        "[[sink]]\ntype = \"file\"\npath = \"{}\"\nfsync = \"never\"\n",
+        out.display()
+    );
+    let text = config(&server.url(), &gate.url, dir.path(), &sink, "")
+        + "[catch_up]\ncommands = false\n[enrich]\ntimeout = \"500ms\"\n";
+    let relay = Relay::start(&text);
+    let mut conn = server.next().await;
+    // The same relay and machine, events enrichment never holds: the floor.
+    let control: Vec<(String, String)> = (0..30)
+        .map(|i| {
+            let id = format!("room-{i}");
+            let message =
+                format!(r#"{{"Events":[{{"Type":"Resource","Id":"{id}","State":"Dirty"}}]}}"#);
+            (id, message)
+        })
+        .collect();
+    let floor = latencies(&mut conn, &out, &control).await[15];
+
+    let first = Instant::now();
+    conn.send(&live_command("first", "Pending")).await;
+    let got = wait_for_lines(&out, 31).await;
+    assert!(first.elapsed() >= Duration::from_millis(450));
+    assert!(got[30]["enrich_error"].is_string());
+
+    let mixed: Vec<(String, String)> = (0..60).map(mixed).collect();
+    let after = latencies(&mut conn, &out, &mixed).await;
+    let median = after[after.len() / 2];
+    let bound = Duration::from_millis(20).max(floor * 2 + Duration::from_millis(5));
+    assert!(
+        median < bound,
+        "median {median:?} (bound {bound:?}, control median {floor:?}), all: {after:?}"
+    );
+    assert!(
+        *after.last().unwrap() < Duration::from_millis(450),
+        "a record was held about as long as the timeout: {after:?}"
+    );
+    let all = lines(&out);
+    let commands: Vec<_> = all
+        .iter()
+        .filter(|l| l["type"] == "DeviceCommand")
+        .collect();
+    assert_eq!(commands.len(), 21);
+    assert!(commands.iter().all(|l| l["enrich_error"].is_string()));
+    relay.stop().await;
+}
+
+/// The REST API hangs at first, then answers: the commands that went out with `enrich_error`
+/// come again with `command` (origin `catch_up`), once each, and neither the catch-up nor a
+/// reconnect repeats anything.
+#[tokio::test]
+async fn commands_that_went_out_without_details_are_healed_once() {
+    let mut site = Site::start().await;
+    let target = site.api.trim_start_matches("http://").parse().unwrap();
+    let gate = RestGate::start(Some(target)).await;
+    let text = config(
+        &site.server.url(),
+        &gate.url,
+        site.dir.path(),
+        &file_sink(&site.out),
+        "[enrich]\ntimeout = \"300ms\"\n",
+    )
+    .replace("[mews]\n", "[mews]\nrequest_timeout = \"1s\"\n");
+    let relay = Relay::start(&text);
+    let conn = {
+        let mut conn = site.server.next().await;
+        let commands: Vec<String> = (0..3)
+            .map(|_| site.hotel.create_key_command(false))
+            .collect();
+        for id in &commands {
+            conn.send(&live_command(id, "Pending")).await;
+        }
+        conn.send(r#"{"Events":[{"Type":"Resource","Id":"res-1","State":"Dirty"}]}"#)
+            .await;
+        let got = wait_for_lines(&site.out, 4).await;
+        for (line, id) in got.iter().zip(&commands) {
+            assert_eq!(line["id"], id.as_str());
+            assert!(line["enrich_error"].is_string(), "{line}");
+        }
+        gate.open();
+        let got = wait_for_lines(&site.out, 7).await;
+        let mut healed: Vec<&str> = got[4..]
+            .iter()
+            .map(|l| {
+                assert_eq!(l["origin"], "catch_up", "{l}");
+                assert_eq!(l["command"]["Device"]["Type"], "KeyCutter", "{l}");
+                assert_eq!(l["command"]["State"], "Pending", "{l}");
+                l["id"].as_str().unwrap()
+            })
+            .collect();
+        healed.sort();
+        let mut expected: Vec<&str> = commands.iter().map(String::as_str).collect();
+        expected.sort();
+        assert_eq!(healed, expected);
+        // The catch-up after the connect and the healing both found them: one was dropped.
+        wait_until("the second copy of each was dropped", || {
+            dropped(&relay) >= 3
+        })
+        .await;
+        conn
+    };
+    conn.reset();
+    let _conn = site.server.next().await;
+    wait_until("the catch-up after the reconnect was deduplicated", || {
+        dropped(&relay) >= 6
+    })
+    .await;
+    relay.stop().await;
+    assert_eq!(lines(&site.out).len(), 7, "{:?}", lines(&site.out));
+}
+
+/// Records still waiting for enrichment at a `kill -9` are in the journal: after the restart
+/// they are enriched and delivered, in order, each once.
+#[tokio::test]
+async fn records_pending_at_a_kill_are_delivered_settled_and_in_order_after_the_restart() {
+    let mut site = Site::start().await;
+    let gate = RestGate::start(None).await;
+    let metrics = crate::receiver::free_port();
+    let extra = format!("[enrich]\ntimeout = \"60s\"\n[metrics]\nlisten = \"{metrics}\"\n");
+    let hanging = config(
+        &site.server.url(),
+        &gate.url,
+        site.dir.path(),
+        &file_sink(&site.out),
+        &extra,
+    );
+    let path = write_config(site.dir.path(), &hanging);
+    let args = ["run", "--config", path.to_str().unwrap()];
+    let mut daemon = Daemon::spawn(&args, site.dir.path(), "first");
+    let mut conn = site.server.next().await;
+    let (a, b) = (
+        site.hotel.create_key_command(false),
+        site.hotel.create_key_command(false),
+    );
+    conn.send(&live_command(&a, "Pending")).await;
+    conn.send(r#"{"Events":[{"Type":"Resource","Id":"res-1","State":"Dirty"}]}"#)
+        .await;
+    conn.send(&live_command(&b, "Pending")).await;
+    let client = http_client();
+    wait_until_async("the three events are journaled", || async {
+        let text = match client.get(format!("http://{metrics}/metrics")).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        text.contains(r#"type="DeviceCommand",origin="websocket"} 2"#)
+            && text.contains(r#"type="Resource",origin="websocket"} 1"#)
+    })
+    .await;
+    assert!(
+        lines(&site.out).is_empty(),
+        "held back while enrichment waits"
+    );
+    daemon.child.kill().unwrap();
+    daemon.wait().await;
+
+    // The same journal, now with a REST API that answers.
+    let answering = config(
+        &site.server.url(),
+        &site.api,
+        site.dir.path(),
+        &file_sink(&site.out),
+        "",
+    );
+    write_config(site.dir.path(), &answering);
+    let mut daemon = Daemon::spawn(&args, site.dir.path(), "second");
+    let _conn = site.server.next().await;
+    let got = wait_for_lines(&site.out, 3).await;
+    assert_eq!(got[0]["id"], a.as_str());
+    assert_eq!(got[1]["id"], "res-1");
+    assert_eq!(got[2]["id"], b.as_str());
+    assert!(
+        got[0]["command"]["Data"]["LockIds"].is_array(),
+        "{}",
+        got[0]
+    );
+    assert!(
+        got[2]["command"]["Data"]["LockIds"].is_array(),
+        "{}",
+        got[2]
+    );
+    assert!(got[0]["seq"].as_u64() < got[1]["seq"].as_u64());
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(daemon.wait().await, Some(0));
+    assert_eq!(lines(&site.out).len(), 3);
+}
