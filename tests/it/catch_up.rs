@@ -40,17 +40,17 @@ fn config(ws: &str, api: &str, dir: &Path, sinks: &str, extra: &str) -> String {
 
 /// The hotel served over REST, a steerable WebSocket, a state directory and a file sink at
 /// `out`; the REST server stops when it is dropped.
-struct Site {
-    hotel: Arc<Hotel>,
+pub(crate) struct Site {
+    pub(crate) hotel: Arc<Hotel>,
     api: String,
     stop_rest: CancellationToken,
-    dir: tempfile::TempDir,
-    out: std::path::PathBuf,
-    server: MockServer,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) out: std::path::PathBuf,
+    pub(crate) server: MockServer,
 }
 
 impl Site {
-    async fn start() -> Site {
+    pub(crate) async fn start() -> Site {
         let hotel = Arc::new(Hotel::new());
         let (api, stop_rest) = rest_server(Arc::clone(&hotel)).await;
         let dir = tempfile::tempdir().unwrap();
@@ -66,7 +66,7 @@ impl Site {
     }
 
     /// The relay's config with the file sink at `out` and `extra` tables appended.
-    fn config(&self, extra: &str) -> String {
+    pub(crate) fn config(&self, extra: &str) -> String {
         self.config_with_sinks(&file_sink(&self.out), extra)
     }
 
@@ -81,7 +81,7 @@ impl Drop for Site {
     }
 }
 
-fn lines(path: &Path) -> Vec<Value> {
+pub(crate) fn lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -89,7 +89,7 @@ fn lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn calls(hotel: &Hotel, operation: &str) -> usize {
+pub(crate) fn calls(hotel: &Hotel, operation: &str) -> usize {
     hotel
         .calls()
         .iter()
@@ -97,7 +97,7 @@ fn calls(hotel: &Hotel, operation: &str) -> usize {
         .count()
 }
 
-fn live_command(id: &str, state: &str) -> String {
+pub(crate) fn live_command(id: &str, state: &str) -> String {
     format!(r#"{{"Events":[{{"Type":"DeviceCommand","Id":"{id}","State":"{state}"}}]}}"#)
 }
 
@@ -222,7 +222,7 @@ async fn throttled_calls_wait_for_retry_after_then_succeed() {
     let mut site = Site::start().await;
     let hotel = Arc::clone(&site.hotel);
     let missed = hotel.create_key_command(false);
-    hotel.throttle_next(1, 2);
+    hotel.throttle_next(1, Some(2));
     let relay = Relay::start(&site.config(""));
     let _conn = site.server.next().await;
     let got = wait_for_lines(&site.out, 1).await;

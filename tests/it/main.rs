@@ -17,6 +17,7 @@ mod properties;
 mod receiver;
 mod reconnect;
 mod shutdown;
+mod sim_rest;
 mod simulator;
 mod soak;
 mod support;
