@@ -263,6 +263,9 @@ fn load(path: &Path) -> Result<Settings, ExitCode> {
 fn check(path: &Path) -> ExitCode {
     match load(path) {
         Ok(settings) => {
+            for warning in &settings.warnings {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "# {}: valid (secrets masked)\n{}",
                 path.display(),
