@@ -4,6 +4,7 @@
 pub mod catch_up;
 pub mod client;
 pub mod enrich;
+mod limiter;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 pub use catch_up::CatchUpJob;
-pub use client::{Limiter, Rest, RestError, RestSetup, http_client};
+pub use client::{Rest, RestError, RestSetup, http_client};
 pub use enrich::{Enricher, Pending};
+pub use limiter::Limiter;
 
 use crate::config::{Property, Settings};
 use crate::stats::Stats;

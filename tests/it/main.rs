@@ -16,6 +16,7 @@ mod pki;
 mod properties;
 mod receiver;
 mod reconnect;
+mod rest;
 mod shutdown;
 mod sim_rest;
 mod simulator;
