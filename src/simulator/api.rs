@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -47,13 +47,19 @@ fn refuse(refusal: &Refusal, request_id: &str) -> Response {
 pub(super) async fn rest(
     State(shared): State<Arc<Shared>>,
     Path(operation): Path<String>,
+    method: Method,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let at = std::time::Instant::now();
     let request_id = uuid(&mut fastrand::Rng::new());
     let parsed = serde_json::from_slice::<Value>(&body).ok();
-    let answer = answer(&shared, &operation, &headers, parsed.as_ref());
+    let answer = if method == Method::POST {
+        answer(&shared, &operation, &headers, parsed.as_ref())
+    } else {
+        // Mews's 404: "Verify the URL and request method"; only POST is accepted.
+        Err(Refusal::new(404, "The API accepts only POST requests."))
+    };
     let count = parsed
         .as_ref()
         .and_then(|body| body["Limitation"]["Count"].as_u64());

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -146,7 +146,7 @@ pub async fn serve_hotel(
     });
     let app = Router::new()
         .route(WS_PATH, get(ws::upgrade))
-        .route(&format!("{REST_PATH}/{{*operation}}"), post(api::rest))
+        .route(&format!("{REST_PATH}/{{*operation}}"), any(api::rest))
         .route(SIM_COMMANDS_PATH, post(api::sim_commands))
         .with_state(shared);
     let listener = listener.tap_io(move |tcp| {

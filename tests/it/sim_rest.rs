@@ -326,6 +326,16 @@ async fn every_rest_answer_carries_a_request_id() {
         .map(|c| (c.status, c.request_id))
         .collect();
     assert_eq!(recorded.len(), answers.len(), "every call is recorded");
+    let get = http_client()
+        .get(format!(
+            "http://{addr}{}/commands/getAllActive",
+            simulator::REST_PATH
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 404, "only POST");
+    assert!(get.headers().contains_key("Request-Id"));
     hotel.throttle_next(1, Some(3));
     let throttled = rest(addr, "commands/getAllActive", json!({})).await;
     assert_eq!(throttled.status, 429);
