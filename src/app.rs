@@ -369,6 +369,9 @@ async fn run_once(
         last_seq = *running.journal.committed().borrow(),
         "mews-relay started"
     );
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
     let wants_rest =
         settings.catch_up.commands || settings.catch_up.reservations || settings.enrich.commands;
     if wants_rest && !crate::mews::wanted(settings) {

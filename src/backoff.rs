@@ -53,6 +53,16 @@ impl Backoff {
         self.between(self.min, ceiling)
     }
 
+    /// The delay before the next attempt drawn from the upper half of the step's ceiling
+    /// (`[ceiling/2, ceiling]`, never below `min`): still jittered, but until the cap each wait
+    /// is at least as long as the one before, for a server that asked to back off (a 429
+    /// without `Retry-After`); at the cap they stay in its upper half. Moves one step up.
+    pub fn next_growing(&mut self) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        self.between((ceiling / 2).max(self.min), ceiling)
+    }
+
     /// A delay at the cap, jittered over its upper half: for a rejected upgrade, which a quick
     /// retry will not fix. Also moves the schedule to its cap.
     pub fn at_cap(&mut self) -> Duration {
@@ -144,6 +154,28 @@ mod tests {
         }
         // And the schedule stays at the cap afterwards.
         assert!(b.ceiling() == 60_000 * MS);
+    }
+
+    #[test]
+    fn growing_delays_never_shrink_and_double_their_range() {
+        for seed in 0..50 {
+            let mut b = schedule(seed);
+            let delays: Vec<Duration> = (0..10).map(|_| b.next_growing()).collect();
+            // Ceilings 1 s, 2 s, … 32 s, then the 60 s cap: growing up to there.
+            for (n, pair) in delays[..7].windows(2).enumerate() {
+                assert!(pair[1] >= pair[0], "seed {seed}, step {n}: {delays:?}");
+            }
+            for (n, d) in delays.iter().enumerate() {
+                let ceiling = (500 * MS * 2u32.pow(n as u32 + 1)).min(60_000 * MS);
+                assert!(
+                    *d >= (ceiling / 2).max(500 * MS) && *d <= ceiling,
+                    "{n}: {d:?}"
+                );
+            }
+        }
+        let spread: std::collections::HashSet<_> =
+            (0..20).map(|s| schedule(s).next_growing()).collect();
+        assert!(spread.len() > 15, "jittered: {spread:?}");
     }
 
     #[test]

@@ -51,6 +51,21 @@ enum Command {
     /// Validate a config and print it with secrets masked (exit 0), or name the bad key (exit 64).
     Check(ConfigArg),
     /// Serve a Mews-compatible WebSocket and REST API over a simulated hotel, with faults on demand.
+    ///
+    /// The WebSocket is at /ws/connector (cookie ClientToken=…;AccessToken=…); the REST
+    /// operations commands/getAllActive, commands/getAllByIds, commands/update and
+    /// reservations/getAll/2023-06-06 are under /api/connector/v1/ (api_url = "http://<listen>"),
+    /// answered as Mews answers: a Request-Id header on every answer, errors as
+    /// {"Message": …, "RequestId": …}, 401 for bad tokens, 403 for a refused operation, commands
+    /// changed only by commands/update (a final state refuses further updates).
+    ///
+    /// POST /sim/commands makes a key-cutter command as a front desk would, for trying a key
+    /// system: the body is empty or {"AccessToken": "…", "KeyCutterId": "…", "ReservationId":
+    /// "…", "KeyCount": 1} (all optional: without AccessToken every property sees the command);
+    /// the answer is {"CommandId": "…"} (400 {"Message": …} for an unknown reservation or key
+    /// cutter), and connected WebSockets get its Pending DeviceCommand event. Example:
+    /// curl -X POST http://127.0.0.1:8765/sim/commands -d '{"KeyCount": 2}'
+    #[command(verbatim_doc_comment)]
     Simulate(SimulateArgs),
     /// Run the simulator and the relay together and print events to stdout.
     Demo(DemoArgs),
@@ -119,6 +134,17 @@ struct SimulateArgs {
     /// Fault: every N-th REST call is answered 429 with Retry-After: 1.
     #[arg(long, default_value_t = 0)]
     rest_429_every: u32,
+    /// Fault: the 429s of --rest-429-every come without Retry-After (Mews: "In some cases the
+    /// header may not be present").
+    #[arg(long)]
+    rest_429_no_retry_after: bool,
+    /// Fault: answer this REST operation 403, a business-rule refusal (e.g.
+    /// "reservations/getAll/2023-06-06"); may be given more than once.
+    #[arg(long, value_name = "OPERATION")]
+    rest_403: Vec<String>,
+    /// Fault: answer 408 Request Timeout to paged REST requests whose Limitation.Count is above N.
+    #[arg(long, value_name = "N")]
+    rest_408_above: Option<u64>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -237,6 +263,9 @@ fn load(path: &Path) -> Result<Settings, ExitCode> {
 fn check(path: &Path) -> ExitCode {
     match load(path) {
         Ok(settings) => {
+            for warning in &settings.warnings {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "# {}: valid (secrets masked)\n{}",
                 path.display(),
@@ -396,12 +425,17 @@ fn simulate(args: SimulateArgs) -> ExitCode {
             reject_status: args.reject,
             malformed_every: args.malformed_every,
             rest_429_every: args.rest_429_every,
+            rest_429_without_retry_after: args.rest_429_no_retry_after,
+            rest_403: args.rest_403,
+            rest_408_above: args.rest_408_above,
         };
         tracing::info!(
-            "simulator listening on ws://{}{} (REST API: api_url = \"http://{}\")",
+            "simulator listening on ws://{}{} (REST API: api_url = \"http://{}\"; new key commands: POST http://{}{})",
             args.listen,
             simulator::WS_PATH,
-            args.listen
+            args.listen,
+            args.listen,
+            simulator::SIM_COMMANDS_PATH
         );
         let (control, _handle) = Control::new();
         tokio::spawn(handle_signals(control.shutdown.clone(), None, None));

@@ -104,9 +104,7 @@ pub(super) fn mews(
         "client_token",
         credentials,
     )?;
-    let client = raw
-        .client
-        .unwrap_or_else(|| format!("mews-relay {}", env!("CARGO_PKG_VERSION")));
+    let client = raw.client.unwrap_or_else(|| defaults::CLIENT.to_owned());
     if client.trim().is_empty() {
         return Err(ctx.err(
             "mews.client",
@@ -143,6 +141,19 @@ pub(super) fn mews(
         request_timeout,
         rate_limit,
         rate_window,
+    })
+}
+
+/// A warning when `[mews] client` is the default every installation sends.
+pub(super) fn client_warning(ctx: &Ctx<'_>, mews: &Mews) -> Option<String> {
+    (mews.client == defaults::CLIENT).then(|| {
+        ctx.warning(
+            "mews.client",
+            format!(
+                r#"is left at the default "{}", which every mews-relay installation sends; Mews (guidelines/requests.md): "All API operations require the inclusion of `ClientToken`, `AccessToken` and `Client` in the request. These parameters authenticate incoming requests.", `Client` being the "Name and version of the client application"; name your integration in [mews], e.g. client = "Hotel Chain Keys 2.1""#,
+                defaults::CLIENT
+            ),
+        )
     })
 }
 

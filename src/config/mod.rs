@@ -74,6 +74,8 @@ pub mod defaults {
     pub const NATS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
     /// `[[sink]] duplicate_window` for a stream the NATS sink creates
     pub const NATS_DUPLICATE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+    /// `[mews] client`: the name and version sent as `Client` when the config names none.
+    pub const CLIENT: &str = concat!("mews-relay ", env!("CARGO_PKG_VERSION"));
     /// `[mews] request_timeout`
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
     /// `[mews] rate_limit`: Mews allows 200 requests per AccessToken per 30 s.
@@ -132,6 +134,10 @@ pub struct Settings {
     /// `[[sink]]`, at least one.
     #[serde(rename = "sink")]
     pub sinks: Vec<SinkSettings>,
+    /// What validation found questionable but not wrong, one line each (file, key, advice):
+    /// `check` prints them, `run` logs them at WARN.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// `[mews]`

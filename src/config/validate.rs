@@ -35,6 +35,11 @@ impl Ctx<'_> {
         }
     }
 
+    /// A warning line for `key`, naming the file like an error does.
+    pub(super) fn warning(&self, key: &str, advice: impl std::fmt::Display) -> String {
+        format!("{}: {key}: {advice}", self.origin.display())
+    }
+
     fn line_of(&self, offset: usize) -> usize {
         self.text[..offset.min(self.text.len())]
             .matches('\n')
@@ -165,6 +170,9 @@ pub(super) fn parse(
     let enrich = super::mews::enrich(&ctx, raw.enrich)?;
     let names: HashSet<&str> = properties.iter().map(|p| p.name.as_str()).collect();
     let sinks = super::sinks::validate(&ctx, raw.sinks, &names)?;
+    let warnings = super::mews::client_warning(&ctx, &mews)
+        .into_iter()
+        .collect();
     Ok(Settings {
         origin: origin.to_owned(),
         mews,
@@ -177,6 +185,7 @@ pub(super) fn parse(
         catch_up,
         enrich,
         sinks,
+        warnings,
     })
 }
 
@@ -274,6 +283,20 @@ fn properties(
             return Err(ctx.err(
                 format!("property[{i}].enterprise_id"),
                 "is empty; write the enterprise's Mews id or leave it out",
+            ));
+        }
+        // One token is one enterprise: two properties with it would hold two WebSockets for
+        // it (every event twice) and split one rate limit between them.
+        if let Some(twin) = out
+            .iter()
+            .position(|q: &Property| q.access_token.expose() == access_token.expose())
+        {
+            let (first, second) = (&out[twin].name, &p.name);
+            return Err(ctx.err(
+                format!("property[{i}].access_token"),
+                format!(
+                    r#"is the AccessToken of property[{twin}] "{first}" too: "{first}" and "{second}" would open two WebSockets for one enterprise (every event twice) and share one Mews rate limit; give each property the AccessToken of its own enterprise, or remove one of them"#
+                ),
             ));
         }
         out.push(Property {

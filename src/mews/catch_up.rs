@@ -2,6 +2,10 @@
 //! listened, so active commands (`commands/getAllActive`) and, when enabled, reservations
 //! updated since the last sync (`reservations/getAll/2023-06-06`) are fetched and journaled as
 //! `origin = "catch_up"` records. Dedupe keys keep states already journaled from repeating.
+//!
+//! The two steps run side by side and fail alone: a 403 (a business rule refuses that
+//! operation) stops only its step, which tries again after [`REFUSED_RETRY`]; a 408 to a
+//! reservations page halves `Limitation.Count` for the rest of the listing.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,8 +22,11 @@ use crate::config::CatchUp;
 use crate::journal::{Entry, Journal, JournalError};
 use crate::record::{Enrich, Origin, Record, format_time};
 
-/// Reservations per page (the most Mews allows).
+/// Reservations per page at first (the most Mews allows); a 408 halves it.
 pub const PAGE: usize = 1000;
+/// A step Mews refused with 403 tries again after this long (jittered up to twice as long),
+/// not sooner: the hotel has to change a setting first.
+pub const REFUSED_RETRY: Duration = Duration::from_secs(300);
 /// One `UpdatedUtc` window is at most this long (Mews allows 3 months).
 const WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Retries of a failed catch-up step, while the connection lasts.
@@ -56,16 +63,23 @@ impl CatchUpJob {
         }
     }
 
+    /// Both steps at once: one refused or slow never holds up the other.
     async fn all(&self) {
-        if self.settings.commands {
-            self.retrying("active commands", || self.commands()).await;
-        }
-        if self.settings.reservations {
-            self.retrying("reservations", || self.reservations()).await;
-        }
+        let commands = async {
+            if self.settings.commands {
+                self.retrying("active commands", || self.commands()).await;
+            }
+        };
+        let reservations = async {
+            if self.settings.reservations {
+                self.retrying("reservations", || self.reservations()).await;
+            }
+        };
+        tokio::join!(commands, reservations);
     }
 
-    /// Runs a step until it succeeds; a refused token ends it (logged by the client).
+    /// Runs a step until it succeeds; refused tokens end it (the client logs it; the next
+    /// connection tries again), a refused operation waits [`REFUSED_RETRY`].
     async fn retrying<F, Fut>(&self, what: &str, step: F)
     where
         F: Fn() -> Fut,
@@ -78,8 +92,13 @@ impl CatchUpJob {
                     tracing::info!(records, "catch-up of {what} done");
                     return;
                 }
-                Err(StepError::Rest(RestError::Unauthorized(_))) => return,
+                Err(StepError::Rest(RestError::Unauthorized { .. })) => return,
                 Err(StepError::Journal(JournalError::Closed)) => return,
+                Err(StepError::Rest(err @ RestError::Refused { .. })) => {
+                    let delay = REFUSED_RETRY + REFUSED_RETRY.mul_f64(fastrand::f64());
+                    tracing::info!(error = %err, retry_in = ?delay, "catch-up of {what} refused by Mews; the rest of the catch-up goes on, this step tries again later");
+                    tokio::time::sleep(delay).await;
+                }
                 Err(err) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %err, retry_in = ?delay, "catch-up of {what} failed; retrying");
@@ -124,18 +143,32 @@ impl CatchUpJob {
             None => now.saturating_sub(self.settings.reservations_since.as_secs()),
         };
         let mut total = 0;
+        let mut count = PAGE;
         while start < now {
             let end = (start + WINDOW.as_secs()).min(now);
             let mut cursor: Option<String> = None;
             loop {
-                let page = self.reservation_page(start, end, cursor.take()).await?;
-                let count = page.0.len();
-                total += count;
-                if count > 0 {
-                    self.journal.append_committed(page.0).await?;
+                let (entries, next) = match self
+                    .reservation_page(start, end, cursor.clone(), count)
+                    .await
+                {
+                    Ok(page) => page,
+                    // Mews: "request data in smaller batches"; the client logged the 408.
+                    Err(RestError::TooHeavy { .. }) if count > 1 => {
+                        count = (count / 2).max(1);
+                        tracing::info!(count, "asking Mews for fewer reservations per page");
+                        continue;
+                    }
+                    Err(err) => return Err(err.into()),
+                };
+                let n = entries.len();
+                total += n;
+                if n > 0 {
+                    self.journal.append_committed(entries).await?;
                 }
-                match page.1 {
-                    Some(next) if count >= PAGE => cursor = Some(next),
+                // The last page is the one with fewer items than asked for (or no Cursor).
+                match next {
+                    Some(next) if n >= count => cursor = Some(next),
                     _ => break,
                 }
             }
@@ -150,13 +183,14 @@ impl CatchUpJob {
         start: u64,
         end: u64,
         cursor: Option<String>,
+        count: usize,
     ) -> Result<(Vec<Entry>, Option<String>), RestError> {
         let mut body = Map::new();
         body.insert(
             "UpdatedUtc".into(),
             json!({"StartUtc": rfc3339(start), "EndUtc": rfc3339(end)}),
         );
-        let mut limitation = json!({ "Count": PAGE });
+        let mut limitation = json!({ "Count": count });
         if let Some(cursor) = cursor {
             limitation["Cursor"] = Value::String(cursor);
         }

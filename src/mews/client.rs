@@ -1,7 +1,12 @@
-//! The Mews REST client of one property: tokens in the body, a local rate limiter, `Retry-After`
-//! on 429, backoff on 5xx and timeouts, one clear error on 401.
+//! The Mews REST client of one property: tokens in the body, a local rate limiter, and Mews's
+//! answers read as `guidelines/responses.md` and `guidelines/requests.md` document them: 401
+//! (tokens, disabled integration, no permission) is one clear error per property; 403 refuses
+//! that one request on a business rule and leaves other operations alone; 408 to a paged
+//! request asks for smaller pages (the caller halves `Limitation.Count`); 429 waits for
+//! `Retry-After`, or backs off exponentially with jitter when it is missing; 5xx and transport
+//! errors are retried with backoff. Every failure is logged with Mews's `Request-Id`.
 
-use std::collections::VecDeque;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,8 +14,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use serde_json::{Map, Value};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
+use super::Limiter;
 use crate::backoff::Backoff;
 use crate::httpx::{describe, retry_after};
 use crate::secret::Secret;
@@ -19,34 +25,87 @@ use crate::stats::Stats;
 /// Delays between retries of a failing request.
 const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(30);
-/// A 429 without `Retry-After` waits this long.
-const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// A 429 without `Retry-After` waits from this on, growing with each 429 in a row: Mews says
+/// to "fall back to an exponential backoff strategy", and "Pausing for a fixed amount of time
+/// is never recommended".
+const THROTTLE_MIN: Duration = Duration::from_millis(500);
 /// Error bodies are quoted up to this many bytes.
 const EXCERPT: usize = 300;
+/// The header Mews puts on every answer, to quote when contacting its support.
+const REQUEST_ID: &str = "request-id";
+
+/// `; Request-Id …` after a message, when Mews sent one.
+struct RequestIdNote<'a>(&'a Option<String>);
+
+impl std::fmt::Display for RequestIdNote<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "; Request-Id {id}"),
+            None => Ok(()),
+        }
+    }
+}
 
 /// Why a REST call failed. Never holds a token.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RestError {
-    /// 401/403: the tokens are wrong, expired, or the integration is disabled.
+    /// 401: the tokens are wrong or expired, the enterprise or integration is disabled, or the
+    /// integration may not use this operation.
     #[error(
-        "Mews refused the tokens (HTTP {0}): check client_token and this property's access_token (demo and production tokens differ) and that the integration is enabled"
+        "Mews answered {operation} with HTTP 401 ({message}{rid}): check client_token and this property's access_token (demo and production tokens differ), that the integration is enabled for the enterprise, and that the integration may use {operation}",
+        rid = RequestIdNote(.request_id)
     )]
-    Unauthorized(u16),
+    Unauthorized {
+        /// The operation, e.g. `commands/getAllActive`.
+        operation: String,
+        /// Mews's `Message`.
+        message: String,
+        /// Mews's `Request-Id`.
+        request_id: Option<String>,
+    },
+    /// 403: a business rule refused this request; other operations are not affected.
+    #[error(
+        "Mews refused {operation} (HTTP 403): {message}{rid}; show this message to the hotel, whose Mews settings decide it",
+        rid = RequestIdNote(.request_id)
+    )]
+    Refused {
+        /// The operation.
+        operation: String,
+        /// Mews's `Message`, to show to the hotel.
+        message: String,
+        /// Mews's `Request-Id`.
+        request_id: Option<String>,
+    },
+    /// 408 to a paged request: Mews could not prepare that many items; ask for fewer.
+    #[error(
+        "Mews took too long to prepare {operation} (HTTP 408{rid}); ask for smaller pages",
+        rid = RequestIdNote(.request_id)
+    )]
+    TooHeavy {
+        /// The operation.
+        operation: String,
+        /// Mews's `Request-Id`.
+        request_id: Option<String>,
+    },
     /// Any other status that is not worth retrying.
-    #[error("HTTP {status}: {message}")]
+    #[error("HTTP {status}: {message}{rid}", rid = RequestIdNote(.request_id))]
     Status {
         /// The status.
         status: u16,
         /// Mews's `Message`, or the start of the body.
         message: String,
+        /// Mews's `Request-Id`.
+        request_id: Option<String>,
     },
-    /// A status worth retrying (429, 408, 5xx); `after` is `Retry-After`.
-    #[error("HTTP {status} (will retry)")]
+    /// A status worth retrying (429, 408 to an unpaged request, 5xx); `after` is `Retry-After`.
+    #[error("HTTP {status}{rid} (will retry)", rid = RequestIdNote(.request_id))]
     Retryable {
         /// The status.
         status: u16,
         /// The server's `Retry-After`.
         after: Option<Duration>,
+        /// Mews's `Request-Id`.
+        request_id: Option<String>,
     },
     /// No answer: connect, TLS, timeout.
     #[error("{0}")]
@@ -60,83 +119,28 @@ impl RestError {
     fn retryable(&self) -> bool {
         matches!(self, RestError::Retryable { .. } | RestError::Transport(_))
     }
-}
 
-/// Keeps requests under `limit` per `window` (sliding): each request reserves a start time.
-#[derive(Debug)]
-pub struct Limiter {
-    state: Mutex<LimiterState>,
-}
-
-#[derive(Debug)]
-struct LimiterState {
-    limit: usize,
-    window: Duration,
-    /// Start times of the last `limit` requests (some may be in the future), oldest first.
-    starts: VecDeque<Instant>,
-    /// Nothing starts before this (a 429's `Retry-After`).
-    blocked_until: Option<Instant>,
-}
-
-impl Limiter {
-    /// At most `limit` requests in any `window`.
-    pub fn new(limit: u32, window: Duration) -> Self {
-        Limiter {
-            state: Mutex::new(LimiterState {
-                limit: limit.max(1) as usize,
-                window,
-                starts: VecDeque::new(),
-                blocked_until: None,
-            }),
+    /// Mews's `Request-Id` of the failed answer, if there was one.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            RestError::Unauthorized { request_id, .. }
+            | RestError::Refused { request_id, .. }
+            | RestError::TooHeavy { request_id, .. }
+            | RestError::Status { request_id, .. }
+            | RestError::Retryable { request_id, .. } => request_id.as_deref(),
+            RestError::Transport(_) | RestError::Decode(_) => None,
         }
     }
 
-    /// Reserves the earliest start that keeps the budget; the caller waits until then.
-    pub fn reserve(&self) -> Instant {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut at = Instant::now();
-        if let Some(until) = s.blocked_until {
-            at = at.max(until);
+    /// The HTTP status of the failed answer, if there was one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            RestError::Unauthorized { .. } => Some(401),
+            RestError::Refused { .. } => Some(403),
+            RestError::TooHeavy { .. } => Some(408),
+            RestError::Status { status, .. } | RestError::Retryable { status, .. } => Some(*status),
+            RestError::Transport(_) | RestError::Decode(_) => None,
         }
-        if let Some(last) = s.starts.back() {
-            at = at.max(*last);
-        }
-        if s.starts.len() >= s.limit
-            && let Some(oldest) = s.starts.pop_front()
-        {
-            at = at.max(oldest + s.window);
-        }
-        s.starts.push_back(at);
-        at
-    }
-
-    /// The earliest a request could start now (budget and `Retry-After`), without reserving it.
-    pub fn next_start(&self) -> Instant {
-        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut at = Instant::now();
-        if let Some(until) = s.blocked_until {
-            at = at.max(until);
-        }
-        if let Some(last) = s.starts.back() {
-            at = at.max(*last);
-        }
-        if s.starts.len() >= s.limit
-            && let Some(oldest) = s.starts.front()
-        {
-            at = at.max(*oldest + s.window);
-        }
-        at
-    }
-
-    /// Nothing starts before `until` (Mews said 429 with `Retry-After`).
-    pub fn block_until(&self, until: Instant) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.blocked_until = Some(s.blocked_until.map_or(until, |b| b.max(until)));
-    }
-
-    /// Waits for a slot.
-    pub async fn acquire(&self) {
-        sleep_until(self.reserve()).await;
     }
 }
 
@@ -169,6 +173,10 @@ pub struct Rest {
     stats: Arc<Stats>,
     /// A 401 is logged once, until a request succeeds again.
     refused: AtomicBool,
+    /// Operations refused with 403: logged at WARN once, until that operation succeeds.
+    refused_operations: Mutex<HashSet<String>>,
+    /// Waits after 429s without `Retry-After`: growing while they come in a row.
+    throttled: Mutex<Backoff>,
     /// A run of failures is logged once at its start.
     failing: AtomicBool,
 }
@@ -208,6 +216,8 @@ impl Rest {
             limiter: setup.limiter,
             stats: setup.stats,
             refused: AtomicBool::new(false),
+            refused_operations: Mutex::new(HashSet::new()),
+            throttled: Mutex::new(Backoff::new(THROTTLE_MIN, RETRY_MAX)),
             failing: AtomicBool::new(false),
         }
     }
@@ -218,27 +228,31 @@ impl Rest {
     }
 
     /// Calls `operation` (e.g. `commands/getAllActive`) with `body` plus the tokens, retrying
-    /// 429 (after `Retry-After`), 408, 5xx and transport errors with backoff; other failures
-    /// return at once. Callers bound the time with a timeout or by dropping the future.
+    /// 429 (after `Retry-After`, or a growing jittered wait without it), 5xx, 408 to a request
+    /// without `Limitation` and transport errors with backoff; other failures (401, 403, 408
+    /// to a paged request, 4xx) return at once. Callers bound the time with a timeout or by
+    /// dropping the future.
     pub async fn call(
         &self,
         operation: &str,
         body: Map<String, Value>,
     ) -> Result<Vec<u8>, RestError> {
         let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+        let paged = body
+            .get("Limitation")
+            .is_some_and(|limitation| limitation.get("Count").is_some());
         loop {
-            match self.once(operation, &body).await {
+            match self.once(operation, &body, paged).await {
                 Ok(bytes) => {
-                    if self.failing.swap(false, Ordering::Relaxed) {
-                        tracing::info!(operation, "Mews REST API answers again");
-                    }
-                    self.refused.store(false, Ordering::Relaxed);
+                    self.succeeded(operation);
                     return Ok(bytes);
                 }
                 Err(err) if err.retryable() => {
                     let wait = match &err {
-                        RestError::Retryable { status: 429, after } => {
-                            let after = after.unwrap_or(DEFAULT_RETRY_AFTER);
+                        RestError::Retryable {
+                            status: 429, after, ..
+                        } => {
+                            let after = after.unwrap_or_else(|| self.throttle_delay());
                             self.limiter.block_until(Instant::now() + after);
                             after
                         }
@@ -247,29 +261,114 @@ impl Rest {
                         } => *after,
                         _ => backoff.next_delay(),
                     };
+                    let request_id = err.request_id().unwrap_or("-");
                     if !self.failing.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(operation, error = %err, retry_in = ?wait, "Mews REST call failed; retrying");
+                        tracing::warn!(operation, error = %err, request_id, retry_in = ?wait, "Mews REST call failed; retrying");
                     } else {
-                        tracing::debug!(operation, error = %err, retry_in = ?wait, "Mews REST call failed again");
+                        tracing::debug!(operation, error = %err, request_id, retry_in = ?wait, "Mews REST call failed again");
                     }
                     tokio::time::sleep(wait).await;
                 }
                 Err(err) => {
-                    if matches!(err, RestError::Unauthorized(_)) {
-                        if !self.refused.swap(true, Ordering::Relaxed) {
-                            tracing::error!(operation, error = %err, "Mews REST API refused this property's tokens: no catch-up or enrichment until they work");
-                        }
-                    } else {
-                        tracing::warn!(operation, error = %err, "Mews REST call failed");
-                    }
+                    self.report(operation, &err);
                     return Err(err);
                 }
             }
         }
     }
 
+    /// The wait after a 429 without `Retry-After`.
+    fn throttle_delay(&self) -> Duration {
+        self.throttled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_growing()
+    }
+
+    /// A call of `operation` succeeded: what was failing is logged as answering again.
+    fn succeeded(&self, operation: &str) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!(operation, "Mews REST API answers again");
+        }
+        if self.refused.swap(false, Ordering::Relaxed) {
+            tracing::info!(
+                operation,
+                "Mews REST API accepts this property's tokens again"
+            );
+        }
+        let was_refused = self
+            .refused_operations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(operation);
+        if was_refused {
+            tracing::info!(operation, "Mews accepts this operation again");
+        }
+        self.throttled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reset();
+    }
+
+    /// Logs a failure that is not retried here, with Mews's `Request-Id`.
+    fn report(&self, operation: &str, err: &RestError) {
+        let request_id = err.request_id().unwrap_or("-");
+        match err {
+            RestError::Unauthorized { message, .. } => {
+                if !self.refused.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        operation,
+                        status = 401,
+                        mews_message = %message,
+                        request_id,
+                        "Mews refused this property's tokens for {operation}: check client_token and this property's access_token (demo and production tokens differ), that the integration is enabled for the enterprise, and that it may use {operation}; no catch-up or enrichment until a call succeeds"
+                    );
+                } else {
+                    tracing::debug!(
+                        operation,
+                        status = 401,
+                        request_id,
+                        "Mews refused the tokens again"
+                    );
+                }
+            }
+            RestError::Refused { message, .. } => {
+                let first = self
+                    .refused_operations
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(operation.to_owned());
+                if first {
+                    tracing::warn!(
+                        operation,
+                        status = 403,
+                        mews_message = %message,
+                        request_id,
+                        "Mews refused {operation} on a business rule; other operations go on. Show the message to the hotel: its Mews settings decide it"
+                    );
+                } else {
+                    tracing::debug!(operation, status = 403, mews_message = %message, request_id, "Mews refused the operation again");
+                }
+            }
+            RestError::TooHeavy { .. } => {
+                tracing::warn!(
+                    operation,
+                    status = 408,
+                    request_id,
+                    "Mews took too long to prepare a page (408); asking for smaller pages"
+                );
+            }
+            _ => tracing::warn!(operation, error = %err, request_id, "Mews REST call failed"),
+        }
+    }
+
     /// One request, after waiting for the limiter.
-    async fn once(&self, operation: &str, body: &Map<String, Value>) -> Result<Vec<u8>, RestError> {
+    async fn once(
+        &self,
+        operation: &str,
+        body: &Map<String, Value>,
+        paged: bool,
+    ) -> Result<Vec<u8>, RestError> {
         self.limiter.acquire().await;
         let mut full = Map::with_capacity(body.len() + 3);
         full.insert("ClientToken".into(), self.client_token.expose().into());
@@ -304,9 +403,33 @@ impl Rest {
         if status == StatusCode::TOO_MANY_REQUESTS {
             Stats::add(&self.stats.rest_throttled, 1);
         }
+        let header_id = response
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty());
         let after = retry_after(response.headers());
+        let bytes = response.bytes().await.unwrap_or_default();
+        let error = error_body(&bytes);
+        let request_id = header_id.or(error.request_id);
+        let message = self.scrub(error.message);
+        let operation = operation.to_owned();
         Err(match status.as_u16() {
-            401 | 403 => RestError::Unauthorized(status.as_u16()),
+            401 => RestError::Unauthorized {
+                operation,
+                message,
+                request_id,
+            },
+            403 => RestError::Refused {
+                operation,
+                message,
+                request_id,
+            },
+            408 if paged => RestError::TooHeavy {
+                operation,
+                request_id,
+            },
             code @ (408 | 429 | 500..=599) => RestError::Retryable {
                 status: code,
                 after: if code == 429 || code == 503 {
@@ -314,85 +437,98 @@ impl Rest {
                 } else {
                     None
                 },
+                request_id,
             },
-            code => {
-                let body = response.bytes().await.unwrap_or_default();
-                RestError::Status {
-                    status: code,
-                    message: message_of(&body),
-                }
-            }
+            code => RestError::Status {
+                status: code,
+                message,
+                request_id,
+            },
         })
+    }
+
+    /// A message from Mews with any token it quoted masked.
+    fn scrub(&self, message: String) -> String {
+        let mut message = message;
+        for token in [self.client_token.expose(), self.access_token.expose()] {
+            if !token.is_empty() && message.contains(token) {
+                message = message.replace(token, "***");
+            }
+        }
+        message
     }
 }
 
-/// Mews's `{"Message": …}`, or the start of the body.
-fn message_of(body: &[u8]) -> String {
+/// What an error body says (`{"Message": …, "RequestId": …}`), or the start of the body.
+struct ErrorBody {
+    message: String,
+    request_id: Option<String>,
+}
+
+fn error_body(body: &[u8]) -> ErrorBody {
     #[derive(serde::Deserialize)]
     struct Error {
         #[serde(rename = "Message")]
         message: String,
+        #[serde(rename = "RequestId", default)]
+        request_id: Option<String>,
     }
     match serde_json::from_slice::<Error>(body) {
-        Ok(err) => err.message,
-        Err(_) => {
-            let text = String::from_utf8_lossy(&body[..body.len().min(EXCERPT)]);
-            text.into_owned()
-        }
+        Ok(err) => ErrorBody {
+            message: err.message,
+            request_id: err.request_id,
+        },
+        Err(_) => ErrorBody {
+            message: message_of(body),
+            request_id: None,
+        },
     }
+}
+
+/// The start of a body that is not Mews's error JSON, cut at a character boundary.
+fn message_of(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(EXCERPT)]);
+    text.trim_end_matches('\u{fffd}').trim().to_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Counts starts in every window beginning at a start.
-    fn max_in_window(starts: &[Instant], window: Duration) -> usize {
-        starts
-            .iter()
-            .map(|a| {
-                starts
-                    .iter()
-                    .filter(|b| **b >= *a && **b < *a + window)
-                    .count()
-            })
-            .max()
-            .unwrap_or(0)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_burst_stays_under_the_budget_in_every_window() {
-        let limiter = Limiter::new(200, Duration::from_secs(30));
-        let starts: Vec<Instant> = (0..500).map(|_| limiter.reserve()).collect();
-        assert_eq!(max_in_window(&starts, Duration::from_secs(30)), 200);
-        // The first 200 go at once; the rest wait for the window to move on.
-        let t0 = starts[0];
-        assert_eq!(starts[199], t0);
-        assert_eq!(starts[200], t0 + Duration::from_secs(30));
-        assert_eq!(starts[499], t0 + Duration::from_secs(60));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn retry_after_blocks_every_later_start() {
-        let limiter = Limiter::new(10, Duration::from_secs(1));
-        let t0 = Instant::now();
-        limiter.block_until(t0 + Duration::from_secs(7));
-        assert_eq!(limiter.reserve(), t0 + Duration::from_secs(7));
-        assert_eq!(limiter.reserve(), t0 + Duration::from_secs(7));
-    }
-
     #[test]
-    fn error_messages_come_from_the_body() {
+    fn error_messages_and_request_ids_come_from_the_body() {
+        let body = error_body(br#"{"Message":"Invalid CommandIds","RequestId":"r-1"}"#);
+        assert_eq!(body.message, "Invalid CommandIds");
+        assert_eq!(body.request_id.as_deref(), Some("r-1"));
+        let body = error_body(b"<html>plain</html>");
         assert_eq!(
-            message_of(br#"{"Message":"Invalid CommandIds"}"#),
-            "Invalid CommandIds"
+            (body.message.as_str(), body.request_id),
+            ("<html>plain</html>", None)
         );
-        assert_eq!(message_of(b"plain"), "plain");
     }
 
     #[test]
-    fn debug_output_has_no_tokens() {
-        let err = RestError::Unauthorized(401);
+    fn errors_name_the_operation_the_request_id_and_the_fix() {
+        let err = RestError::Refused {
+            operation: "reservations/getAll/2023-06-06".into(),
+            message: "Not allowed.".into(),
+            request_id: Some("abc".into()),
+        };
+        let text = err.to_string();
+        assert!(text.contains("reservations/getAll/2023-06-06") && text.contains("Not allowed."));
+        assert!(text.contains("Request-Id abc"), "{text}");
+        assert_eq!((err.status(), err.request_id()), (Some(403), Some("abc")));
+        let err = RestError::Unauthorized {
+            operation: "commands/getAllActive".into(),
+            message: "The provided ClientToken or AccessToken is invalid or has expired.".into(),
+            request_id: None,
+        };
+        let text = err.to_string();
+        assert!(
+            text.contains("commands/getAllActive") && text.contains("access_token"),
+            "{text}"
+        );
+        assert!(!text.contains("Request-Id"));
         assert!(!format!("{err:?} {err}").contains("Token="));
     }
 }

@@ -4,6 +4,7 @@
 pub mod catch_up;
 pub mod client;
 pub mod enrich;
+mod limiter;
 
 use std::sync::Arc;
 
@@ -11,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 pub use catch_up::CatchUpJob;
-pub use client::{Limiter, Rest, RestError, RestSetup, http_client};
+pub use client::{Rest, RestError, RestSetup, http_client};
 pub use enrich::Enricher;
+pub use limiter::Limiter;
 
 use crate::config::{Property, Settings};
 use crate::stats::Stats;

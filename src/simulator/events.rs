@@ -54,15 +54,6 @@ impl EventFactory {
         }
     }
 
-    /// A Resource or PriceUpdate event (the types the simulated hotel does not track).
-    pub fn untracked_event(&mut self) -> Value {
-        if self.rng.u8(0..3) < 2 {
-            self.resource()
-        } else {
-            self.price_update()
-        }
-    }
-
     fn pick<'a>(&mut self, items: &'a [&'a str]) -> &'a str {
         items[self.rng.usize(..items.len())]
     }
@@ -111,7 +102,8 @@ impl EventFactory {
         json!({ "Type": "Resource", "Id": room, "State": state })
     }
 
-    fn price_update(&mut self) -> Value {
+    /// A PriceUpdate event (the simulated hotel keeps no rates).
+    pub fn price_update(&mut self) -> Value {
         let day = SystemTime::now() + Duration::from_secs(86_400 * self.rng.u64(0..90));
         let rate = self.rates[self.rng.usize(..self.rates.len())].clone();
         let category = if self.rng.bool() {

@@ -1,8 +1,10 @@
-//! The simulator's in-memory hotel: devices (a key cutter among them), reservations and device
+//! The simulator's in-memory hotel: rooms (resources with GUID ids and room-number names),
+//! devices (a key cutter among them), reservations assigned to rooms by id, and device
 //! commands, served over the Mews REST operations the relay uses, with WebSocket events that
-//! match that state.
+//! match that state. Like Mews, the hotel never moves a command by itself: its stream creates
+//! new Pending commands (a front desk asking for keys), and only `commands/update` changes one.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,12 +14,20 @@ use tokio::sync::broadcast;
 
 use super::events::{EventFactory, uuid};
 
+mod commands;
 mod rest;
+
+pub use rest::OPERATIONS;
+
+use commands::Command;
+pub use commands::{CommandState, CommandUpdate, NewKeyCommand};
 
 /// Commands kept in memory; the oldest go first.
 const MAX_COMMANDS: usize = 10_000;
-/// Most items per page whatever `Limitation.Count` says.
-const MAX_PAGE: usize = 1000;
+/// At most this many REST calls and upgrade attempts are remembered (the oldest go).
+const MAX_LOG: usize = 100_000;
+/// Rooms of the hotel, named from 101 on.
+const ROOMS: usize = 30;
 
 /// One device linked to the integration.
 #[derive(Debug, Clone)]
@@ -25,6 +35,14 @@ struct Device {
     id: String,
     name: String,
     kind: &'static str,
+}
+
+/// One room (a Mews resource): a GUID and a name, the room number.
+#[derive(Debug, Clone)]
+struct Resource {
+    id: String,
+    name: String,
+    state: &'static str,
 }
 
 /// One reservation (ver 2023-06-06 fields the relay and a key cutter use).
@@ -35,7 +53,8 @@ struct Reservation {
     state: &'static str,
     start: u64,
     end: u64,
-    room: String,
+    /// Index into the rooms; `AssignedResourceId` is that room's id.
+    resource: usize,
     first_name: String,
     last_name: String,
     email: String,
@@ -45,50 +64,102 @@ struct Reservation {
     updated_ms: u64,
 }
 
-#[derive(Debug, Clone)]
-struct Command {
-    id: String,
-    /// The AccessToken of the connection whose stream created it (its property); `None`
-    /// for commands made through [`Hotel::create_key_command`], which every property sees.
-    owner: Option<Arc<str>>,
-    state: &'static str,
-    created: u64,
-    device: usize,
-    reservation: Option<usize>,
-}
-
 struct State {
     rng: fastrand::Rng,
     devices: Vec<Device>,
+    resources: Vec<Resource>,
     reservations: Vec<Reservation>,
     commands: HashMap<String, Command>,
     order: VecDeque<String>,
 }
 
-/// REST faults the tests (and `simulate --rest-429-every`) switch on.
+/// A refused REST call as Mews answers it: the status, the `Message`, and for 429 the
+/// `Retry-After` seconds (`None`: the header is left out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// HTTP status.
+    pub status: u16,
+    /// The error body's `Message`.
+    pub message: String,
+    /// `Retry-After` seconds of a 429.
+    pub retry_after: Option<u64>,
+}
+
+impl Refusal {
+    /// A refusal with this status and message.
+    pub fn new(status: u16, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Mews's `400 Invalid {Parameter}`.
+    pub fn invalid(parameter: &str) -> Refusal {
+        Refusal::new(400, format!("Invalid {parameter}"))
+    }
+}
+
+/// REST faults the tests and `simulate` switch on.
 #[derive(Debug, Default)]
 struct RestFaults {
-    /// The next this-many calls get 429 with `Retry-After`.
+    /// The next this-many calls get 429.
     throttle_next: u32,
     /// Every n-th call gets 429 (0: never).
     throttle_every: u32,
-    retry_after_secs: u64,
+    /// `Retry-After` of those 429s; `None`: no header (Mews: "In some cases the header may not
+    /// be present").
+    retry_after: Option<u64>,
+    /// Operations answered 403 (a business rule refuses them).
+    refused: HashSet<String>,
+    /// Paged requests asking for more than this many items get 408.
+    max_page: Option<u64>,
+}
+
+/// One REST request the simulator answered.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// When it arrived.
+    pub at: std::time::Instant,
+    /// The operation, e.g. `commands/getAllActive`.
+    pub operation: String,
+    /// The status of the answer.
+    pub status: u16,
+    /// The `Request-Id` of the answer.
+    pub request_id: String,
+    /// The request's `Limitation.Count`, if any.
+    pub count: Option<u64>,
+}
+
+/// A message for the WebSockets of one property (`owner`: its AccessToken) or of all.
+#[derive(Debug, Clone)]
+pub struct Live {
+    /// The AccessToken whose connections get it; `None`: every connection.
+    pub owner: Option<Arc<str>>,
+    /// The `{"Events":[…]}` text.
+    pub message: String,
+}
+
+impl Live {
+    /// Whether a connection made with this AccessToken gets it.
+    pub fn is_for(&self, token: &str) -> bool {
+        self.owner.as_deref().is_none_or(|owner| owner == token)
+    }
 }
 
 /// The hotel every connection and REST call of one simulator shares.
 pub struct Hotel {
     state: Mutex<State>,
     faults: Mutex<RestFaults>,
-    /// Messages for every connected WebSocket (commands created through the API).
-    live: broadcast::Sender<String>,
+    /// Messages for connected WebSockets (command events caused by REST or `/sim/commands`).
+    live: broadcast::Sender<Live>,
     calls: AtomicU64,
-    log: Mutex<Vec<(std::time::Instant, String)>>,
+    log: Mutex<Vec<Call>>,
+    updates: Mutex<Vec<CommandUpdate>>,
     connected: std::sync::atomic::AtomicUsize,
     upgrades: Mutex<Vec<std::time::Instant>>,
 }
-
-/// At most this many REST calls and upgrade attempts are remembered (the oldest go).
-const MAX_LOG: usize = 100_000;
 
 impl Default for Hotel {
     fn default() -> Self {
@@ -105,7 +176,6 @@ const LAST: [&str; 6] = [
     "Procházka",
     "Kučera",
 ];
-const COMMAND_STATES: [&str; 4] = ["Pending", "Received", "Processing", "Processed"];
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -128,29 +198,30 @@ fn time_ms(ms: u64) -> String {
 }
 
 impl Hotel {
-    /// A hotel with three devices and 40 reservations, none updated recently.
+    /// A hotel with 30 rooms, three devices and 40 reservations, none updated recently.
     pub fn new() -> Self {
         let mut rng = fastrand::Rng::new();
+        let device = |rng: &mut fastrand::Rng, name: &str, kind| Device {
+            id: uuid(rng),
+            name: name.into(),
+            kind,
+        };
         let devices = vec![
-            Device {
-                id: uuid(&mut rng),
-                name: "Reception key cutter".into(),
-                kind: "KeyCutter",
-            },
-            Device {
-                id: uuid(&mut rng),
-                name: "Reception printer".into(),
-                kind: "Printer",
-            },
-            Device {
-                id: uuid(&mut rng),
-                name: "Kiosk key cutter".into(),
-                kind: "KeyCutter",
-            },
+            device(&mut rng, "Reception key cutter", "KeyCutter"),
+            device(&mut rng, "Reception printer", "Printer"),
+            device(&mut rng, "Kiosk key cutter", "KeyCutter"),
         ];
+        let resources = (0..ROOMS)
+            .map(|i| Resource {
+                id: uuid(&mut rng),
+                name: format!("{}", 101 + i),
+                state: "Inspected",
+            })
+            .collect();
         let mut state = State {
             rng,
             devices,
+            resources,
             reservations: Vec::new(),
             commands: HashMap::new(),
             order: VecDeque::new(),
@@ -163,12 +234,13 @@ impl Hotel {
         Hotel {
             state: Mutex::new(state),
             faults: Mutex::new(RestFaults {
-                retry_after_secs: 1,
+                retry_after: Some(1),
                 ..RestFaults::default()
             }),
             live,
             calls: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
+            updates: Mutex::new(Vec::new()),
             connected: std::sync::atomic::AtomicUsize::new(0),
             upgrades: Mutex::new(Vec::new()),
         }
@@ -178,49 +250,35 @@ impl Hotel {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Live messages for one WebSocket connection.
-    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+    fn faults(&self) -> std::sync::MutexGuard<'_, RestFaults> {
+        self.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Live messages for WebSocket connections (each keeps those [`Live::is_for`] it).
+    pub fn subscribe(&self) -> broadcast::Receiver<Live> {
         self.live.subscribe()
     }
 
-    /// The next event of a connection's stream, changing the hotel to match: device commands
-    /// are created (belonging to `owner`, the connection's AccessToken) and move through their
-    /// states, reservations change.
+    /// The next event of a connection's stream, changing the hotel to match: a front desk
+    /// creates a Pending device command (belonging to `owner`, the connection's AccessToken),
+    /// a reservation or a room changes, a price is updated. Commands are never moved here.
     pub fn next_event(&self, factory: &mut EventFactory, owner: &Arc<str>) -> Value {
-        let mut state = self.state();
+        let mut guard = self.state();
+        let state = &mut *guard;
         match state.rng.u8(0..10) {
-            0..=3 => state.command_event(owner),
-            4..=6 => state.reservation_event(),
-            _ => factory.untracked_event(),
+            0..=2 => {
+                let device = state.rng.usize(..state.devices.len());
+                let reservation = state.rng.usize(..state.reservations.len());
+                let id = state.new_command(device, reservation, 1, Some(Arc::clone(owner)));
+                json!({ "Type": "DeviceCommand", "Id": id, "State": CommandState::Pending.as_str() })
+            }
+            3..=5 => state.reservation_event(),
+            6..=7 => state.resource_event(),
+            _ => factory.price_update(),
         }
     }
 
-    /// Creates a Pending key-cutter command for a random reservation; returns its id. Connected
-    /// WebSockets get its event (when `announce`), as Mews would send it.
-    pub fn create_key_command(&self, announce: bool) -> String {
-        let id = self.state().new_command(0, None);
-        if announce {
-            self.announce(&id, "Pending");
-        }
-        id
-    }
-
-    /// Moves a command to `state`; connected WebSockets get the event when `announce`.
-    pub fn set_command_state(&self, id: &str, state: &'static str, announce: bool) {
-        if let Some(command) = self.state().commands.get_mut(id) {
-            command.state = state;
-        }
-        if announce {
-            self.announce(id, state);
-        }
-    }
-
-    fn announce(&self, id: &str, state: &str) {
-        let message = json!({"Events": [{"Type": "DeviceCommand", "Id": id, "State": state}]});
-        let _ = self.live.send(message.to_string());
-    }
-
-    /// Adds `n` reservations last updated at `updated` (unix seconds).
+    /// Adds `n` reservations last updated at `updated`.
     pub fn add_reservations(&self, n: usize, updated: SystemTime) {
         let ms = updated
             .duration_since(UNIX_EPOCH)
@@ -231,24 +289,62 @@ impl Hotel {
         }
     }
 
-    /// The next `n` REST calls get 429 with `Retry-After: secs`.
-    pub fn throttle_next(&self, n: u32, secs: u64) {
-        let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+    /// The next `n` REST calls get 429, with `Retry-After: secs` or, with `None`, without it.
+    pub fn throttle_next(&self, n: u32, retry_after: Option<u64>) {
+        let mut faults = self.faults();
         faults.throttle_next = n;
-        faults.retry_after_secs = secs;
+        faults.retry_after = retry_after;
     }
 
-    /// Every n-th REST call gets 429 with `Retry-After: 1` (0: never).
-    pub fn throttle_every(&self, n: u32) {
-        self.faults
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .throttle_every = n;
+    /// Every n-th REST call gets 429 (0: never), with `Retry-After: secs` or without it.
+    pub fn throttle_every(&self, n: u32, retry_after: Option<u64>) {
+        let mut faults = self.faults();
+        faults.throttle_every = n;
+        faults.retry_after = retry_after;
+    }
+
+    /// `operation` is answered 403 from now on: a business rule refuses it.
+    pub fn refuse(&self, operation: &str) {
+        self.faults().refused.insert(operation.to_owned());
+    }
+
+    /// Paged requests whose `Limitation.Count` is above `count` get 408 (`None`: never).
+    pub fn too_heavy_above(&self, count: Option<u64>) {
+        self.faults().max_page = count;
     }
 
     /// Every REST call so far: when it arrived and the operation.
     pub fn calls(&self) -> Vec<(std::time::Instant, String)> {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|call| (call.at, call.operation.clone()))
+            .collect()
+    }
+
+    /// Every REST call so far with its answer.
+    pub fn answers(&self) -> Vec<Call> {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The `Limitation.Count` of each call of `operation` so far.
+    pub fn page_counts(&self, operation: &str) -> Vec<u64> {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|call| call.operation == operation)
+            .filter_map(|call| call.count)
+            .collect()
+    }
+
+    pub(super) fn record(&self, call: Call) {
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() >= MAX_LOG {
+            log.drain(..MAX_LOG / 2);
+        }
+        log.push(call);
     }
 
     /// WebSocket connections open now.
@@ -293,7 +389,7 @@ impl State {
             state: "Confirmed",
             start,
             end,
-            room: format!("{}", 101 + self.rng.u32(0..30)),
+            resource: self.rng.usize(..self.resources.len()),
             email: format!("{}.{}@example.com", ascii(&first), ascii(&last)),
             phone: format!(
                 "+420 6{:02} {:03} {:03}",
@@ -309,66 +405,6 @@ impl State {
         self.reservations.push(reservation);
     }
 
-    /// A new Pending command on device `device` (a key cutter by default).
-    fn new_command(&mut self, device: usize, owner: Option<Arc<str>>) -> String {
-        let id = uuid(&mut self.rng);
-        let reservation = Some(self.rng.usize(..self.reservations.len()));
-        self.commands.insert(
-            id.clone(),
-            Command {
-                id: id.clone(),
-                owner,
-                state: "Pending",
-                created: now_secs(),
-                device,
-                reservation,
-            },
-        );
-        self.order.push_back(id.clone());
-        while self.order.len() > MAX_COMMANDS {
-            if let Some(old) = self.order.pop_front() {
-                self.commands.remove(&old);
-            }
-        }
-        id
-    }
-
-    fn command_event(&mut self, owner: &Arc<str>) -> Value {
-        // Move an unfinished command on, or create a new one.
-        let unfinished: Vec<String> = self
-            .order
-            .iter()
-            .rev()
-            .take(8)
-            .filter(|id| {
-                self.commands
-                    .get(*id)
-                    .is_some_and(|c| c.state != "Processed")
-            })
-            .cloned()
-            .collect();
-        let moved = if !unfinished.is_empty() && self.rng.bool() {
-            let id = unfinished[self.rng.usize(..unfinished.len())].clone();
-            self.commands.get_mut(&id).map(|command| {
-                let at = COMMAND_STATES
-                    .iter()
-                    .position(|s| *s == command.state)
-                    .unwrap_or(0);
-                command.state = COMMAND_STATES[(at + 1).min(COMMAND_STATES.len() - 1)];
-                (id.clone(), command.state)
-            })
-        } else {
-            None
-        };
-        let (id, state) = if let Some(moved) = moved {
-            moved
-        } else {
-            let device = self.rng.usize(..self.devices.len());
-            (self.new_command(device, Some(Arc::clone(owner))), "Pending")
-        };
-        json!({ "Type": "DeviceCommand", "Id": id, "State": state })
-    }
-
     fn reservation_event(&mut self) -> Value {
         let at = self.rng.usize(..self.reservations.len());
         let state =
@@ -382,8 +418,18 @@ impl State {
             "State": r.state,
             "StartUtc": time(r.start),
             "EndUtc": time(r.end),
-            "AssignedResourceId": r.room,
+            "AssignedResourceId": self.resources[r.resource].id,
         })
+    }
+
+    /// A room changes its housekeeping state (Resource state values of `operations/resources.md`).
+    fn resource_event(&mut self) -> Value {
+        let state =
+            ["Dirty", "Clean", "Inspected", "OutOfService", "OutOfOrder"][self.rng.usize(..5)];
+        let at = self.rng.usize(..self.resources.len());
+        let room = &mut self.resources[at];
+        room.state = state;
+        json!({ "Type": "Resource", "Id": room.id, "State": room.state })
     }
 }
 
@@ -411,4 +457,40 @@ fn ascii(text: &str) -> String {
             other => other,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stream_creates_pending_commands_and_never_moves_one() {
+        let hotel = Hotel::new();
+        let first = hotel.create_key_command(false);
+        let owner: Arc<str> = Arc::from("token");
+        let mut factory = EventFactory::with_rng(fastrand::Rng::with_seed(3));
+        let events: Vec<Value> = (0..2000)
+            .map(|_| hotel.next_event(&mut factory, &owner))
+            .collect();
+        let commands: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["Type"] == "DeviceCommand")
+            .collect();
+        assert!(commands.len() > 300, "{}", commands.len());
+        assert!(commands.iter().all(|e| e["State"] == "Pending"));
+        let ids: HashSet<&str> = commands.iter().filter_map(|e| e["Id"].as_str()).collect();
+        assert_eq!(ids.len(), commands.len(), "each event is a new command");
+        assert_eq!(hotel.command_state(&first), Some(CommandState::Pending));
+        // Reservations point at rooms by id; rooms have GUIDs and room-number names.
+        let state = hotel.state();
+        let rooms: HashSet<&str> = state.resources.iter().map(|r| r.id.as_str()).collect();
+        for event in events.iter().filter(|e| e["Type"] == "Reservation") {
+            assert!(rooms.contains(event["AssignedResourceId"].as_str().unwrap()));
+        }
+        for event in events.iter().filter(|e| e["Type"] == "Resource") {
+            assert!(rooms.contains(event["Id"].as_str().unwrap()));
+        }
+        assert!(state.resources.iter().all(|r| r.id.len() == 36));
+        assert_eq!(state.resources[0].name, "101");
+    }
 }

@@ -41,16 +41,16 @@ pub(crate) fn config(ws: &str, api: &str, dir: &Path, sinks: &str, extra: &str) 
 /// The hotel served over REST, a steerable WebSocket, a state directory and a file sink at
 /// `out`; the REST server stops when it is dropped.
 pub(crate) struct Site {
-    pub hotel: Arc<Hotel>,
-    pub api: String,
+    pub(crate) hotel: Arc<Hotel>,
+    pub(crate) api: String,
     stop_rest: CancellationToken,
-    pub dir: tempfile::TempDir,
-    pub out: std::path::PathBuf,
-    pub server: MockServer,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) out: std::path::PathBuf,
+    pub(crate) server: MockServer,
 }
 
 impl Site {
-    pub async fn start() -> Site {
+    pub(crate) async fn start() -> Site {
         let hotel = Arc::new(Hotel::new());
         let (api, stop_rest) = rest_server(Arc::clone(&hotel)).await;
         let dir = tempfile::tempdir().unwrap();
@@ -66,7 +66,7 @@ impl Site {
     }
 
     /// The relay's config with the file sink at `out` and `extra` tables appended.
-    pub fn config(&self, extra: &str) -> String {
+    pub(crate) fn config(&self, extra: &str) -> String {
         self.config_with_sinks(&file_sink(&self.out), extra)
     }
 
@@ -222,7 +222,7 @@ async fn throttled_calls_wait_for_retry_after_then_succeed() {
     let mut site = Site::start().await;
     let hotel = Arc::clone(&site.hotel);
     let missed = hotel.create_key_command(false);
-    hotel.throttle_next(1, 2);
+    hotel.throttle_next(1, Some(2));
     let relay = Relay::start(&site.config(""));
     let _conn = site.server.next().await;
     let got = wait_for_lines(&site.out, 1).await;

@@ -188,3 +188,62 @@ fn check_and_run_exit_64_naming_the_key() {
     assert_eq!(code, 64);
     assert!(stderr.contains("/nonexistent/mews-relay.toml"), "{stderr}");
 }
+
+/// Two properties with one AccessToken would hold two WebSockets for one enterprise: `check`
+/// and `run` exit 64 naming both properties and the fix, without the token.
+#[test]
+fn two_properties_with_one_access_token_exit_64() {
+    let path = "tests/fixtures/config/invalid/same_access_token.toml";
+    for command in ["check", "run"] {
+        let (code, stdout, stderr) = run_binary(&[command, "--config", path]);
+        assert_eq!(code, 64, "{command}: {stderr}");
+        let line = stderr.trim();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.contains(path) && line.contains("property[1].access_token"),
+            "{line}"
+        );
+        assert!(
+            line.contains("\"old-town\"") && line.contains("\"airport\""),
+            "{line}"
+        );
+        assert!(line.contains("its own enterprise"), "the fix: {line}");
+        assert!(!line.contains("C66EF7B2"), "no token: {line}");
+        assert!(stdout.is_empty());
+    }
+}
+
+/// Left at the default, `[mews] client` draws a warning from `check` on stderr (exit 0, the
+/// printed config untouched) that quotes Mews; a config naming its own client gets none.
+#[test]
+fn check_warns_when_the_mews_client_is_left_at_the_default() {
+    let minimal = "tests/fixtures/config/valid/minimal.toml";
+    let (code, stdout, stderr) = run_binary(&["check", "--config", minimal]);
+    assert_eq!(code, 0, "{stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    let warning = warnings[0];
+    assert!(
+        warning.contains(minimal) && warning.contains("mews.client"),
+        "{warning}"
+    );
+    assert!(
+        warning.contains(concat!("\"mews-relay ", env!("CARGO_PKG_VERSION"), "\"")),
+        "{warning}"
+    );
+    assert!(
+        warning.contains("Name and version of the client application")
+            && warning.contains("These parameters authenticate incoming requests."),
+        "quotes Mews: {warning}"
+    );
+    assert!(warning.contains("client = \""), "the fix: {warning}");
+    assert!(!stdout.contains("warning"), "stdout is the config only");
+    stdout.parse::<toml::Table>().expect("still valid TOML");
+    let (code, _, stderr) =
+        run_binary(&["check", "--config", "tests/fixtures/config/valid/full.toml"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}

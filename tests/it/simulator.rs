@@ -1,4 +1,5 @@
-//! The built-in simulator speaks the Mews protocol: cookie auth and the four event types.
+//! The built-in simulator speaks the Mews protocol: cookie auth and the four event types
+//! (its REST side: `sim_rest.rs`).
 
 use std::path::Path;
 

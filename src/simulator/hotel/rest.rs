@@ -1,111 +1,184 @@
 //! The Mews REST operations the relay uses, answered from the simulated hotel:
 //! `commands/getAllActive`, `commands/getAllByIds`, `commands/update` and
-//! `reservations/getAll/2023-06-06` (UpdatedUtc, Limitation/Cursor paging), with 429 on demand.
+//! `reservations/getAll/2023-06-06`, with paging as `guidelines/pagination.md` documents it
+//! (`Limitation` = `Count` 1..1000 and `Cursor`), and the faults tests switch on (429, 403, 408).
 
 use std::sync::atomic::Ordering;
 use std::time::UNIX_EPOCH;
 
 use serde_json::{Value, json};
 
-use super::{
-    COMMAND_STATES, Command, Hotel, MAX_LOG, MAX_PAGE, Reservation, State, ascii, time, time_ms,
-};
+use super::{Command, Hotel, Refusal, State, ascii, time, time_ms};
+
+/// The operations served under `/api/connector/v1/`; anything else is 404, as Mews answers a
+/// wrong address.
+pub const OPERATIONS: [&str; 4] = [
+    "commands/getAllActive",
+    "commands/getAllByIds",
+    "commands/update",
+    "reservations/getAll/2023-06-06",
+];
+
+/// Mews's page limit: `Count` is "minimum 1, maximum 1000".
+const MAX_COUNT: u64 = 1000;
+
+/// A request's `Limitation`.
+struct Limitation {
+    count: usize,
+    cursor: Option<String>,
+}
+
+/// `Limitation` of `body`; `required` as the operation documents it.
+fn limitation(body: &Value, required: bool) -> Result<Option<Limitation>, Refusal> {
+    let raw = &body["Limitation"];
+    if raw.is_null() {
+        return if required {
+            Err(Refusal::invalid("Limitation"))
+        } else {
+            Ok(None)
+        };
+    }
+    let count = raw["Count"]
+        .as_u64()
+        .filter(|c| (1..=MAX_COUNT).contains(c))
+        .ok_or_else(|| Refusal::new(400, "Invalid Limitation: Count must be from 1 to 1000."))?;
+    let cursor = match &raw["Cursor"] {
+        Value::Null => None,
+        Value::String(cursor) => Some(cursor.clone()),
+        _ => return Err(Refusal::invalid("Limitation")),
+    };
+    Ok(Some(Limitation {
+        count: count as usize,
+        cursor,
+    }))
+}
+
+/// One page of `items` (in their order) after the item named by the cursor, and the response's
+/// `Cursor`: the id of the last item returned. Mews's pagination guide: "If Limitation is
+/// specified in the request message, then Cursor will always be included in the response
+/// message", so a full last page still carries one; a client stops on a page with fewer items
+/// than `Count` (or on a null Cursor, given here with an empty page).
+fn page<'a, T>(
+    items: &'a [T],
+    limitation: &Limitation,
+    id: impl Fn(&T) -> &str,
+) -> (&'a [T], Value) {
+    let from = match &limitation.cursor {
+        // An unknown cursor is past everything: the docs say nothing, an empty page is safest.
+        Some(cursor) => items
+            .iter()
+            .position(|item| id(item) == cursor)
+            .map_or(items.len(), |i| i + 1),
+        None => 0,
+    };
+    let page = &items[from..(from + limitation.count).min(items.len())];
+    let cursor = page
+        .last()
+        .map_or(Value::Null, |item| Value::String(id(item).to_owned()));
+    (page, cursor)
+}
 
 impl Hotel {
-    /// Handles one REST call: `Err((status, retry_after, message))` for a refusal.
+    /// Answers one REST call (tokens and `Client` already checked by the HTTP side).
     pub(in crate::simulator) fn rest(
         &self,
         operation: &str,
         body: &Value,
-    ) -> Result<Value, (u16, u64, String)> {
-        let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
-        {
-            let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-            if log.len() >= MAX_LOG {
-                log.drain(..MAX_LOG / 2);
-            }
-            log.push((std::time::Instant::now(), operation.to_owned()));
+    ) -> Result<Value, Refusal> {
+        if !OPERATIONS.contains(&operation) {
+            return Err(Refusal::new(404, format!("Unknown operation {operation}")));
         }
-        {
-            let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
-            let every =
-                faults.throttle_every > 0 && n.is_multiple_of(u64::from(faults.throttle_every));
-            if faults.throttle_next > 0 || every {
-                faults.throttle_next = faults.throttle_next.saturating_sub(1);
-                return Err((
-                    429,
-                    faults.retry_after_secs.max(1),
-                    "Too many requests".into(),
-                ));
-            }
-        }
-        let state = self.state();
+        self.fault(operation, body)?;
+        let token = body["AccessToken"].as_str().unwrap_or_default();
         match operation {
-            "commands/getAllActive" => {
-                // This property's (and everyone's) active commands, oldest first.
-                let token = body["AccessToken"].as_str().unwrap_or_default();
-                let active: Vec<&Command> = state
-                    .order
-                    .iter()
-                    .filter_map(|id| state.commands.get(id))
-                    .filter(|c| matches!(c.state, "Pending" | "Received"))
-                    .filter(|c| c.owner.as_deref().is_none_or(|owner| owner == token))
-                    .collect();
-                let commands: Vec<Value> = active.iter().map(|c| state.command_json(c)).collect();
-                Ok(json!({ "Commands": commands, "Cursor": null }))
-            }
-            "commands/getAllByIds" => {
-                let ids = body["CommandIds"].as_array().ok_or((
-                    400,
-                    0,
-                    "Invalid CommandIds".to_owned(),
-                ))?;
-                if ids.len() > 1000 {
-                    return Err((400, 0, "Invalid CommandIds: more than 1000".into()));
-                }
-                let commands: Vec<Value> = ids
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .filter_map(|id| state.commands.get(id))
-                    .map(|c| state.command_json(c))
-                    .collect();
-                Ok(json!({ "Commands": commands, "Cursor": null }))
-            }
-            "commands/update" => {
-                let id = body["CommandId"].as_str().unwrap_or_default().to_owned();
-                let new_state = match body["State"].as_str() {
-                    Some(s) => COMMAND_STATES
-                        .iter()
-                        .chain(&["Cancelled", "Error"])
-                        .find(|known| **known == s)
-                        .copied()
-                        .ok_or((400, 0, "Invalid State".to_owned()))?,
-                    None => return Err((400, 0, "Invalid State".into())),
-                };
-                if !state.commands.contains_key(&id) {
-                    return Err((400, 0, "Invalid CommandId".into()));
-                }
-                drop(state);
-                self.set_command_state(&id, new_state, true);
-                Ok(json!({}))
-            }
-            "reservations/getAll/2023-06-06" => state.reservations_page(body),
-            _ => Err((404, 0, format!("Unknown operation {operation}"))),
+            "commands/getAllActive" => Ok(self.state().active_commands(token)),
+            "commands/getAllByIds" => self.state().commands_by_ids(token, body),
+            "commands/update" => self.update_command(body),
+            _ => self.state().reservations_page(body),
         }
+    }
+
+    /// The faults switched on: 429 (with or without `Retry-After`), 403 for a refused
+    /// operation, 408 for a page larger than allowed.
+    fn fault(&self, operation: &str, body: &Value) -> Result<(), Refusal> {
+        let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut faults = self.faults();
+        let every = faults.throttle_every > 0 && n.is_multiple_of(u64::from(faults.throttle_every));
+        if faults.throttle_next > 0 || every {
+            faults.throttle_next = faults.throttle_next.saturating_sub(1);
+            return Err(Refusal {
+                retry_after: faults.retry_after,
+                ..Refusal::new(429, "Too many requests.")
+            });
+        }
+        if faults.refused.contains(operation) {
+            return Err(Refusal::new(
+                403,
+                format!(
+                    "The enterprise does not allow {operation} for this integration (simulated business-rule refusal)."
+                ),
+            ));
+        }
+        let count = body["Limitation"]["Count"].as_u64();
+        if let (Some(max), Some(count)) = (faults.max_page, count)
+            && count > max
+        {
+            return Err(Refusal::new(
+                408,
+                "The request took too long to process; request data in smaller batches.",
+            ));
+        }
+        Ok(())
     }
 }
 
 impl State {
+    /// `commands/getAllActive`: this property's (and everyone's) Pending and Received commands,
+    /// oldest first. The request documents no `Limitation`, so none is read.
+    fn active_commands(&self, token: &str) -> Value {
+        let commands: Vec<Value> = self
+            .order
+            .iter()
+            .filter_map(|id| self.commands.get(id))
+            .filter(|c| c.state.is_active() && c.visible_to(token))
+            .map(|c| self.command_json(c))
+            .collect();
+        json!({ "Commands": commands, "Cursor": null })
+    }
+
+    /// `commands/getAllByIds`: the named commands of this property, in the order asked,
+    /// paged when a `Limitation` is given.
+    fn commands_by_ids(&self, token: &str, body: &Value) -> Result<Value, Refusal> {
+        let ids = body["CommandIds"]
+            .as_array()
+            .ok_or_else(|| Refusal::invalid("CommandIds"))?;
+        if ids.len() > 1000 {
+            return Err(Refusal::new(400, "Invalid CommandIds: at most 1000 items."));
+        }
+        let mut found: Vec<&Command> = Vec::with_capacity(ids.len());
+        for id in ids {
+            let id = id.as_str().ok_or_else(|| Refusal::invalid("CommandIds"))?;
+            if let Some(command) = self.commands.get(id).filter(|c| c.visible_to(token)) {
+                found.push(command);
+            }
+        }
+        let (found, cursor) = match limitation(body, false)? {
+            Some(limitation) => page(&found, &limitation, |c| c.id.as_str()),
+            None => (&found[..], Value::Null),
+        };
+        let commands: Vec<Value> = found.iter().map(|c| self.command_json(c)).collect();
+        Ok(json!({ "Commands": commands, "Cursor": cursor }))
+    }
+
     fn command_json(&self, c: &Command) -> Value {
         let device = &self.devices[c.device.min(self.devices.len() - 1)];
-        let data = match (
-            device.kind,
-            c.reservation.and_then(|i| self.reservations.get(i)),
-        ) {
+        let data = match (device.kind, self.reservations.get(c.reservation)) {
+            // The docs call LockIds "Identifiers of locks/rooms the key should open"; lock
+            // systems know rooms by number, so the room's name is given.
             ("KeyCutter", Some(r)) => json!({
                 "KeyCutterId": device.id,
-                "KeyCount": 2,
-                "LockIds": [r.room],
+                "KeyCount": c.key_count,
+                "LockIds": [self.resources[r.resource].name],
                 "StartUtc": time(r.start),
                 "EndUtc": time(r.end),
                 "FirstName": r.first_name,
@@ -128,7 +201,7 @@ impl State {
         };
         json!({
             "Id": c.id,
-            "State": c.state,
+            "State": c.state.as_str(),
             "CreatedUtc": time(c.created),
             "Creator": { "FirstName": "Front", "LastName": "Desk" },
             "Device": { "Id": device.id, "Name": device.name, "Type": device.kind },
@@ -136,41 +209,34 @@ impl State {
         })
     }
 
-    /// `UpdatedUtc` (half-open), `Limitation` with `Count` and `Cursor` (the last id returned).
-    fn reservations_page(&self, body: &Value) -> Result<Value, (u16, u64, String)> {
-        let bad = |what: &str| (400, 0, format!("Invalid {what}"));
-        let count = body["Limitation"]["Count"]
-            .as_u64()
-            .filter(|c| (1..=MAX_PAGE as u64).contains(c))
-            .ok_or_else(|| bad("Limitation"))? as usize;
+    /// `reservations/getAll/2023-06-06` with `UpdatedUtc` (half-open, as `_objects.md` defines
+    /// a Time interval; at most 3 months) and the required `Limitation`. Pages follow the order
+    /// the reservations were made in, so a reservation updated between two pages neither moves
+    /// nor hides the cursor.
+    fn reservations_page(&self, body: &Value) -> Result<Value, Refusal> {
+        let limitation = limitation(body, true)?.ok_or_else(|| Refusal::invalid("Limitation"))?;
         let interval = &body["UpdatedUtc"];
         let (from, to) = match (interval["StartUtc"].as_str(), interval["EndUtc"].as_str()) {
             (Some(a), Some(b)) => (
-                parse_ms(a).ok_or_else(|| bad("UpdatedUtc"))?,
-                parse_ms(b).ok_or_else(|| bad("UpdatedUtc"))?,
+                parse_ms(a).ok_or_else(|| Refusal::invalid("UpdatedUtc"))?,
+                parse_ms(b).ok_or_else(|| Refusal::invalid("UpdatedUtc"))?,
             ),
             _ => (0, u64::MAX),
         };
         if to.saturating_sub(from) > 92 * 86_400_000 {
-            return Err(bad("UpdatedUtc: longer than 3 months"));
+            return Err(Refusal::new(
+                400,
+                "Invalid UpdatedUtc: longer than 3 months.",
+            ));
         }
-        let mut matching: Vec<&Reservation> = self
+        let matching: Vec<&super::Reservation> = self
             .reservations
             .iter()
             .filter(|r| r.updated_ms >= from && (r.updated_ms < to || from == to))
             .collect();
-        matching.sort_by(|a, b| (a.updated_ms, &a.id).cmp(&(b.updated_ms, &b.id)));
-        let skip = match body["Limitation"]["Cursor"].as_str() {
-            Some(cursor) => matching
-                .iter()
-                .position(|r| r.id == cursor)
-                .map_or(matching.len(), |i| i + 1),
-            None => 0,
-        };
-        let page: Vec<Value> = matching
+        let (found, cursor) = page(&matching, &limitation, |r| r.id.as_str());
+        let reservations: Vec<Value> = found
             .iter()
-            .skip(skip)
-            .take(count)
             .map(|r| {
                 json!({
                     "Id": r.id,
@@ -181,19 +247,14 @@ impl State {
                     "Origin": "Connector",
                     "CreatedUtc": time(r.created),
                     "UpdatedUtc": time_ms(r.updated_ms),
-                    "AssignedResourceId": r.room,
+                    "AssignedResourceId": self.resources[r.resource].id,
                     "ScheduledStartUtc": time(r.start),
                     "ScheduledEndUtc": time(r.end),
                     "PersonCounts": [{ "AgeCategoryId": "adult", "Count": 2 }],
                 })
             })
             .collect();
-        let cursor = if page.len() == count {
-            page.last().map(|r| r["Id"].clone()).unwrap_or(Value::Null)
-        } else {
-            Value::Null
-        };
-        Ok(json!({ "Reservations": page, "Cursor": cursor }))
+        Ok(json!({ "Reservations": reservations, "Cursor": cursor }))
     }
 }
 
@@ -206,31 +267,58 @@ fn parse_ms(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn update(hotel: &Hotel, id: &str, state: &str) -> Result<Value, Refusal> {
+        hotel.rest("commands/update", &json!({"CommandId": id, "State": state}))
+    }
 
     #[test]
-    fn commands_are_served_with_key_cutter_data() {
+    fn commands_are_served_with_key_cutter_data_until_final() {
         let hotel = Hotel::new();
         let id = hotel.create_key_command(false);
         let active = hotel.rest("commands/getAllActive", &json!({})).unwrap();
         let command = &active["Commands"][0];
         assert_eq!(command["Id"], id.as_str());
         assert_eq!(command["Device"]["Type"], "KeyCutter");
-        assert_eq!(command["Data"]["KeyCount"], 2);
+        assert_eq!(command["Data"]["KeyCount"], 1);
         assert!(command["Data"]["Email"].as_str().unwrap().contains('@'));
-        hotel.set_command_state(&id, "Processed", false);
+        let room = command["Data"]["LockIds"][0]
+            .as_str()
+            .unwrap()
+            .parse::<u32>();
+        assert!(room.is_ok_and(|n| (101..131).contains(&n)), "{command}");
+        update(&hotel, &id, "Received").unwrap();
+        let active = hotel.rest("commands/getAllActive", &json!({})).unwrap();
+        assert_eq!(active["Commands"][0]["State"], "Received");
+        update(&hotel, &id, "Processed").unwrap();
         let active = hotel.rest("commands/getAllActive", &json!({})).unwrap();
         assert_eq!(active["Commands"].as_array().unwrap().len(), 0);
         let by_id = hotel
             .rest("commands/getAllByIds", &json!({"CommandIds": [id]}))
             .unwrap();
         assert_eq!(by_id["Commands"][0]["State"], "Processed");
+        let again = update(&hotel, &id, "Error").unwrap_err();
+        assert_eq!(
+            (again.status, again.message.starts_with("Invalid CommandId")),
+            (400, true)
+        );
+        assert_eq!(
+            update(&hotel, &id, "Done").unwrap_err().message,
+            "Invalid State"
+        );
+        assert_eq!(
+            update(&hotel, "nope", "Received").unwrap_err().message,
+            "Invalid CommandId"
+        );
     }
 
     #[test]
     fn reservations_page_through_an_updated_window() {
         let hotel = Hotel::new();
         hotel.add_reservations(2500, SystemTime::now() - Duration::from_secs(60));
-        let window = json!({"StartUtc": time(now_secs() - 3600), "EndUtc": time(now_secs() + 1)});
+        let now = now_secs();
+        let window = json!({"StartUtc": time(now - 3600), "EndUtc": time(now + 1)});
         let mut cursor = Value::Null;
         let mut seen = std::collections::HashSet::new();
         let mut pages = 0;
@@ -246,50 +334,86 @@ mod tests {
                 )
                 .unwrap();
             pages += 1;
-            for r in page["Reservations"].as_array().unwrap() {
+            let items = page["Reservations"].as_array().unwrap();
+            for r in items {
                 assert!(seen.insert(r["Id"].as_str().unwrap().to_owned()));
+                assert_eq!(r["AssignedResourceId"].as_str().unwrap().len(), 36);
             }
             cursor = page["Cursor"].clone();
-            if cursor.is_null() {
+            assert_eq!(
+                cursor,
+                items.last().map_or(Value::Null, |r| r["Id"].clone())
+            );
+            if items.len() < 1000 {
                 break;
             }
         }
         assert_eq!((seen.len(), pages), (2500, 3));
+        let no_limitation = json!({"UpdatedUtc": window});
+        let err = hotel
+            .rest("reservations/getAll/2023-06-06", &no_limitation)
+            .unwrap_err();
+        assert_eq!(
+            (err.status, err.message.as_str()),
+            (400, "Invalid Limitation")
+        );
     }
 
     #[test]
-    fn update_moves_a_command_and_announces_it() {
+    fn commands_by_ids_page_when_asked() {
         let hotel = Hotel::new();
-        let mut live = hotel.subscribe();
-        let id = hotel.create_key_command(false);
-        hotel
+        let ids: Vec<String> = (0..5).map(|_| hotel.create_key_command(false)).collect();
+        let first = hotel
             .rest(
-                "commands/update",
-                &json!({"CommandId": id, "State": "Processed"}),
+                "commands/getAllByIds",
+                &json!({"CommandIds": ids, "Limitation": {"Count": 3}}),
             )
             .unwrap();
-        let event: Value = serde_json::from_str(&live.try_recv().unwrap()).unwrap();
-        assert_eq!(event["Events"][0]["State"], "Processed");
-        let err = hotel
+        assert_eq!(first["Commands"].as_array().unwrap().len(), 3);
+        assert_eq!(first["Cursor"], ids[2].as_str());
+        let rest = hotel
             .rest(
-                "commands/update",
-                &json!({"CommandId": id, "State": "Done"}),
+                "commands/getAllByIds",
+                &json!({"CommandIds": ids, "Limitation": {"Count": 3, "Cursor": first["Cursor"]}}),
             )
-            .unwrap_err();
-        assert_eq!(err.0, 400);
+            .unwrap();
+        assert_eq!(rest["Commands"][1]["Id"], ids[4].as_str());
     }
 
     #[test]
-    fn throttling_answers_429_then_recovers() {
+    fn faults_answer_429_403_and_408_as_switched_on() {
         let hotel = Hotel::new();
-        hotel.throttle_next(1, 2);
+        hotel.throttle_next(1, None);
+        let throttled = hotel.rest("commands/getAllActive", &json!({})).unwrap_err();
+        assert_eq!((throttled.status, throttled.retry_after), (429, None));
+        assert!(hotel.rest("commands/getAllActive", &json!({})).is_ok());
+        hotel.refuse("reservations/getAll/2023-06-06");
+        let body = json!({"Limitation": {"Count": 10}});
+        let refused = hotel
+            .rest("reservations/getAll/2023-06-06", &body)
+            .unwrap_err();
+        assert_eq!(refused.status, 403);
+        assert!(
+            hotel.rest("commands/getAllActive", &json!({})).is_ok(),
+            "only that one"
+        );
+        hotel.too_heavy_above(Some(5));
+        let heavy = json!({"CommandIds": [], "Limitation": {"Count": 10}});
         assert_eq!(
             hotel
-                .rest("commands/getAllActive", &json!({}))
+                .rest("commands/getAllByIds", &heavy)
                 .unwrap_err()
-                .0,
-            429
+                .status,
+            408
         );
-        assert!(hotel.rest("commands/getAllActive", &json!({})).is_ok());
+        let light = json!({"CommandIds": [], "Limitation": {"Count": 5}});
+        assert!(hotel.rest("commands/getAllByIds", &light).is_ok());
+        assert_eq!(
+            hotel
+                .rest("commands/getAll", &json!({}))
+                .unwrap_err()
+                .status,
+            404
+        );
     }
 }
