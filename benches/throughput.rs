@@ -8,6 +8,13 @@
 //! include up to 0.1 ms of polling); and the HTTP sink into a local endpoint: records/s with
 //! `batch_max` 1 and 100, and the catch-up after a 10-minute outage at 100 events/s; and the
 //! NATS sink into a local nats-server with JetStream, 1 and 64 publishes in flight (`-- nats`).
+//!
+//! `-- enrich`: the burst (200,000 DeviceCommands, 1 per message) and the steady 1,000/s with
+//! enrichment off (no `api_url`), against the simulator's REST API answering (every command
+//! exists in its hotel), and against a REST API that accepts connections and never answers
+//! (`enrich.timeout` 2 s). The rate limit is raised to 1,000,000 per 30 s for these rows: at the
+//! default 200 per 30 s a property cannot enrich 1,000 commands per second, and the rows would
+//! measure the budget, not the relay.
 
 mod common;
 
@@ -38,6 +45,16 @@ fn burst_messages(events: usize, per_message: usize) -> Vec<String> {
 
 /// A relay config with a file sink at `<dir>/out.jsonl` and the given extra sinks.
 fn settings(url: &str, dir: &Path, extra_sinks: &str) -> Settings {
+    settings_with(url, dir, extra_sinks, None)
+}
+
+/// The same, with `api_url` (REST: catch-up of commands off, enrichment on).
+fn settings_with(url: &str, dir: &Path, extra_sinks: &str, api_url: Option<&str>) -> Settings {
+    let rest = api_url.map_or(String::new(), |api| {
+        format!(
+            "[mews]\napi_url = \"{api}\"\nrate_limit = 1000000\n[catch_up]\ncommands = false\n[enrich]\ncommands = true\n"
+        )
+    });
     let text = format!(
         r#"
 [mews]
@@ -57,6 +74,14 @@ path = "{dir}/out.jsonl"
 "#,
         dir = dir.display()
     );
+    // `[mews]` may appear once: fold the REST keys into it.
+    let text = match rest.strip_prefix("[mews]\n") {
+        Some(keys) => {
+            let (mews_keys, rest) = keys.split_once("[catch_up]").unwrap_or((keys, ""));
+            text.replacen("[mews]\n", &format!("[mews]\n{mews_keys}"), 1) + "[catch_up]" + rest
+        }
+        None => text,
+    };
     Settings::from_toml(&text, Path::new("bench.toml"), &CredentialsDir::default()).unwrap()
 }
 
@@ -66,8 +91,11 @@ struct Running {
 }
 
 fn start_relay(rt: &tokio::runtime::Runtime, url: &str, dir: &Path, extra_sinks: &str) -> Running {
+    start_relay_with(rt, settings(url, dir, extra_sinks))
+}
+
+fn start_relay_with(rt: &tokio::runtime::Runtime, settings: Settings) -> Running {
     let (control, _reopen) = Control::new();
-    let settings = settings(url, dir, extra_sinks);
     let handle = rt.spawn(app::run(settings, control.clone()));
     Running { control, handle }
 }
@@ -98,7 +126,12 @@ fn steady(rt: &tokio::runtime::Runtime, rate: u32, seconds: u32) -> Vec<Duration
     let dir = tempfile::tempdir().unwrap();
     let epoch = Instant::now();
     let count = (rate * seconds) as usize;
-    let (url, _started) = rt.block_on(serve(Script::Steady { count, rate, epoch }));
+    let (url, _started) = rt.block_on(serve(Script::Steady {
+        count,
+        rate,
+        epoch,
+        ids: None,
+    }));
     let relay = start_relay(rt, &url, dir.path(), "");
     let mut latencies = Vec::with_capacity(count);
     tail(
@@ -262,6 +295,139 @@ fn nats_burst(rt: &tokio::runtime::Runtime, events: usize, in_flight: usize) -> 
     Some(events as f64 / (done - started).as_secs_f64())
 }
 
+/// Where enrichment asks for command details in the `enrich` rows.
+#[derive(Clone, Copy, Debug)]
+enum Rest {
+    /// No `api_url`: enrichment off.
+    Off,
+    /// The simulator's REST API; every command of the stream exists in its hotel.
+    Answering,
+    /// Accepts connections, never answers.
+    Hanging,
+}
+
+/// The REST side for `mode` with `n` command ids the stream may use; keep the guard alive.
+fn rest_side(
+    rt: &tokio::runtime::Runtime,
+    mode: Rest,
+    n: usize,
+) -> (
+    Option<String>,
+    Vec<String>,
+    tokio_util::sync::CancellationToken,
+) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let ids: Vec<String> = (0..n)
+        .map(|i| format!("2391a3df-1c61-4131-b6f8-{i:012}"))
+        .collect();
+    match mode {
+        Rest::Off => (None, ids, stop),
+        Rest::Answering => {
+            let hotel = Arc::new(mews_relay::simulator::Hotel::new());
+            hotel.keep_commands(n);
+            let ids: Vec<String> = (0..n).map(|_| hotel.create_key_command(false)).collect();
+            let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+            let api = format!("http://{}", listener.local_addr().unwrap());
+            let config = mews_relay::simulator::SimulatorConfig {
+                rate: 0.001,
+                ..Default::default()
+            };
+            rt.spawn(mews_relay::simulator::serve_hotel(
+                listener,
+                config,
+                hotel,
+                stop.clone(),
+            ));
+            (Some(api), ids, stop)
+        }
+        Rest::Hanging => {
+            let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+            let api = format!("http://{}", listener.local_addr().unwrap());
+            let held = stop.clone();
+            rt.spawn(async move {
+                let mut sockets = Vec::new();
+                loop {
+                    tokio::select! {
+                        () = held.cancelled() => return,
+                        Ok((socket, _)) = listener.accept() => sockets.push(socket),
+                    }
+                }
+            });
+            (Some(api), ids, stop)
+        }
+    }
+}
+
+/// Events/s of a burst of single-DeviceCommand messages with enrichment as `mode` says.
+fn enrich_burst(rt: &tokio::runtime::Runtime, mode: Rest, events: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, ids, stop_rest) = rest_side(rt, mode, events);
+    let messages: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            format!(r#"{{"Events":[{{"Type":"DeviceCommand","Id":"{id}","State":"Pending"}}]}}"#)
+        })
+        .collect();
+    let (url, started) = rt.block_on(serve(Script::Burst(messages)));
+    let relay = start_relay_with(rt, settings_with(&url, dir.path(), "", api.as_deref()));
+    tail(
+        &dir.path().join("out.jsonl"),
+        events,
+        Duration::from_micros(500),
+        |_| {},
+    );
+    let done = Instant::now();
+    let started = rt.block_on(started).unwrap();
+    stop(rt, relay);
+    stop_rest.cancel();
+    events as f64 / (done - started).as_secs_f64()
+}
+
+/// Send → line latencies at `rate` DeviceCommands/s with enrichment as `mode` says.
+fn enrich_steady(
+    rt: &tokio::runtime::Runtime,
+    mode: Rest,
+    rate: u32,
+    seconds: u32,
+) -> Vec<Duration> {
+    let dir = tempfile::tempdir().unwrap();
+    let count = (rate * seconds) as usize;
+    let (api, ids, stop_rest) = rest_side(rt, mode, count);
+    let epoch = Instant::now();
+    let (url, _started) = rt.block_on(serve(Script::Steady {
+        count,
+        rate,
+        epoch,
+        ids: Some(ids),
+    }));
+    let relay = start_relay_with(rt, settings_with(&url, dir.path(), "", api.as_deref()));
+    let mut latencies = Vec::with_capacity(count);
+    tail(
+        &dir.path().join("out.jsonl"),
+        count,
+        Duration::from_micros(100),
+        |line| {
+            let now = epoch.elapsed().as_nanos();
+            latencies.push(Duration::from_nanos((now - sent_ns(line)) as u64));
+        },
+    );
+    stop(rt, relay);
+    stop_rest.cancel();
+    latencies.sort();
+    latencies
+}
+
+/// Prints a latency row.
+fn latency_row(label: &str, lat: &[Duration]) {
+    println!(
+        "| {label} | p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms |",
+        pct(lat, 0.50).as_secs_f64() * 1e3,
+        pct(lat, 0.99).as_secs_f64() * 1e3,
+        pct(lat, 0.999).as_secs_f64() * 1e3,
+        lat.last().unwrap().as_secs_f64() * 1e3,
+    );
+}
+
 /// Prints a table row: the median rate and every run.
 fn rate_row(label: &str, unit: &str, runs: impl Iterator<Item = f64>) {
     let results: Vec<f64> = runs.collect();
@@ -279,8 +445,8 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     let quick = args.iter().any(|a| a == "--quick");
-    // Optional filter: `burst`, `steady` or `http`.
-    let kinds = ["burst", "steady", "http", "nats"];
+    // Optional filter: `burst`, `steady`, `http`, `nats` or `enrich`.
+    let kinds = ["burst", "steady", "http", "nats", "enrich"];
     let only = |name: &str| {
         !args.iter().any(|a| kinds.contains(&a.as_str())) || args.iter().any(|a| a == name)
     };
@@ -336,15 +502,35 @@ fn main() {
             }
         }
     }
+    if only("enrich") && args.iter().any(|a| a == "enrich") {
+        // Alternating the modes run by run, so a slow moment of the machine hits all three.
+        let modes = [Rest::Off, Rest::Answering, Rest::Hanging];
+        let mut bursts: Vec<Vec<f64>> = vec![Vec::new(); 3];
+        for _ in 0..runs {
+            for (i, mode) in modes.iter().enumerate() {
+                bursts[i].push(enrich_burst(&rt, *mode, 200_000));
+            }
+        }
+        for (mode, results) in modes.iter().zip(bursts) {
+            let label = format!("burst 200,000 DeviceCommands, 1 per message, REST {mode:?}");
+            rate_row(&label, "events/s", results.into_iter());
+        }
+        for mode in modes {
+            let lat = enrich_steady(&rt, mode, 1000, steady_secs);
+            latency_row(
+                &format!(
+                    "steady 1,000 DeviceCommands/s for {steady_secs} s, REST {mode:?}, WS send → file line"
+                ),
+                &lat,
+            );
+        }
+    }
     if !only("steady") {
         return;
     }
     let lat = steady(&rt, 1000, steady_secs);
-    println!(
-        "| steady 1,000 events/s for {steady_secs} s, WS send → file line | p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms |",
-        pct(&lat, 0.50).as_secs_f64() * 1e3,
-        pct(&lat, 0.99).as_secs_f64() * 1e3,
-        pct(&lat, 0.999).as_secs_f64() * 1e3,
-        lat.last().unwrap().as_secs_f64() * 1e3,
+    latency_row(
+        &format!("steady 1,000 events/s for {steady_secs} s, WS send → file line"),
+        &lat,
     );
 }

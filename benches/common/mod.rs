@@ -66,16 +66,18 @@ pub enum Script {
     /// All messages as fast as the socket takes them.
     Burst(Vec<String>),
     /// `count` single-event messages, `rate` per second, each stamped with its send time.
+    /// DeviceCommand ids are `ids[i]` when given, else `cmd-<i>`.
     Steady {
         count: usize,
         rate: u32,
         epoch: Instant,
+        ids: Option<Vec<String>>,
     },
 }
 
-pub fn stamped(i: usize, sent_ns: u128) -> String {
+pub fn stamped(id: &str, sent_ns: u128) -> String {
     format!(
-        r#"{{"Events":[{{"Type":"DeviceCommand","Id":"cmd-{i}","State":"Pending","SentNs":{sent_ns}}}]}}"#
+        r#"{{"Events":[{{"Type":"DeviceCommand","Id":"{id}","State":"Pending","SentNs":{sent_ns}}}]}}"#
     )
 }
 
@@ -95,14 +97,22 @@ pub async fn serve(script: Script) -> (String, oneshot::Receiver<Instant>) {
                 }
                 ws.flush().await.unwrap();
             }
-            Script::Steady { count, rate, epoch } => {
+            Script::Steady {
+                count,
+                rate,
+                epoch,
+                ids,
+            } => {
                 let mut tick =
                     tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 for i in 0..count {
                     tick.tick().await;
                     let sent = epoch.elapsed().as_nanos();
-                    ws.send(Message::Text(stamped(i, sent).into()))
+                    let id = ids
+                        .as_ref()
+                        .map_or_else(|| format!("cmd-{i}"), |ids| ids[i].clone());
+                    ws.send(Message::Text(stamped(&id, sent).into()))
                         .await
                         .unwrap();
                 }

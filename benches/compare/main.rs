@@ -153,7 +153,12 @@ fn burst(rt: &tokio::runtime::Runtime, client: Client, messages: &[String], even
 fn steady(rt: &tokio::runtime::Runtime, client: Client, rate: u32, secs: u32) -> Vec<Duration> {
     let epoch = Instant::now();
     let count = (rate * secs) as usize;
-    let (url, _started) = rt.block_on(serve(Script::Steady { count, rate, epoch }));
+    let (url, _started) = rt.block_on(serve(Script::Steady {
+        count,
+        rate,
+        epoch,
+        ids: None,
+    }));
     let proc = spawn(client, &url, 1, None);
     let mut latencies = Vec::with_capacity(count);
     tail(&proc.out, count, Duration::from_micros(100), |line| {

@@ -71,6 +71,8 @@ struct State {
     reservations: Vec<Reservation>,
     commands: HashMap<String, Command>,
     order: VecDeque<String>,
+    /// Commands kept in memory; the oldest go first (default [`MAX_COMMANDS`]).
+    max_commands: usize,
 }
 
 /// A refused REST call as Mews answers it: the status, the `Message`, and for 429 the
@@ -225,6 +227,7 @@ impl Hotel {
             reservations: Vec::new(),
             commands: HashMap::new(),
             order: VecDeque::new(),
+            max_commands: MAX_COMMANDS,
         };
         let long_ago = now_ms().saturating_sub(30 * 86_400_000);
         for _ in 0..40 {
@@ -244,6 +247,11 @@ impl Hotel {
             connected: std::sync::atomic::AtomicUsize::new(0),
             upgrades: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Keeps up to `n` commands instead of 10,000 (benchmarks that enrich many commands).
+    pub fn keep_commands(&self, n: usize) {
+        self.state().max_commands = n.max(1);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

@@ -330,7 +330,7 @@ impl State {
             },
         );
         self.order.push_back(id.clone());
-        while self.order.len() > super::MAX_COMMANDS {
+        while self.order.len() > self.max_commands {
             if let Some(old) = self.order.pop_front() {
                 self.commands.remove(&old);
             }
