@@ -130,6 +130,9 @@ struct Running {
     /// Enrichers settle what is pending, then end (after the sources, before the drain).
     enrich_stop: CancellationToken,
     enrichers: JoinSet<()>,
+    /// Updaters apply command states in Mews; stopped after the sinks (the outbox persists).
+    updaters_stop: CancellationToken,
+    updaters: JoinSet<()>,
     drain: CancellationToken,
     abort: CancellationToken,
     sinks: JoinSet<()>,
@@ -179,6 +182,8 @@ impl Running {
             self.abort.cancel();
             while self.sinks.join_next().await.is_some() {}
         }
+        self.updaters_stop.cancel();
+        while self.updaters.join_next().await.is_some() {}
         self.ops_stop.cancel();
         if let Some(supervisor) = self.supervisor {
             let _ = supervisor.await;
@@ -212,12 +217,19 @@ async fn run_once(
     stats.keep_properties(&names);
     stats.keep_sinks(&sink_names);
     let mut running = Running {
-        writer: tokio::spawn(writer.dedupe_window(settings.catch_up.dedupe_window).run()),
+        writer: tokio::spawn(
+            writer
+                .dedupe_window(settings.catch_up.dedupe_window)
+                .track_commands(settings.command_loop())
+                .run(),
+        ),
         journal,
         sources_stop: CancellationToken::new(),
         sources: JoinSet::new(),
         enrich_stop: CancellationToken::new(),
         enrichers: JoinSet::new(),
+        updaters_stop: CancellationToken::new(),
+        updaters: JoinSet::new(),
         drain: CancellationToken::new(),
         abort: CancellationToken::new(),
         sinks: JoinSet::new(),
@@ -238,6 +250,10 @@ async fn run_once(
         let ctl = SinkControl {
             drain: running.drain.clone(),
             abort: running.abort.clone(),
+            received_after: settings
+                .commands
+                .as_ref()
+                .and_then(|c| c.received_after.clone()),
             reopen: control.reopen.clone(),
             state_dir: settings.state.dir.clone(),
             stats: Arc::clone(&stats),
@@ -289,6 +305,30 @@ async fn run_once(
         running.enrichers.spawn(
             enricher
                 .run(inbox, running.enrich_stop.clone())
+                .instrument(span),
+        );
+    }
+    // Updaters take their property's outgoing command updates (queued before a restart too).
+    for (property, rest) in settings.properties.iter().zip(&rests) {
+        let Some(rest) = rest.as_ref().filter(|_| settings.command_loop()) else {
+            continue;
+        };
+        let inbox = match running.journal.claim_updates(&property.name).await {
+            Ok(inbox) => inbox,
+            Err(err) => {
+                let _ = running.stop(grace).await;
+                return Err(err.into());
+            }
+        };
+        let updater = crate::mews::update::Updater {
+            rest: Arc::clone(rest),
+            journal: running.journal.clone(),
+            stats: Arc::clone(&stats),
+        };
+        let span = tracing::info_span!("property", property = %property.name);
+        running.updaters.spawn(
+            updater
+                .run(inbox, running.updaters_stop.clone())
                 .instrument(span),
         );
     }
@@ -387,6 +427,7 @@ async fn run_once(
             Some(res) = running.sources.join_next() => break Err(ended("source", res)),
             Some(res) = running.sinks.join_next() => break Err(ended("sink", res)),
             Some(res) = running.enrichers.join_next() => break Err(ended("enricher", res)),
+            Some(res) = running.updaters.join_next() => break Err(ended("updater", res)),
             Ok(()) = control.reload.changed() => {
                 if let Some(next) = control.reload.borrow_and_update().clone() {
                     break Ok(Ended::Reload(next));

@@ -229,6 +229,16 @@ pub fn render(stats: &Stats) -> String {
             "DeviceCommand records forwarded without details (enrich_error set).",
             &stats.enrich_failed,
         ),
+        (
+            "mews_relay_command_updates_applied_total",
+            "Command state updates Mews applied (commands/update).",
+            &stats.command_updates_applied,
+        ),
+        (
+            "mews_relay_command_updates_refused_total",
+            "Command state updates Mews refused (GET /v1/commands/{id} shows why).",
+            &stats.command_updates_refused,
+        ),
     ];
     for (name, help, counter) in counters {
         family(&mut out, name, "counter", help);

@@ -46,6 +46,10 @@ pub struct Stats {
     pub rest_throttled: AtomicU64,
     /// DeviceCommand records that went on without `command` (`enrich_error` set).
     pub enrich_failed: AtomicU64,
+    /// Command state updates Mews applied (`commands/update`).
+    pub command_updates_applied: AtomicU64,
+    /// Command state updates Mews refused for good (the answer is kept).
+    pub command_updates_refused: AtomicU64,
     /// Per property.
     pub properties: Mutex<BTreeMap<String, PropertyStats>>,
     /// Per sink.

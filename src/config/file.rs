@@ -25,6 +25,8 @@ pub(crate) struct ConfigFile {
     pub catch_up: CatchUpFile,
     #[serde(default)]
     pub enrich: EnrichFile,
+    pub commands: Option<CommandsFile>,
+    pub api: Option<ApiFile>,
     /// Sinks stay tables here: `type` picks the struct they are read into, so errors name it.
     #[serde(default, rename = "sink")]
     pub sinks: Vec<toml::Table>,
@@ -61,6 +63,22 @@ pub(crate) struct CatchUpFile {
 pub(crate) struct EnrichFile {
     pub commands: Option<bool>,
     pub timeout: Option<Dur>,
+}
+
+/// `[commands]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CommandsFile {
+    pub received_after: Option<String>,
+}
+
+/// `[api]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApiFile {
+    pub listen: Option<std::net::SocketAddr>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[[property]]`

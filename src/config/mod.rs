@@ -1,5 +1,6 @@
 //! Config: read the TOML, validate it, resolve secrets, and hand out [`Settings`] with no gaps.
 
+mod commands;
 mod file;
 mod mews;
 mod nats;
@@ -90,6 +91,8 @@ pub mod defaults {
     pub const DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
     /// `[enrich] timeout`
     pub const ENRICH_TIMEOUT: Duration = Duration::from_secs(2);
+    /// `[api] listen`
+    pub const API_LISTEN: &str = "127.0.0.1:9188";
 }
 
 /// A config that failed to load: one line naming the file, the key and the fix.
@@ -131,6 +134,12 @@ pub struct Settings {
     pub catch_up: CatchUp,
     /// `[enrich]`
     pub enrich: Enrich,
+    /// `[commands]`, when the relay acknowledges delivered commands in Mews.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commands: Option<Commands>,
+    /// `[api]`, when the key system reports command states through the local API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<Api>,
     /// `[[sink]]`, at least one.
     #[serde(rename = "sink")]
     pub sinks: Vec<SinkSettings>,
@@ -188,6 +197,30 @@ pub struct Enrich {
     /// A record waits at most this long for its details, then goes on with `enrich_error`.
     #[serde(with = "human")]
     pub timeout: Duration,
+}
+
+/// `[commands]`: the relay's own part in the command loop.
+#[derive(Debug, Clone, Serialize)]
+pub struct Commands {
+    /// When this sink has delivered a Pending DeviceCommand, the command is set `Received`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received_after: Option<String>,
+}
+
+/// `[api]`: the local API of the key system.
+#[derive(Debug, Clone, Serialize)]
+pub struct Api {
+    /// Address of the listener (loopback by default).
+    pub listen: std::net::SocketAddr,
+    /// Bearer token the key system sends.
+    pub token: Secret,
+}
+
+impl Settings {
+    /// Whether the command loop runs (commands are tracked and updates sent to Mews).
+    pub fn command_loop(&self) -> bool {
+        self.commands.is_some() || self.api.is_some()
+    }
 }
 
 /// One `[[property]]`: one WebSocket connection.

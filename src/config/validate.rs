@@ -170,6 +170,8 @@ pub(super) fn parse(
     let enrich = super::mews::enrich(&ctx, raw.enrich)?;
     let names: HashSet<&str> = properties.iter().map(|p| p.name.as_str()).collect();
     let sinks = super::sinks::validate(&ctx, raw.sinks, &names)?;
+    let commands = super::commands::commands(&ctx, raw.commands, &sinks, &mews)?;
+    let api = super::commands::api(&ctx, raw.api, &mews, credentials)?;
     let warnings = super::mews::client_warning(&ctx, &mews)
         .into_iter()
         .collect();
@@ -184,6 +186,8 @@ pub(super) fn parse(
         metrics,
         catch_up,
         enrich,
+        commands,
+        api,
         sinks,
         warnings,
     })

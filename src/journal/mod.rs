@@ -4,6 +4,8 @@
 //! meanwhile in one transaction with one fsync (group commit), then publishes the new last
 //! seq. Sinks only ever see committed records.
 
+mod claims;
+pub mod commands;
 mod store;
 mod value;
 mod writer;
@@ -222,10 +224,65 @@ impl Journal {
 
     /// Records a sink's progress; persisted with the next commit (at the latest within a second).
     pub async fn advance(&self, sink: &str, seq: u64) -> Result<(), JournalError> {
+        self.advance_acking(sink, seq, Vec::new()).await
+    }
+
+    /// The same, with the Pending commands this sink delivered (`[commands] received_after`):
+    /// their `Received` is queued in the same, durable, transaction.
+    pub async fn advance_acking(
+        &self,
+        sink: &str,
+        seq: u64,
+        acks: Vec<commands::Ack>,
+    ) -> Result<(), JournalError> {
         self.ops
-            .send(Op::Cursor(sink.to_owned(), seq))
+            .send(Op::Cursor(sink.to_owned(), seq, acks))
             .await
             .map_err(|_| JournalError::Closed)
+    }
+
+    /// A key system's request to change a command's state: queued durably (the outcome says
+    /// so) before this returns.
+    pub async fn request(
+        &self,
+        request: commands::Request,
+    ) -> Result<commands::RequestOutcome, JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(Op::Request(request, tx))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Records Mews's answer to an outgoing update (it leaves the outbox).
+    pub async fn answered(&self, answered: commands::Answered) -> Result<(), JournalError> {
+        self.ops
+            .send(Op::Answered(answered))
+            .await
+            .map_err(|_| JournalError::Closed)
+    }
+
+    /// Takes the outgoing command updates of `property`: those waiting, then each new one.
+    pub async fn claim_updates(
+        &self,
+        property: &str,
+    ) -> Result<mpsc::UnboundedReceiver<commands::Outgoing>, JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(Op::ClaimUpdates(property.to_owned(), tx))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)
+    }
+
+    /// What the journal knows of a command.
+    pub async fn command(&self, id: &str) -> Result<Option<commands::CommandEntry>, JournalError> {
+        let store = Arc::clone(&self.store);
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || store.command(&id))
+            .await
+            .map_err(|_| JournalError::Closed)?
     }
 
     /// Commits everything queued so far, durably; an error if that commit failed.

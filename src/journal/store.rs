@@ -7,6 +7,10 @@ use std::sync::{Arc, RwLock};
 use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::JournalError;
+use super::commands::{
+    self, Ack, Answered, COMMANDS, CommandEntry, CommandTables, OUTBOX, Outgoing, Request,
+    RequestOutcome,
+};
 use super::value::{self, Entry, StoredRecord};
 use crate::record::Enrich;
 
@@ -29,6 +33,8 @@ const HEAL: TableDefinition<&str, u64> = TableDefinition::new("heal");
 const LAST_SEQ: &str = "last_seq";
 const STORED_BYTES: &str = "stored_bytes";
 const JOURNAL_ID: &str = "journal_id";
+/// The next key of the command-update outbox.
+const OUTBOX_KEY: &str = "outbox_key";
 
 /// What the journal knew when it was opened.
 pub(super) struct Opened {
@@ -38,6 +44,8 @@ pub(super) struct Opened {
     pub cursors: HashMap<String, u64>,
     /// Records still waiting for enrichment, oldest first.
     pub pending: Vec<StoredRecord>,
+    /// Command updates still waiting to be applied in Mews, in order.
+    pub outbox: Vec<Outgoing>,
 }
 
 /// A record settled by the enricher: its new value, and whether its command must be healed.
@@ -62,6 +70,27 @@ pub(super) struct Commit {
     pub settled: Vec<Settled>,
     /// Heal keys done with (their command was forwarded again, or is no longer active).
     pub unheal: Vec<String>,
+    /// The command loop: its work in this transaction.
+    pub commands: CommandWork,
+}
+
+/// What the command loop does in one transaction.
+#[derive(Default)]
+pub(super) struct CommandWork {
+    /// Remember the property and state of every DeviceCommand record journaled.
+    pub track: bool,
+    /// Key-system requests.
+    pub requests: Vec<Request>,
+    /// Pending commands the `received_after` sink delivered.
+    pub acks: Vec<Ack>,
+    /// Mews's answers to outgoing updates.
+    pub answered: Vec<Answered>,
+}
+
+impl CommandWork {
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty() && self.acks.is_empty() && self.answered.is_empty()
+    }
 }
 
 /// The clock and window the dedupe keys are judged by, and an optional clean-up.
@@ -79,6 +108,58 @@ pub(super) struct Committed {
     pub bytes: u64,
     /// Indexes of entries dropped as duplicates (no seq given).
     pub dropped: Vec<usize>,
+    /// Command updates queued, for the updaters.
+    pub queued: Vec<Outgoing>,
+    /// What became of each request, in order.
+    pub outcomes: Vec<RequestOutcome>,
+}
+
+/// The command loop's part of a transaction: track journaled commands, queue requested and
+/// acknowledged updates, record Mews's answers.
+fn command_work<'a>(
+    txn: &redb::WriteTransaction,
+    meta: &mut redb::Table<&str, u64>,
+    commit: &Commit,
+    kept: impl Iterator<Item = &'a Entry>,
+) -> Result<(Vec<Outgoing>, Vec<RequestOutcome>), redb::Error> {
+    let now = commit.seen.now;
+    let mut tables = CommandTables {
+        commands: txn.open_table(COMMANDS)?,
+        outbox: txn.open_table(OUTBOX)?,
+        next_key: meta.get(OUTBOX_KEY)?.map_or(1, |v| v.value()),
+        now,
+        now_text: crate::record::format_time(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(now),
+        ),
+        queued: Vec::new(),
+    };
+    let work = &commit.commands;
+    if work.track {
+        for entry in kept {
+            if let Entry::Record(record) = entry
+                && record.kind.as_deref() == Some(crate::mews::enrich::DEVICE_COMMAND)
+                && let Some(id) = &record.id
+            {
+                tables.track(&record.property, id, record.state.as_deref())?;
+            }
+        }
+    }
+    for ack in &work.acks {
+        tables.ack(ack)?;
+    }
+    let outcomes = work
+        .requests
+        .iter()
+        .map(|request| tables.request(request.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    for answered in &work.answered {
+        tables.answered(answered)?;
+    }
+    if commit.seen.forget_before.is_some() {
+        tables.forget()?;
+    }
+    meta.insert(OUTBOX_KEY, tables.next_key)?;
+    Ok((tables.queued, outcomes))
 }
 
 /// The database, replaceable after an I/O error poisoned it.
@@ -121,6 +202,9 @@ impl Store {
             let _seen = txn.open_table(SEEN).map_err(|e| storage(path, e))?;
             let _marks = txn.open_table(MARKS).map_err(|e| storage(path, e))?;
             let _heal = txn.open_table(HEAL).map_err(|e| storage(path, e))?;
+            let _commands = txn.open_table(COMMANDS).map_err(|e| storage(path, e))?;
+            let outbox = commands::outbox(&txn.open_table(OUTBOX).map_err(|e| storage(path, e))?)
+                .map_err(|e| storage(path, e))?;
             let pending_seqs: Vec<u64> = {
                 let pending = txn.open_table(PENDING).map_err(|e| storage(path, e))?;
                 let mut seqs = Vec::new();
@@ -183,6 +267,7 @@ impl Store {
                 journal_id,
                 cursors,
                 pending,
+                outbox,
             }
         };
         txn.commit().map_err(|e| storage(path, e))?;
@@ -296,6 +381,7 @@ impl Store {
         }
         let (mut seq, mut bytes) = at;
         let mut dropped = Vec::new();
+        let (mut queued, mut outcomes) = (Vec::new(), Vec::new());
         {
             let mut table = txn.open_table(RECORDS).map_err(|e| err(e.into()))?;
             let mut seen = txn.open_table(SEEN).map_err(|e| err(e.into()))?;
@@ -369,6 +455,16 @@ impl Store {
                 }
             }
             let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            if commit.commands.track || !commit.commands.is_empty() {
+                let kept = commit
+                    .entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !dropped.contains(i))
+                    .map(|(_, entry)| entry);
+                (queued, outcomes) =
+                    command_work(&txn, &mut meta, commit, kept).map_err(err)?;
+            }
             meta.insert(LAST_SEQ, seq).map_err(|e| err(e.into()))?;
             meta.insert(STORED_BYTES, bytes)
                 .map_err(|e| err(e.into()))?;
@@ -396,7 +492,22 @@ impl Store {
             seq,
             bytes,
             dropped,
+            queued,
+            outcomes,
         })
+    }
+
+    /// What the journal knows of a command.
+    pub fn command(&self, id: &str) -> Result<Option<CommandEntry>, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| storage(&self.path, e))?;
+        let table = txn
+            .open_table(COMMANDS)
+            .map_err(|e| storage(&self.path, e))?;
+        Ok(table
+            .get(id)
+            .map_err(|e| storage(&self.path, e))?
+            .and_then(|v| serde_json::from_slice(v.value()).ok()))
     }
 
     /// The seq up to which the oldest entries after `after` add up to at least `bytes`.

@@ -8,7 +8,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::JournalError;
-use super::store::{Commit, Committed, Opened, Seen, Settled, Store};
+use super::claims::Claims;
+use super::commands::{Ack, Answered, Outgoing, Request, RequestOutcome};
+use super::store::{Commit, CommandWork, Committed, Opened, Seen, Settled, Store};
 use super::value::{self, Entry};
 use crate::record::Record;
 use crate::stats::Stats;
@@ -52,7 +54,14 @@ pub(super) struct Append {
 /// A request to the writer.
 pub(super) enum Op {
     Append(Append),
-    Cursor(String, u64),
+    /// A sink's progress, and the Pending commands it delivered (for `received_after`).
+    Cursor(String, u64, Vec<Ack>),
+    /// A key system's request to change a command's state.
+    Request(Request, oneshot::Sender<Result<RequestOutcome, JournalError>>),
+    /// Mews answered an outgoing command update.
+    Answered(Answered),
+    /// An updater takes a property's outgoing updates.
+    ClaimUpdates(String, oneshot::Sender<mpsc::UnboundedReceiver<Outgoing>>),
     /// Enriched (or failed) pending records.
     Settle(Vec<Settle>),
     /// An enricher takes the pending records of a property, those journaled so far and later.
@@ -79,10 +88,12 @@ pub struct JournalWriter {
     visible: watch::Sender<u64>,
     /// Pending records by seq, with their property.
     pending: std::collections::BTreeMap<u64, Arc<str>>,
-    /// Pending records whose property has no enricher (yet).
-    unclaimed: Vec<Note>,
-    /// Each enricher's inbox, by property.
-    claims: HashMap<String, mpsc::UnboundedSender<Note>>,
+    /// Pending records, by property, for the enrichers.
+    notes: Claims<Note>,
+    /// Outgoing command updates, by property, for the updaters.
+    updates: Claims<Outgoing>,
+    /// Whether DeviceCommand records are tracked for the command loop.
+    track_commands: bool,
     last_seq: u64,
     stored_bytes: u64,
     max_bytes: u64,
@@ -130,6 +141,9 @@ struct Batch {
     mark_waiters: Vec<oneshot::Sender<Result<(), JournalError>>>,
     settled: Vec<Settle>,
     unheal: Vec<String>,
+    acks: Vec<Ack>,
+    requests: Vec<(Request, oneshot::Sender<Result<RequestOutcome, JournalError>>)>,
+    answered: Vec<Answered>,
     /// Claims and releases, handled after the commit (in order with the records before them).
     claims: Vec<Op>,
 }
@@ -144,12 +158,17 @@ impl Batch {
                     self.waiters.push((waiter, self.records.len()));
                 }
             }
-            Op::Cursor(name, seq) => {
+            Op::Cursor(name, seq, acks) => {
                 let at = self.cursors.entry(name).or_insert(seq);
                 *at = (*at).max(seq);
+                self.acks.extend(acks);
             }
+            Op::Request(request, reply) => self.requests.push((request, reply)),
+            Op::Answered(answered) => self.answered.push(answered),
             Op::Settle(settled) => self.settled.extend(settled),
-            op @ (Op::Claim(..) | Op::ReleaseUnclaimed(..)) => self.claims.push(op),
+            op @ (Op::Claim(..) | Op::ReleaseUnclaimed(..) | Op::ClaimUpdates(..)) => {
+                self.claims.push(op)
+            }
             Op::Flush(done) => self.flushes.push(done),
             Op::Ping(done) => self.pings.push(done),
             Op::Mark(name, at, done) => {
@@ -161,33 +180,32 @@ impl Batch {
 
     /// Whether the batch writes anything.
     fn writes(&self) -> bool {
-        !(self.records.is_empty()
-            && self.cursors.is_empty()
-            && self.flushes.is_empty()
-            && self.marks.is_empty()
-            && self.settled.is_empty()
-            && self.unheal.is_empty())
+        !self.cursors.is_empty() || self.durable()
     }
 
-    /// Whether the commit must be durable (anything but cursor moves).
+    /// Whether the commit must be durable (anything but bare cursor moves: an acknowledged
+    /// command must not be queued again after a crash).
     fn durable(&self) -> bool {
         !(self.records.is_empty()
             && self.flushes.is_empty()
             && self.marks.is_empty()
             && self.settled.is_empty()
-            && self.unheal.is_empty())
+            && self.unheal.is_empty()
+            && self.acks.is_empty()
+            && self.requests.is_empty()
+            && self.answered.is_empty())
     }
 }
 
 impl JournalWriter {
     pub(super) fn new(setup: Setup) -> Self {
         let mut pending = std::collections::BTreeMap::new();
-        let mut unclaimed = Vec::new();
+        let mut notes = Vec::new();
         for stored in setup.opened.pending {
             let property: Arc<str> = Arc::from(stored.property.as_str());
             pending.insert(stored.seq, property);
             match Record::from_json(&stored.json) {
-                Some(record) => unclaimed.push(Note {
+                Some(record) => notes.push(Note {
                     seq: stored.seq,
                     record,
                 }),
@@ -203,8 +221,9 @@ impl JournalWriter {
             committed: setup.committed,
             visible: setup.visible,
             pending,
-            unclaimed,
-            claims: HashMap::new(),
+            notes: Claims::new(notes),
+            updates: Claims::new(setup.opened.outbox),
+            track_commands: false,
             last_seq: setup.opened.last_seq,
             stored_bytes: setup.opened.stored_bytes,
             max_bytes: setup.max_bytes,
@@ -217,6 +236,12 @@ impl JournalWriter {
             dedupe_window: crate::config::defaults::DEDUPE_WINDOW,
             last_forget: None,
         }
+    }
+
+    /// Tracks every DeviceCommand record for the command loop (`[commands]`, `[api]`).
+    pub fn track_commands(mut self, on: bool) -> Self {
+        self.track_commands = on;
+        self
     }
 
     /// How long dedupe keys are remembered (`catch_up.dedupe_window`; default 24 h).
@@ -274,19 +299,19 @@ impl JournalWriter {
     async fn claim_or_release(&mut self, op: Op) {
         match op {
             Op::Claim(property, reply) => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let (mine, rest): (Vec<Note>, Vec<Note>) = std::mem::take(&mut self.unclaimed)
-                    .into_iter()
-                    .partition(|note| *note.record.property == *property);
-                self.unclaimed = rest;
-                for note in mine {
-                    let _ = tx.send(note);
-                }
-                self.claims.insert(property, tx);
-                let _ = reply.send(rx);
+                let _ = reply.send(self.notes.claim(property));
+            }
+            Op::ClaimUpdates(property, reply) => {
+                let _ = reply.send(self.updates.claim(property));
             }
             Op::ReleaseUnclaimed(reason, done) => {
-                let notes = std::mem::take(&mut self.unclaimed);
+                if self.updates.unclaimed() > 0 {
+                    tracing::warn!(
+                        updates = self.updates.unclaimed(),
+                        "command updates wait in the journal for a property without a Mews REST client; they are sent once it has one"
+                    );
+                }
+                let notes = self.notes.take_unclaimed();
                 if !notes.is_empty() {
                     tracing::warn!(
                         records = notes.len(),
@@ -384,8 +409,12 @@ impl JournalWriter {
             mark_waiters,
             settled,
             unheal,
+            acks,
+            requests,
+            answered,
             ..
         } = batch;
+        let (requests, replies): (Vec<Request>, Vec<_>) = requests.into_iter().unzip();
         for (name, seq) in &cursors {
             if let Some(at) = self.cursors.get_mut(name) {
                 *at = (*at).max(*seq);
@@ -427,6 +456,12 @@ impl JournalWriter {
             },
             settled: settled_values,
             unheal,
+            commands: CommandWork {
+                track: self.track_commands,
+                requests,
+                acks,
+                answered,
+            },
         };
         let Some((result, commit)) = self.run_commit(commit).await else {
             for done in flushes {
@@ -435,7 +470,13 @@ impl JournalWriter {
             return;
         };
         let outcome = match result {
-            Ok(committed) => {
+            Ok(mut committed) => {
+                for (reply, outcome) in replies.into_iter().zip(committed.outcomes.drain(..)) {
+                    let _ = reply.send(Ok(outcome));
+                }
+                for outgoing in committed.queued.drain(..) {
+                    self.updates.route(outgoing);
+                }
                 if forget {
                     self.last_forget = Some(std::time::Instant::now());
                 }
@@ -452,6 +493,9 @@ impl JournalWriter {
             }
             Err(err) => {
                 let message = err.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(JournalError::Write(message.clone())));
+                }
                 self.failed(&err, &commit, waiters, settled).await;
                 for done in mark_waiters {
                     let _ = done.send(Err(JournalError::Write(message.clone())));
@@ -506,6 +550,7 @@ impl JournalWriter {
             seq,
             bytes,
             dropped,
+            ..
         } = committed;
         let count = commit.entries.len() as u64 - dropped.len() as u64;
         if !dropped.is_empty() {
@@ -580,21 +625,7 @@ impl JournalWriter {
 
     /// Hands a pending record to its property's enricher, or keeps it until one claims it.
     fn route(&mut self, note: Note) {
-        let note = match self.claims.get(&*note.record.property) {
-            Some(inbox) => match inbox.send(note) {
-                Ok(()) => return,
-                Err(mpsc::error::SendError(note)) => {
-                    self.claims.remove(&*note.record.property);
-                    note
-                }
-            },
-            None => note,
-        };
-        tracing::debug!(
-            seq = note.seq,
-            "a pending record waits for its property's enricher"
-        );
-        self.unclaimed.push(note);
+        self.notes.route(note);
     }
 
     /// After a failed commit: the records are lost (counted, logged once per outage), waiters

@@ -46,6 +46,15 @@ impl std::fmt::Display for RequestIdNote<'_> {
     }
 }
 
+/// A successful answer: its body and `Request-Id`.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The JSON body.
+    pub body: Vec<u8>,
+    /// Mews's `Request-Id` header.
+    pub request_id: Option<String>,
+}
+
 /// Why a REST call failed. Never holds a token.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RestError {
@@ -237,6 +246,15 @@ impl Rest {
         operation: &str,
         body: Map<String, Value>,
     ) -> Result<Vec<u8>, RestError> {
+        self.call_answer(operation, body).await.map(|a| a.body)
+    }
+
+    /// [`Rest::call`], with the answer's `Request-Id` (kept with a command update's answer).
+    pub async fn call_answer(
+        &self,
+        operation: &str,
+        body: Map<String, Value>,
+    ) -> Result<Answer, RestError> {
         let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
         let paged = body
             .get("Limitation")
@@ -368,7 +386,7 @@ impl Rest {
         operation: &str,
         body: &Map<String, Value>,
         paged: bool,
-    ) -> Result<Vec<u8>, RestError> {
+    ) -> Result<Answer, RestError> {
         self.limiter.acquire().await;
         let mut full = Map::with_capacity(body.len() + 3);
         full.insert("ClientToken".into(), self.client_token.expose().into());
@@ -391,24 +409,27 @@ impl Rest {
             }
         };
         let status = response.status();
-        if status.is_success() {
-            let bytes = response.bytes().await.map_err(|err| {
-                Stats::add(&self.stats.rest_failed, 1);
-                RestError::Transport(describe(&err))
-            })?;
-            Stats::add(&self.stats.rest_ok, 1);
-            return Ok(bytes.to_vec());
-        }
-        Stats::add(&self.stats.rest_failed, 1);
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            Stats::add(&self.stats.rest_throttled, 1);
-        }
         let header_id = response
             .headers()
             .get(REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .map(|v| v.trim().to_owned())
             .filter(|v| !v.is_empty());
+        if status.is_success() {
+            let bytes = response.bytes().await.map_err(|err| {
+                Stats::add(&self.stats.rest_failed, 1);
+                RestError::Transport(describe(&err))
+            })?;
+            Stats::add(&self.stats.rest_ok, 1);
+            return Ok(Answer {
+                body: bytes.to_vec(),
+                request_id: header_id,
+            });
+        }
+        Stats::add(&self.stats.rest_failed, 1);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            Stats::add(&self.stats.rest_throttled, 1);
+        }
         let after = retry_after(response.headers());
         let bytes = response.bytes().await.unwrap_or_default();
         let error = error_body(&bytes);

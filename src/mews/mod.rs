@@ -4,6 +4,7 @@
 pub mod catch_up;
 pub mod client;
 pub mod enrich;
+pub mod update;
 mod limiter;
 
 use std::sync::Arc;
@@ -12,19 +13,21 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 pub use catch_up::CatchUpJob;
-pub use client::{Rest, RestError, RestSetup, http_client};
+pub use client::{Answer, Rest, RestError, RestSetup, http_client};
 pub use enrich::Enricher;
 pub use limiter::Limiter;
 
 use crate::config::{Property, Settings};
 use crate::stats::Stats;
 
-/// Whether catch-up or enrichment will call the REST API (`api_url` known, one of them on).
+/// Whether catch-up, enrichment or the command loop will call the REST API (`api_url` known,
+/// one of them on).
 pub fn wanted(settings: &Settings) -> bool {
     settings.mews.api_url.is_some()
         && (settings.catch_up.commands
             || settings.catch_up.reservations
-            || settings.enrich.commands)
+            || settings.enrich.commands
+            || settings.command_loop())
 }
 
 /// The REST client for one property, sharing `http` (see [`http_client`]).

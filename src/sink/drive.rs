@@ -14,6 +14,7 @@ use super::dead_letter::{DeadLetters, Reason};
 use super::{AnySink, Filter, Redactor, Sink};
 use crate::backoff::Backoff;
 use crate::config::SinkSettings;
+use crate::journal::commands::Ack;
 use crate::journal::{Journal, StoredRecord};
 use crate::stats::Stats;
 
@@ -34,6 +35,8 @@ pub struct SinkControl {
     pub state_dir: PathBuf,
     /// Where progress is counted.
     pub stats: Arc<Stats>,
+    /// `[commands] received_after`: the sink whose deliveries set commands `Received`.
+    pub received_after: Option<String>,
 }
 
 /// One sink's task state.
@@ -147,6 +150,7 @@ impl Driver {
             }
             let records: Vec<&StoredRecord> =
                 batch.iter().filter(|r| self.filter.matches(r)).collect();
+            let mut acks = Vec::new();
             while !records.is_empty() {
                 let result = tokio::select! {
                     () = self.ctl.abort.cancelled() => return,
@@ -156,7 +160,11 @@ impl Driver {
                 };
                 match result {
                     Ok(()) => {
-                        let n = records.len() as u64;
+                        let dead = self.sink.take_dead_lettered();
+                        if self.ctl.received_after.as_deref() == Some(self.name.as_str()) {
+                            acks = pending_commands(&records, &dead);
+                        }
+                        let n = (records.len() - dead.len()) as u64;
                         self.ctl.stats.sink(&self.name, |s| s.delivered += n);
                         backoff.reset();
                         self.trouble.recovered();
@@ -181,9 +189,13 @@ impl Driver {
             if *self.shed.borrow() > self.cursor {
                 continue; // shed first; what was not delivered is dead-lettered there
             }
-            if let Step::Stop = self
-                .advance(batch.last().map_or(self.cursor, |r| r.seq))
+            let to = batch.last().map_or(self.cursor, |r| r.seq);
+            self.cursor = to;
+            if self
+                .journal
+                .advance_acking(&self.name, to, acks)
                 .await
+                .is_err()
             {
                 break;
             }
@@ -262,6 +274,28 @@ impl Driver {
             }
         }
     }
+}
+
+/// The Pending DeviceCommands among delivered records (not those dead-lettered): what
+/// `received_after` acknowledges to Mews.
+fn pending_commands(records: &[&StoredRecord], dead: &[u64]) -> Vec<Ack> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        id: Option<String>,
+        state: Option<String>,
+    }
+    records
+        .iter()
+        .filter(|r| r.kind.as_deref() == Some(crate::mews::enrich::DEVICE_COMMAND))
+        .filter(|r| !dead.contains(&r.seq))
+        .filter_map(|r| {
+            let head: Head = serde_json::from_slice(&r.json).ok()?;
+            (head.state.as_deref() == Some("Pending")).then_some(Ack {
+                property: r.property.clone(),
+                command: head.id?,
+            })
+        })
+        .collect()
 }
 
 /// Logs a run of failures once at its start and once at its end.

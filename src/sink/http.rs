@@ -31,6 +31,8 @@ pub struct HttpSink {
     dead: DeadLetters,
     name: String,
     stats: Arc<Stats>,
+    /// Seqs dead-lettered by the current write.
+    dead_lettered: Vec<u64>,
 }
 
 /// What one request came to.
@@ -88,6 +90,7 @@ impl HttpSink {
             dead: DeadLetters::new(state_dir, name),
             name: name.to_owned(),
             stats,
+            dead_lettered: Vec::new(),
         })
     }
 
@@ -164,6 +167,7 @@ impl HttpSink {
 
     fn dead_letter(&mut self, records: &[&StoredRecord], reason: &Reason<'_>) -> io::Result<()> {
         self.dead.write(records, reason)?;
+        self.dead_lettered.extend(records.iter().map(|r| r.seq));
         let n = records.len() as u64;
         self.stats.sink(&self.name, |s| s.dead_lettered += n);
         Ok(())
@@ -246,7 +250,12 @@ impl Sink for HttpSink {
         self.settings.batch_max
     }
 
+    fn take_dead_lettered(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.dead_lettered)
+    }
+
     async fn write(&mut self, records: &[&StoredRecord]) -> io::Result<()> {
+        self.dead_lettered.clear();
         for chunk in records.chunks(self.settings.batch_max) {
             self.deliver(chunk).await?;
         }

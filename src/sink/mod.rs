@@ -36,6 +36,12 @@ pub trait Sink {
     /// Delivers the records (in order); `Ok` means the cursor may move past them.
     fn write(&mut self, records: &[&StoredRecord]) -> impl Future<Output = io::Result<()>> + Send;
 
+    /// Seqs of the records the last [`Sink::write`] dead-lettered instead of delivering (they
+    /// are not acknowledged to Mews as received).
+    fn take_dead_lettered(&mut self) -> Vec<u64> {
+        Vec::new()
+    }
+
     /// At most this many records per [`Sink::write`]; the cursor moves after each.
     fn batch_limit(&self) -> usize {
         BATCH
@@ -92,6 +98,9 @@ impl Sink for AnySink {
     }
     fn batch_limit(&self) -> usize {
         each!(self, s => s.batch_limit())
+    }
+    fn take_dead_lettered(&mut self) -> Vec<u64> {
+        each!(self, s => s.take_dead_lettered())
     }
     fn due(&self) -> Option<Instant> {
         each!(self, s => s.due())

@@ -207,10 +207,11 @@ async fn a_408_leads_to_smaller_pages() {
     relay.stop().await;
     let counts = hotel.page_counts(RESERVATIONS);
     assert_eq!(counts[..2], [1000, 500], "{counts:?}");
-    assert!(counts[2..].iter().all(|c| *c == 250), "{counts:?}");
-    // Ten full pages of 250, then the empty page that ends the listing.
-    assert_eq!(counts.len(), 2 + 11, "{counts:?}");
-    assert_eq!(request_ids(&hotel, RESERVATIONS, 408).len(), 2);
+    // Ten full pages of 250, then the empty page that ends the listing. (On a busy machine a
+    // reconnect may start a second listing after these; it halves from 1000 again.)
+    assert!(counts.len() >= 2 + 11, "{counts:?}");
+    assert!(counts[2..13].iter().all(|c| *c == 250), "{counts:?}");
+    assert!(request_ids(&hotel, RESERVATIONS, 408).len() >= 2);
 }
 
 /// Three 429s without `Retry-After` in a row: the relay waits longer each time (about 0.5-1 s,
