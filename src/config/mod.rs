@@ -39,7 +39,7 @@ pub mod defaults {
     /// `[connection] max_message_size`
     pub const MAX_MESSAGE_SIZE: u64 = 1 << 20;
     /// `[connection] message_timeout`
-    pub const MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
     /// `[listeners] header_timeout`
     pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
     /// `[listeners] body_timeout`

@@ -45,6 +45,9 @@ pub(crate) struct Clock {
     header_timeout: Duration,
     idle_timeout: Duration,
     phase: Mutex<(Phase, Option<Expiry>)>,
+    /// Told when the handler answered: the connection must be polled again so the socket
+    /// wrapper arms the idle deadline (nothing else may wake it before the client sends).
+    answered: tokio::sync::Notify,
 }
 
 impl Clock {
@@ -54,6 +57,7 @@ impl Clock {
             header_timeout,
             idle_timeout,
             phase: Mutex::new((Phase::Head(Instant::now() + header_timeout), None)),
+            answered: tokio::sync::Notify::new(),
         })
     }
 
@@ -77,6 +81,12 @@ impl Clock {
     /// The handler answered: the connection may now idle for `idle_timeout`.
     pub(crate) fn idle(&self) {
         self.lock().0 = Phase::Idle(Instant::now() + self.idle_timeout);
+        self.answered.notify_one();
+    }
+
+    /// Completes after the next [`Clock::idle`].
+    pub(crate) async fn answered(&self) {
+        self.answered.notified().await;
     }
 
     /// Bytes arrived: an idle connection starts a request head.

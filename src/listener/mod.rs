@@ -253,11 +253,15 @@ impl Connection {
             .header_read_timeout(None);
         let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);
-        let result = tokio::select! {
-            res = conn.as_mut() => res,
-            () = shutdown.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+        let result = loop {
+            tokio::select! {
+                res = conn.as_mut() => break res,
+                // Poll the connection again: its socket wrapper arms the idle deadline.
+                () = clock.answered() => {}
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    break conn.await;
+                }
             }
         };
         match clock.expired() {

@@ -146,6 +146,25 @@ mod tests {
             Path::new("/var/lib/mews-relay/dead-letter/http_keys.example_8443_mews_hooks.jsonl")
         );
     }
+
+    #[test]
+    fn a_dead_letter_file_that_is_a_symlink_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, "untouched").unwrap();
+        std::fs::create_dir(dir.path().join(DIR)).unwrap();
+        std::os::unix::fs::symlink(&target, path_for(dir.path(), "keys")).unwrap();
+        let mut dead = DeadLetters::new(dir.path(), "keys");
+        let record = super::super::stdout::test_record("{\"seq\":1}");
+        let reason = Reason {
+            text: "gave up",
+            status: None,
+            response: None,
+        };
+        let err = dead.write(&[&record], &reason).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+    }
 }
 
 /// Why dead letters could not be replayed.
