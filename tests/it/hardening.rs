@@ -115,6 +115,41 @@ async fn trace_logs_and_check_hold_no_secret() {
     }
 }
 
+/// A webhook event nested 100,000 levels deep is refused (400) and journals nothing, like the
+/// WebSocket path refuses more than 64 levels (before: accepted and forwarded).
+#[tokio::test]
+async fn deeply_nested_webhook_events_are_refused() {
+    let hooks = free_port();
+    let h = Harness::start_with(|c| {
+        c + &format!("\n[webhooks]\nlisten = \"{hooks}\"\ntoken = \"{TOKEN}\"\n")
+    })
+    .await;
+    listening(hooks).await;
+    let event = |value: &str| {
+        format!(
+            r#"{{"EnterpriseId":"e","IntegrationId":"i","Events":[{{"Discriminator":"X","Value":{{"Id":"{value}","N":{}}}}}]}}"#,
+            if value == "deep" {
+                format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000))
+            } else {
+                "1".into()
+            }
+        )
+    };
+    let post = |body: String| {
+        let head = format!(
+            "POST /mews/webhooks?Token={TOKEN} HTTP/1.1\r\nHost: relay\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        async move { request(hooks, &head, body.as_bytes()).await }
+    };
+    assert_eq!(post(event("deep")).await, Some(400));
+    assert_eq!(post(event("flat")).await, Some(202));
+    let lines = wait_for_lines(&h.out, 1).await;
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["id"], "flat");
+    h.relay.stop().await;
+}
+
 /// A 60 MB WebSocket message (under the 64 MiB hard limit) leaves one line of at most the
 /// 64 KiB sample plus its size in rejected.jsonl (before: the whole 60 MB, every time), and
 /// the connection carries on.
