@@ -65,6 +65,14 @@ pub enum AppError {
     /// A sink could not open its output.
     #[error(transparent)]
     Sink(#[from] BuildError),
+    /// The state directory could not be created.
+    #[error("cannot create the state directory {path}: {source}; check state.dir and its permissions", path = .path.display())]
+    StateDir {
+        /// `state.dir`.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The TLS configuration could not be built.
     #[error("TLS set-up failed: {0}; check connection.ca_file")]
     Tls(#[from] rustls::Error),
@@ -203,10 +211,16 @@ async fn run_once(
 ) -> Result<Ended, AppError> {
     let tls = tls::client_config(&settings.connection.extra_roots, None)?;
     let sink_names: Vec<String> = settings.sinks.iter().map(|s| s.name.clone()).collect();
+    // 0700 whatever the umask: the journal and rejected.jsonl hold guests' data.
+    crate::files::create_private_dir(&settings.state.dir).map_err(|source| AppError::StateDir {
+        path: settings.state.dir.clone(),
+        source,
+    })?;
+    // rejected.jsonl has its share of state.max_bytes; the journal gets the rest.
     let (journal, writer) = Journal::open(
         &settings.state.dir,
         &sink_names,
-        settings.state.max_bytes,
+        crate::rejects::journal_share(settings.state.max_bytes),
         Arc::clone(&stats),
     )?;
     let names: Vec<&str> = settings
@@ -237,7 +251,7 @@ async fn run_once(
         supervisor: None,
     };
     let grace = settings.shutdown.grace_period;
-    let rejects = Arc::new(Rejects::new(&settings.state.dir));
+    let rejects = Arc::new(Rejects::new(&settings.state.dir, settings.state.max_bytes));
 
     for sink_settings in &settings.sinks {
         let sink = match sink_settings.build(&settings.state.dir, &stats).await {
@@ -355,12 +369,14 @@ async fn run_once(
     // Its journal handle would keep the writer from ending at shutdown.
     drop(shared);
     // The listeners are bound before anything depends on them, with one way out on failure.
+    let bounds = listener_bounds(settings);
     let listeners = async {
         let ingress = match &settings.webhooks {
             Some(webhooks) => Some(
                 Ingress::bind(
                     settings,
                     webhooks,
+                    bounds.clone(),
                     running.journal.clone(),
                     Arc::clone(&stats),
                 )
@@ -369,9 +385,15 @@ async fn run_once(
             None => None,
         };
         let metrics = match &settings.metrics {
-            Some(m) => {
-                Some(MetricsServer::bind(m.listen, m.ready_max_lag, Arc::clone(&stats)).await?)
-            }
+            Some(m) => Some(
+                MetricsServer::bind(
+                    m.listen,
+                    m.ready_max_lag,
+                    bounds.clone(),
+                    Arc::clone(&stats),
+                )
+                .await?,
+            ),
             None => None,
         };
         Ok::<_, AppError>((ingress, metrics))
@@ -416,7 +438,7 @@ async fn run_once(
         settings.catch_up.commands || settings.catch_up.reservations || settings.enrich.commands;
     if wants_rest && !crate::mews::wanted(settings) {
         tracing::warn!(
-            websocket_url = %settings.mews.websocket_url,
+            websocket_url = %crate::config::redact_url(&settings.mews.websocket_url),
             "no mews.api_url: no catch-up after reconnects and no enrichment of device commands; set api_url (or turn [catch_up] and [enrich] off to silence this)"
         );
     }
@@ -449,6 +471,39 @@ async fn run_once(
         Ok(reload) => Ok(reload),
         Err(name) => Err(AppError::TaskEnded(name)),
     }
+}
+
+/// `[listeners]`, with each listener's connection cap fitted to the descriptor limit so that
+/// a flooded listener leaves descriptors for WebSockets, REST calls, sinks and the journal.
+fn listener_bounds(settings: &Settings) -> crate::listener::Bounds {
+    use crate::listener::{BodyBudget, Bounds, fds};
+    let count = usize::from(settings.webhooks.is_some()) + usize::from(settings.metrics.is_some());
+    let limit = fds::soft_limit();
+    let reserve = fds::reserve(settings.properties.len(), settings.sinks.len());
+    let cap = fds::per_listener(settings.listeners.max_connections, count, limit, reserve);
+    if count > 0 {
+        if cap < settings.listeners.max_connections {
+            tracing::warn!(
+                max_connections = settings.listeners.max_connections,
+                fitted = cap,
+                descriptor_limit = limit,
+                reserved = reserve,
+                "listeners.max_connections lowered to fit the descriptor limit; raise LimitNOFILE (ulimit -n) to allow more"
+            );
+        } else {
+            tracing::debug!(
+                max_connections = cap,
+                descriptor_limit = limit,
+                reserved = reserve,
+                "listener connection cap"
+            );
+        }
+    }
+    Bounds::new(
+        &settings.listeners,
+        cap,
+        BodyBudget::new(settings.listeners.max_body_in_flight),
+    )
 }
 
 fn ended(name: &'static str, result: Result<(), tokio::task::JoinError>) -> &'static str {

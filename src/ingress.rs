@@ -7,21 +7,19 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, Uri};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use subtle::ConstantTimeEq;
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Settings, Webhooks};
 use crate::journal::{Entry, Journal};
-use crate::record::{Enrich, Origin, Record, format_time};
+use crate::listener::{Bounds, Gate, Listener, Refusals, read_body, refuse};
+use crate::record::{Enrich, MAX_DEPTH, Origin, Record, deeper_than, format_time};
 use crate::rejects::sample;
-use crate::secret::Secret;
 use crate::stats::Stats;
 
 /// Integration webhook actions that explain a coming 401 on the WebSocket.
@@ -34,19 +32,21 @@ const WARN_ACTIONS: [&str; 4] = [
 
 /// A bound, not yet serving, webhook listener.
 pub struct Ingress {
-    listener: TcpListener,
+    listener: Listener,
     state: Arc<Shared>,
     path: String,
-    max_body: usize,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: bool,
 }
 
 struct Shared {
-    token: Secret,
+    gate: Gate,
     /// Mews enterprise id -> `[[property]]` name.
     enterprises: HashMap<String, String>,
     journal: Journal,
     stats: Arc<Stats>,
+    refusals: Arc<Refusals>,
+    bounds: Bounds,
+    max_body: usize,
 }
 
 /// Why the listener could not start.
@@ -66,20 +66,14 @@ pub enum IngressError {
 }
 
 impl Ingress {
-    /// Binds `webhooks.listen`; fails at start-up, not later.
+    /// Binds `webhooks.listen`, bounded by `bounds`; fails at start-up, not later.
     pub async fn bind(
         settings: &Settings,
         webhooks: &Webhooks,
+        bounds: Bounds,
         journal: Journal,
         stats: Arc<Stats>,
     ) -> Result<Ingress, IngressError> {
-        let listener =
-            TcpListener::bind(webhooks.listen)
-                .await
-                .map_err(|source| IngressError::Bind {
-                    addr: webhooks.listen,
-                    source,
-                })?;
         let tls = match &webhooks.tls {
             Some(identity) => {
                 let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -91,6 +85,19 @@ impl Ingress {
             }
             None => None,
         };
+        let is_tls = tls.is_some();
+        let listener = Listener::bind(
+            "webhooks",
+            webhooks.listen,
+            tls,
+            bounds.clone(),
+            Arc::clone(&stats),
+        )
+        .await
+        .map_err(|source| IngressError::Bind {
+            addr: webhooks.listen,
+            source,
+        })?;
         let enterprises = settings
             .properties
             .iter()
@@ -102,16 +109,21 @@ impl Ingress {
             })
             .collect();
         Ok(Ingress {
-            listener,
             state: Arc::new(Shared {
-                token: webhooks.token.clone(),
+                gate: Gate::Query {
+                    param: "Token",
+                    secret: webhooks.token.clone(),
+                },
                 enterprises,
                 journal,
                 stats,
+                refusals: listener.refusals(),
+                bounds,
+                max_body: usize::try_from(webhooks.max_body).unwrap_or(usize::MAX),
             }),
+            listener,
             path: webhooks.path.clone(),
-            max_body: usize::try_from(webhooks.max_body).unwrap_or(usize::MAX),
-            tls,
+            tls: is_tls,
         })
     }
 
@@ -123,60 +135,62 @@ impl Ingress {
     /// Serves until `shutdown`; requests in flight finish first.
     pub async fn run(self, shutdown: CancellationToken) {
         let addr = self.local_addr().ok();
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let scheme = if self.tls { "https" } else { "http" };
         tracing::info!(listen = ?addr, path = %self.path, "receiving Mews webhooks on {scheme}");
         let router = Router::new()
             .route(&self.path, post(receive))
-            .layer(DefaultBodyLimit::max(self.max_body))
             .with_state(self.state);
-        let stop = shutdown.cancelled_owned();
-        let result = match self.tls {
-            Some(acceptor) => {
-                let listener = TlsListener {
-                    tcp: self.listener,
-                    acceptor,
-                };
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stop)
-                    .await
-            }
-            None => {
-                axum::serve(self.listener, router)
-                    .with_graceful_shutdown(stop)
-                    .await
-            }
-        };
-        if let Err(err) = result {
-            tracing::error!(error = %err, "webhook listener failed");
-        }
+        self.listener.serve(router, shutdown).await;
     }
 }
 
-async fn receive(State(state): State<Arc<Shared>>, uri: Uri, body: Bytes) -> StatusCode {
-    let given = uri.query().and_then(|query| {
-        form_urlencoded::parse(query.as_bytes())
-            .find(|(key, _)| key == "Token")
-            .map(|(_, value)| value.into_owned())
-    });
-    let allowed = given
-        .is_some_and(|token| bool::from(token.as_bytes().ct_eq(state.token.expose().as_bytes())));
-    if !allowed {
+/// The token is checked from the request line before a byte of the body is read.
+async fn receive(State(state): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    if !state.gate.admits(&parts.uri, &parts.headers) {
+        drop(body);
         let refused = Stats::add(&state.stats.webhooks_refused, 1);
-        tracing::warn!(
-            refused_total = refused,
-            "webhook refused: missing or wrong Token in the URL"
-        );
-        return StatusCode::UNAUTHORIZED;
+        state.refusals.refused(&state.stats, "unauthorized", || {
+            tracing::warn!(
+                refused_total = refused,
+                "webhook refused (401): missing or wrong Token in the URL"
+            )
+        });
+        return refuse(StatusCode::UNAUTHORIZED);
     }
-    let text = String::from_utf8_lossy(&body);
+    let body = match read_body(
+        body,
+        &parts.headers,
+        state.max_body,
+        &state.bounds.budget,
+        state.bounds.body_timeout,
+    )
+    .await
+    {
+        Ok(body) => body,
+        Err(err) => {
+            let status = err.status();
+            state.refusals.refused(
+                &state.stats,
+                err.kind(),
+                || tracing::warn!(error = %err, status = status.as_u16(), "webhook refused"),
+            );
+            return refuse(status);
+        }
+    };
+    let text = String::from_utf8_lossy(&body.bytes);
     let records = match parse(&text, &state.enterprises, SystemTime::now()) {
         Ok(records) => records,
         Err(reason) => {
             let malformed = Stats::add(&state.stats.webhooks_malformed, 1);
-            tracing::warn!(%reason, sample = %sample(&text), malformed_total = malformed, "webhook rejected (400)");
-            return StatusCode::BAD_REQUEST;
+            state.refusals.refused(&state.stats, "malformed", || {
+                tracing::warn!(%reason, sample = %sample(&text), malformed_total = malformed, "webhook rejected (400)")
+            });
+            return StatusCode::BAD_REQUEST.into_response();
         }
     };
+    drop(text);
+    drop(body);
     for record in &records {
         if let Some(action) = record.kind.as_deref().filter(|a| WARN_ACTIONS.contains(a)) {
             tracing::warn!(
@@ -188,7 +202,7 @@ async fn receive(State(state): State<Arc<Shared>>, uri: Uri, body: Bytes) -> Sta
     }
     let count = records.len();
     if count == 0 {
-        return StatusCode::ACCEPTED;
+        return StatusCode::ACCEPTED.into_response();
     }
     match state
         .journal
@@ -197,11 +211,11 @@ async fn receive(State(state): State<Arc<Shared>>, uri: Uri, body: Bytes) -> Sta
     {
         Ok(_) => {
             tracing::debug!(records = count, "webhook journaled");
-            StatusCode::ACCEPTED
+            StatusCode::ACCEPTED.into_response()
         }
         Err(err) => {
             tracing::error!(error = %err, records = count, "cannot journal a webhook; answering 503 so Mews sends it again");
-            StatusCode::SERVICE_UNAVAILABLE
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
         }
     }
 }
@@ -249,6 +263,9 @@ pub fn parse(
     enterprises: &HashMap<String, String>,
     received_at: SystemTime,
 ) -> Result<Vec<Record>, String> {
+    if deeper_than(body, MAX_DEPTH) {
+        return Err(format!("nested more than {MAX_DEPTH} levels deep"));
+    }
     let parsed: Body<'_> =
         serde_json::from_str(body).map_err(|err| format!("not valid JSON: {err}"))?;
     let received_at = format_time(received_at);
@@ -312,37 +329,6 @@ pub fn parse(
     }
 }
 
-/// TLS in front of axum, for `tls_cert` + `tls_key`.
-struct TlsListener {
-    tcp: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (tcp, addr) = match self.tcp.accept().await {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::debug!(error = %err, "webhook accept failed");
-                    continue;
-                }
-            };
-            match self.acceptor.accept(tcp).await {
-                Ok(tls) => return (tls, addr),
-                Err(err) => tracing::debug!(%addr, error = %err, "webhook TLS handshake failed"),
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,5 +383,19 @@ mod tests {
         ] {
             assert!(parse(body, &HashMap::new(), at()).is_err(), "{body}");
         }
+    }
+
+    #[test]
+    fn events_nested_deeper_than_the_websocket_allows_are_refused() {
+        let deep = |levels: usize| {
+            format!(
+                r#"{{"EnterpriseId":"e","Events":[{{"Discriminator":"X","Value":{{"Id":"1","N":{}1{}}}}}]}}"#,
+                "[".repeat(levels),
+                "]".repeat(levels)
+            )
+        };
+        assert!(parse(&deep(10), &HashMap::new(), at()).is_ok());
+        let err = parse(&deep(100_000), &HashMap::new(), at()).unwrap_err();
+        assert!(err.contains("64 levels"), "{err}");
     }
 }

@@ -25,9 +25,11 @@
 pub mod app;
 pub mod backoff;
 pub mod config;
+pub mod files;
 pub mod httpx;
 pub mod ingress;
 pub mod journal;
+pub mod listener;
 pub mod metrics;
 pub mod mews;
 pub mod ops;

@@ -181,6 +181,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check(&args.config),
         Command::Run(args) => match load(&args.config) {
             Ok(settings) => {
+                raise_descriptor_limit();
                 let rt = runtime();
                 let code = run_daemon(&rt, settings, Some(args.config.clone()), None);
                 // A sink stuck in a blocking write (a full stdout pipe) must not hold the exit.
@@ -198,6 +199,32 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
     }
+}
+
+/// Libraries whose trace level prints raw requests and bytes on the wire: tungstenite the
+/// upgrade request with its `Cookie: ClientToken=…; AccessToken=…`, reqwest and hyper REST
+/// bodies (which carry the tokens) and sink headers. Their trace events are dropped at any log
+/// level; their debug events say nothing secret.
+const WIRE_TARGETS: [&str; 9] = [
+    "tungstenite",
+    "tokio_tungstenite",
+    "hyper",
+    "h2",
+    "reqwest",
+    "rustls",
+    "tokio_rustls",
+    "async_nats",
+    "axum",
+];
+
+/// Whether an event or span may be logged: not a trace of a [`WIRE_TARGETS`] library.
+fn not_wire_trace(meta: &tracing::Metadata<'_>) -> bool {
+    *meta.level() != tracing::Level::TRACE
+        || !WIRE_TARGETS.iter().any(|t| {
+            meta.target().strip_prefix(t).is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with("::") || rest.starts_with('_')
+            })
+        })
 }
 
 /// Logs to stderr; plain under journald (it adds its own timestamps), coloured on a terminal.
@@ -223,7 +250,9 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
         LogFormat::Auto => LogFormat::Text,
         other => other,
     };
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::filter::filter_fn(not_wire_trace));
     match format {
         LogFormat::Journald => match tracing_journald::layer() {
             Ok(journald) => {
@@ -250,6 +279,24 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
         registry.with(text.without_time()).init();
     } else {
         registry.with(text).init();
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one (systemd's default soft limit is 1,024);
+/// listeners fit their connection caps to what it is afterwards.
+fn raise_descriptor_limit() {
+    match mews_relay::listener::fds::raise_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::debug!(
+                before,
+                after,
+                "raised the soft descriptor limit (RLIMIT_NOFILE)"
+            )
+        }
+        Ok(_) => {}
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot raise the descriptor limit (RLIMIT_NOFILE); listeners keep within the current one")
+        }
     }
 }
 
@@ -453,6 +500,7 @@ fn simulate(args: SimulateArgs) -> ExitCode {
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
 fn demo(args: DemoArgs) -> ExitCode {
+    raise_descriptor_limit();
     let state = match tempfile::Builder::new()
         .prefix("mews-relay-demo-")
         .tempdir()

@@ -10,14 +10,14 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::listener::{Bounds, Listener};
 use crate::stats::{Link, Stats};
 
 /// A bound metrics listener.
 pub struct MetricsServer {
-    listener: TcpListener,
+    listener: Listener,
     state: Arc<Shared>,
 }
 
@@ -35,13 +35,14 @@ pub struct MetricsError {
 }
 
 impl MetricsServer {
-    /// Binds `listen`.
+    /// Binds `listen`, bounded by `bounds`.
     pub async fn bind(
         listen: SocketAddr,
         ready_max_lag: Duration,
+        bounds: Bounds,
         stats: Arc<Stats>,
     ) -> Result<Self, MetricsError> {
-        let listener = TcpListener::bind(listen)
+        let listener = Listener::bind("metrics", listen, None, bounds, Arc::clone(&stats))
             .await
             .map_err(|source| MetricsError {
                 addr: listen,
@@ -64,12 +65,7 @@ impl MetricsServer {
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .with_state(self.state);
-        if let Err(err) = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %err, "metrics listener failed");
-        }
+        self.listener.serve(router, shutdown).await;
     }
 }
 
@@ -151,7 +147,9 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 /// Reads one figure of a sink.
 type SinkValue = fn(&crate::stats::SinkStats) -> f64;
 
-/// Everything in Prometheus text format.
+/// Everything in Prometheus text format. Its size is bounded whatever upstream sends: at most
+/// `(properties + MAX_EXTRA_PROPERTIES + 1) × (MAX_TYPES_PER_PROPERTY + 1) × 3` lines of
+/// `mews_relay_events_total`, with label values of at most `MAX_LABEL_BYTES` (see `stats`).
 pub fn render(stats: &Stats) -> String {
     let mut out = String::new();
     let now = SystemTime::now();
@@ -193,6 +191,11 @@ pub fn render(stats: &Stats) -> String {
             "mews_relay_messages_rejected_total",
             "Messages kept in rejected.jsonl instead of forwarded.",
             &stats.messages_rejected,
+        ),
+        (
+            "mews_relay_messages_timed_out_total",
+            "WebSocket messages not complete within message_timeout (the connection was closed).",
+            &stats.messages_timed_out,
         ),
         (
             "mews_relay_webhooks_refused_total",
@@ -243,6 +246,18 @@ pub fn render(stats: &Stats) -> String {
     for (name, help, counter) in counters {
         family(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {}", Stats::get(counter));
+    }
+    family(
+        &mut out,
+        "mews_relay_listener_refusals_total",
+        "counter",
+        "Requests and connections a listener refused or closed, by reason.",
+    );
+    for ((listener, reason), n) in stats.listener_refusals() {
+        let _ = writeln!(
+            out,
+            "mews_relay_listener_refusals_total{{listener=\"{listener}\",reason=\"{reason}\"}} {n}"
+        );
     }
     family(
         &mut out,

@@ -187,7 +187,7 @@ pub enum DecodeError {
 pub const MAX_DEPTH: usize = 64;
 
 /// Whether the JSON text nests objects/arrays deeper than `limit` (strings are skipped).
-fn deeper_than(text: &str, limit: usize) -> bool {
+pub(crate) fn deeper_than(text: &str, limit: usize) -> bool {
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for byte in text.bytes() {
         if in_string {

@@ -36,9 +36,47 @@ impl serde::Serialize for Secret {
     }
 }
 
+/// A URL that may carry credentials in its user info or query: `Display` and `Debug` show it
+/// with both masked (`config::redact_url`); [`SecretUrl::as_str`] gives the whole URL to
+/// connect with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The whole URL, credentials included, for the one place that connects with it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::config::redact_url(&self.0))
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_print_without_user_info_and_query() {
+        let url = SecretUrl::new("wss://user:pa55@ws.example/ws/connector?AccessToken=abc");
+        assert_eq!(url.to_string(), "wss://***@ws.example/ws/connector?***");
+        assert_eq!(format!("{url:?}"), "wss://***@ws.example/ws/connector?***");
+        assert!(url.as_str().contains("pa55"));
+    }
 
     #[test]
     fn debug_display_and_serialize_mask_the_value() {

@@ -8,6 +8,16 @@ use std::time::{Instant, SystemTime};
 
 use crate::record::Origin;
 
+/// Metric label values (property, type) are cut to this many bytes.
+pub const MAX_LABEL_BYTES: usize = 64;
+/// Distinct `type` labels per property; later new types are counted as [`OTHER`].
+pub const MAX_TYPES_PER_PROPERTY: usize = 100;
+/// Distinct properties not in the config (webhooks from unmapped enterprises); later new ones
+/// are counted as [`OTHER`].
+pub const MAX_EXTRA_PROPERTIES: usize = 20;
+/// The label that collects what is over a cap.
+pub const OTHER: &str = "other";
+
 /// What a property's connection is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Link {
@@ -54,8 +64,27 @@ pub struct Stats {
     pub properties: Mutex<BTreeMap<String, PropertyStats>>,
     /// Per sink.
     pub sinks: Mutex<BTreeMap<String, SinkStats>>,
-    /// Records committed, by property, then type, then origin (websocket, catch_up, webhook).
+    /// Records committed, by property, then type, then origin (websocket, catch_up, webhook);
+    /// capped by [`MAX_TYPES_PER_PROPERTY`] and [`MAX_EXTRA_PROPERTIES`].
     pub events: Mutex<BTreeMap<String, BTreeMap<String, [u64; 3]>>>,
+    /// The configured properties (never folded into [`OTHER`]).
+    pub configured: Mutex<Vec<String>>,
+    /// WebSocket messages that did not complete within `message_timeout` (connection closed).
+    pub messages_timed_out: AtomicU64,
+    /// Requests and connections a listener refused or closed, by listener and reason.
+    pub listener_refusals: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+/// `value` cut to at most [`MAX_LABEL_BYTES`], at a character boundary.
+pub fn label_value(value: &str) -> &str {
+    if value.len() <= MAX_LABEL_BYTES {
+        return value;
+    }
+    let mut end = MAX_LABEL_BYTES;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    &value[..end]
 }
 
 /// One property's connection.
@@ -119,9 +148,25 @@ impl Stats {
         entry.link = link;
     }
 
-    /// Keeps only these properties (after a reload).
+    /// Keeps only these properties (after a reload); they are the configured ones.
     pub fn keep_properties(&self, names: &[&str]) {
         lock(&self.properties).retain(|name, _| names.contains(&name.as_str()));
+        *lock(&self.configured) = names.iter().map(|n| (*n).to_owned()).collect();
+    }
+
+    /// Counts a request or connection that listener `listener` refused for `reason`.
+    pub fn listener_refused(&self, listener: &'static str, reason: &'static str) {
+        *lock(&self.listener_refusals)
+            .entry((listener, reason))
+            .or_default() += 1;
+    }
+
+    /// The refusals so far, by (listener, reason).
+    pub fn listener_refusals(&self) -> Vec<((&'static str, &'static str), u64)> {
+        lock(&self.listener_refusals)
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
     }
 
     /// Keeps only these sinks (after a reload).
@@ -135,10 +180,23 @@ impl Stats {
         let mut events = lock(&self.events);
         let mut websocket: Vec<&str> = Vec::new();
         for (property, kind, origin) in records {
-            let kind = kind.unwrap_or("unknown");
-            let by_type = match events.get_mut(property) {
-                Some(by_type) => by_type,
-                None => events.entry(property.to_owned()).or_default(),
+            let label = label_value(property);
+            let kind = label_value(kind.unwrap_or("unknown"));
+            let by_type = if events.contains_key(label) {
+                events.get_mut(label)
+            } else {
+                let key = if self.may_add_property(&events, label) {
+                    label
+                } else {
+                    OTHER
+                };
+                Some(events.entry(key.to_owned()).or_default())
+            };
+            let Some(by_type) = by_type else { continue };
+            let kind = if by_type.len() >= MAX_TYPES_PER_PROPERTY && !by_type.contains_key(kind) {
+                OTHER
+            } else {
+                kind
             };
             let counts = match by_type.get_mut(kind) {
                 Some(counts) => counts,
@@ -171,6 +229,26 @@ impl Stats {
         }
     }
 
+    /// Whether a property not counted yet gets its own label: configured ones always, others
+    /// while fewer than [`MAX_EXTRA_PROPERTIES`] have one.
+    fn may_add_property(
+        &self,
+        events: &BTreeMap<String, BTreeMap<String, [u64; 3]>>,
+        property: &str,
+    ) -> bool {
+        let configured = lock(&self.configured);
+        if configured.iter().any(|c| label_value(c) == property) {
+            return true;
+        }
+        let extra = events
+            .keys()
+            .filter(|k| {
+                k.as_str() != OTHER && !configured.iter().any(|c| label_value(c) == k.as_str())
+            })
+            .count();
+        extra < MAX_EXTRA_PROPERTIES
+    }
+
     /// Updates one sink's figures.
     pub fn sink(&self, name: &str, update: impl FnOnce(&mut SinkStats)) {
         update(lock(&self.sinks).entry(name.to_owned()).or_default());
@@ -194,5 +272,44 @@ impl Stats {
             })
             .collect();
         parts.join(" · ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_and_unknown_properties_are_capped_and_labels_cut() {
+        let stats = Stats::default();
+        stats.keep_properties(&["old-town"]);
+        let kinds: Vec<String> = (0..1000).map(|i| format!("Type{i}")).collect();
+        stats.committed(
+            kinds
+                .iter()
+                .map(|k| ("old-town", Some(k.as_str()), Origin::Websocket)),
+        );
+        let long = "x".repeat(500);
+        let enterprises: Vec<String> = (0..100).map(|i| format!("enterprise-{i}")).collect();
+        stats.committed(
+            enterprises
+                .iter()
+                .map(|e| (e.as_str(), Some(long.as_str()), Origin::Webhook)),
+        );
+        let events = stats.events.lock().unwrap();
+        let town = &events["old-town"];
+        assert_eq!(town.len(), MAX_TYPES_PER_PROPERTY + 1);
+        assert_eq!(town[OTHER][0], 1000 - MAX_TYPES_PER_PROPERTY as u64);
+        assert_eq!(events.len(), 1 + MAX_EXTRA_PROPERTIES + 1);
+        assert_eq!(events[OTHER][&long[..MAX_LABEL_BYTES]][2], 80);
+        assert!(events.keys().all(|k| k.len() <= MAX_LABEL_BYTES));
+    }
+
+    #[test]
+    fn labels_are_cut_at_a_character_boundary() {
+        let text = "é".repeat(40);
+        let cut = label_value(&text);
+        assert!(cut.len() <= MAX_LABEL_BYTES && cut.len() >= MAX_LABEL_BYTES - 1);
+        assert!(text.starts_with(cut));
     }
 }

@@ -22,6 +22,8 @@ pub(crate) struct ConfigFile {
     pub webhooks: Option<WebhooksFile>,
     pub metrics: Option<MetricsFile>,
     #[serde(default)]
+    pub listeners: ListenersFile,
+    #[serde(default)]
     pub catch_up: CatchUpFile,
     #[serde(default)]
     pub enrich: EnrichFile,
@@ -103,6 +105,7 @@ pub(crate) struct ConnectionFile {
     pub healthy_after: Option<Dur>,
     pub tcp_keepalive: Option<Dur>,
     pub max_message_size: Option<ByteSize>,
+    pub message_timeout: Option<Dur>,
     pub ca_file: Option<PathBuf>,
 }
 
@@ -133,6 +136,17 @@ pub(crate) struct WebhooksFile {
 pub(crate) struct MetricsFile {
     pub listen: Option<std::net::SocketAddr>,
     pub ready_max_lag: Option<Dur>,
+}
+
+/// `[listeners]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListenersFile {
+    pub header_timeout: Option<Dur>,
+    pub body_timeout: Option<Dur>,
+    pub idle_timeout: Option<Dur>,
+    pub max_connections: Option<u64>,
+    pub max_body_in_flight: Option<ByteSize>,
 }
 
 /// `[shutdown]`

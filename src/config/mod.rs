@@ -39,6 +39,18 @@ pub mod defaults {
     pub const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
     /// `[connection] max_message_size`
     pub const MAX_MESSAGE_SIZE: u64 = 1 << 20;
+    /// `[connection] message_timeout`
+    pub const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+    /// `[listeners] header_timeout`
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `[listeners] body_timeout`
+    pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `[listeners] idle_timeout`
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// `[listeners] max_connections`
+    pub const MAX_CONNECTIONS: usize = 256;
+    /// `[listeners] max_body_in_flight`
+    pub const MAX_BODY_IN_FLIGHT: u64 = 32 << 20;
     /// `[state] dir`
     pub const STATE_DIR: &str = "/var/lib/mews-relay";
     /// `[state] max_bytes`
@@ -130,6 +142,8 @@ pub struct Settings {
     /// `[metrics]`, when /metrics, /healthz and /readyz are served.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
+    /// `[listeners]`: bounds of every HTTP listener (webhooks, metrics).
+    pub listeners: Listeners,
     /// `[catch_up]`
     pub catch_up: CatchUp,
     /// `[enrich]`
@@ -149,13 +163,17 @@ pub struct Settings {
     pub warnings: Vec<String>,
 }
 
-/// `[mews]`
-#[derive(Debug, Clone, Serialize)]
+/// `[mews]` (`Debug` and `check` show the URLs without user info and query).
+#[derive(Clone, Serialize)]
 pub struct Mews {
     /// `ws://` or `wss://` URL of the WebSocket endpoint.
+    #[serde(serialize_with = "redacted_url")]
     pub websocket_url: String,
     /// REST base URL (catch-up and enrichment); none: neither runs.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redacted_optional_url"
+    )]
     pub api_url: Option<String>,
     /// The integration's ClientToken.
     pub client_token: Secret,
@@ -169,6 +187,20 @@ pub struct Mews {
     /// The window of `rate_limit`.
     #[serde(with = "human")]
     pub rate_window: Duration,
+}
+
+impl std::fmt::Debug for Mews {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mews")
+            .field("websocket_url", &redact_url(&self.websocket_url))
+            .field("api_url", &self.api_url.as_deref().map(redact_url))
+            .field("client_token", &self.client_token)
+            .field("client", &self.client)
+            .field("request_timeout", &self.request_timeout)
+            .field("rate_limit", &self.rate_limit)
+            .field("rate_window", &self.rate_window)
+            .finish()
+    }
 }
 
 /// `[catch_up]`: what is fetched over REST after every (re)connect.
@@ -261,6 +293,10 @@ pub struct Connection {
     pub tcp_keepalive: Duration,
     /// Larger messages are rejected (kept in `rejected.jsonl`), not forwarded.
     pub max_message_size: u64,
+    /// A message whose frames keep arriving without completing it for this long breaks the
+    /// connection (a fragmented message without its final frame).
+    #[serde(with = "human")]
+    pub message_timeout: Duration,
     /// Extra CA certificates (PEM) trusted besides the system roots.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
@@ -286,6 +322,26 @@ pub struct Metrics {
     /// `/readyz` fails when a sink has been behind longer than this.
     #[serde(with = "human")]
     pub ready_max_lag: Duration,
+}
+
+/// `[listeners]`: what bounds each HTTP listener, so that no client can hold memory,
+/// descriptors or a core.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listeners {
+    /// A request line and headers must arrive within this, counted from the connect (or from
+    /// the first byte of a later request on a kept-alive connection).
+    #[serde(with = "human")]
+    pub header_timeout: Duration,
+    /// An accepted request's body must arrive within this (else 408).
+    #[serde(with = "human")]
+    pub body_timeout: Duration,
+    /// A kept-alive connection with no request for this long is closed.
+    #[serde(with = "human")]
+    pub idle_timeout: Duration,
+    /// Open connections per listener (lowered at start to fit the descriptor limit).
+    pub max_connections: usize,
+    /// Request bodies being read, all listeners together (more: 503).
+    pub max_body_in_flight: u64,
 }
 
 /// `[webhooks]`
@@ -532,6 +588,16 @@ pub fn redact_url(url: &str) -> String {
 
 fn redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&redact_url(url))
+}
+
+fn redacted_optional_url<S: serde::Serializer>(
+    url: &Option<String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(url) => s.serialize_str(&redact_url(url)),
+        None => s.serialize_none(),
+    }
 }
 
 /// Durations written back the way they are read: `"20s"`.

@@ -166,6 +166,7 @@ pub(super) fn parse(
         }),
         None => None,
     };
+    let listeners = listeners(&ctx, raw.listeners)?;
     let catch_up = super::mews::catch_up(&ctx, raw.catch_up)?;
     let enrich = super::mews::enrich(&ctx, raw.enrich)?;
     let names: HashSet<&str> = properties.iter().map(|p| p.name.as_str()).collect();
@@ -184,6 +185,7 @@ pub(super) fn parse(
         shutdown,
         webhooks,
         metrics,
+        listeners,
         catch_up,
         enrich,
         commands,
@@ -191,6 +193,46 @@ pub(super) fn parse(
         sinks,
         warnings,
     })
+}
+
+fn listeners(
+    ctx: &Ctx<'_>,
+    raw: super::file::ListenersFile,
+) -> Result<super::Listeners, ConfigError> {
+    use super::file::pick;
+    let l = super::Listeners {
+        header_timeout: pick(raw.header_timeout, defaults::HEADER_TIMEOUT),
+        body_timeout: pick(raw.body_timeout, defaults::BODY_TIMEOUT),
+        idle_timeout: pick(raw.idle_timeout, defaults::IDLE_TIMEOUT),
+        max_connections: raw.max_connections.map_or(defaults::MAX_CONNECTIONS, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        }),
+        max_body_in_flight: raw
+            .max_body_in_flight
+            .map_or(defaults::MAX_BODY_IN_FLIGHT, |b| b.0),
+    };
+    for (key, value) in [
+        ("header_timeout", l.header_timeout),
+        ("body_timeout", l.body_timeout),
+        ("idle_timeout", l.idle_timeout),
+    ] {
+        if value.is_zero() {
+            return Err(ctx.err(
+                format!("listeners.{key}"),
+                "must be longer than zero; e.g. \"10s\"",
+            ));
+        }
+    }
+    if l.max_connections == 0 {
+        return Err(ctx.err("listeners.max_connections", "must be at least 1; e.g. 256"));
+    }
+    if l.max_body_in_flight < 1024 {
+        return Err(ctx.err(
+            "listeners.max_body_in_flight",
+            "is below 1KiB; allow a few request bodies at once, e.g. \"32MiB\"",
+        ));
+    }
+    Ok(l)
 }
 
 fn webhooks(
@@ -414,6 +456,7 @@ fn connection(ctx: &Ctx<'_>, raw: super::file::ConnectionFile) -> Result<Connect
         max_message_size: raw
             .max_message_size
             .map_or(defaults::MAX_MESSAGE_SIZE, |s| s.0),
+        message_timeout: pick(raw.message_timeout, defaults::MESSAGE_TIMEOUT),
         ca_file: raw.ca_file,
         extra_roots: Vec::new(),
     };
@@ -424,6 +467,7 @@ fn connection(ctx: &Ctx<'_>, raw: super::file::ConnectionFile) -> Result<Connect
         ("backoff_min", c.backoff_min),
         ("backoff_max", c.backoff_max),
         ("tcp_keepalive", c.tcp_keepalive),
+        ("message_timeout", c.message_timeout),
     ] {
         if value.is_zero() {
             return Err(ctx.err(format!("connection.{key}"), "must be longer than zero"));

@@ -1,7 +1,7 @@
 //! Dead letters: records a sink gave up on, kept in `<state.dir>/dead-letter/<sink>.jsonl` with
 //! the reason, so they can be looked at and replayed (`mews-relay dead-letters replay`).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -115,14 +115,9 @@ impl DeadLetters {
         }
         if self.file.is_none() {
             if let Some(dir) = self.path.parent() {
-                std::fs::create_dir_all(dir)?;
+                crate::files::create_private_dir(dir)?;
             }
-            self.file = Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)?,
-            );
+            self.file = Some(crate::files::open_append(&self.path, false)?);
         }
         let file = self
             .file
@@ -150,6 +145,25 @@ mod tests {
             path,
             Path::new("/var/lib/mews-relay/dead-letter/http_keys.example_8443_mews_hooks.jsonl")
         );
+    }
+
+    #[test]
+    fn a_dead_letter_file_that_is_a_symlink_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, "untouched").unwrap();
+        std::fs::create_dir(dir.path().join(DIR)).unwrap();
+        std::os::unix::fs::symlink(&target, path_for(dir.path(), "keys")).unwrap();
+        let mut dead = DeadLetters::new(dir.path(), "keys");
+        let record = super::super::stdout::test_record("{\"seq\":1}");
+        let reason = Reason {
+            text: "gave up",
+            status: None,
+            response: None,
+        };
+        let err = dead.write(&[&record], &reason).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
     }
 }
 
@@ -212,8 +226,12 @@ pub async fn replay(settings: &crate::config::Settings, sink: &str) -> Result<us
     }
     let count = entries.len();
     let stats = std::sync::Arc::new(crate::stats::Stats::default());
-    let (journal, writer) =
-        Journal::open(&settings.state.dir, &names, settings.state.max_bytes, stats)?;
+    let (journal, writer) = Journal::open(
+        &settings.state.dir,
+        &names,
+        crate::rejects::journal_share(settings.state.max_bytes),
+        stats,
+    )?;
     let writer = tokio::spawn(writer.run());
     let result = journal.append_committed(entries).await;
     drop(journal);

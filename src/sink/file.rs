@@ -1,4 +1,6 @@
 //! A sink that appends JSON lines to a file, with a chosen fsync policy and reopen for logrotate.
+//! The file is never opened through a symbolic link, is created 0600 (directories 0700), and
+//! only what this sink wrote is ever cut back.
 
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -61,15 +63,16 @@ impl FileSink {
             let path = self.path.clone();
             let (file, len) = blocking(move || {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)
+                    crate::files::create_private_dir(dir)
                         .map_err(|e| with_path(e, "cannot create the directory of", &path))?;
                 }
-                let mut file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .read(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(|e| with_path(e, "cannot open", &path))?;
+                let mut file = crate::files::open_append(&path, true).map_err(|e| {
+                    if e.kind() == io::ErrorKind::InvalidInput {
+                        e
+                    } else {
+                        with_path(e, "cannot open", &path)
+                    }
+                })?;
                 let len = whole_lines(&mut file, &path)?;
                 Ok((file, len))
             })
@@ -92,7 +95,22 @@ impl FileSink {
     }
 }
 
-/// The file's length without an incomplete last line (left by a crash mid-write), which is cut.
+/// How every record line starts (`Record::encode` writes `seq` first).
+const RECORD_START: &[u8] = b"{\"seq\":";
+
+/// Whether an incomplete last line is the start of a record line, i.e. this sink's own write
+/// that a crash interrupted.
+fn is_own_partial(line: &[u8]) -> bool {
+    if line.len() <= RECORD_START.len() {
+        RECORD_START.starts_with(line)
+    } else {
+        line.starts_with(RECORD_START)
+    }
+}
+
+/// The file's length once the next write starts on a line of its own. An incomplete last line
+/// left by an interrupted write of a record is cut; any other incomplete last line was not
+/// written by the relay and is kept whole, ended with a newline.
 fn whole_lines(file: &mut std::fs::File, path: &Path) -> io::Result<u64> {
     let len = file.metadata()?.len();
     if len == 0 {
@@ -105,14 +123,23 @@ fn whole_lines(file: &mut std::fs::File, path: &Path) -> io::Result<u64> {
     if tail.last() == Some(&b'\n') {
         return Ok(len);
     }
-    let keep = match tail.iter().rposition(|b| *b == b'\n') {
-        Some(at) => start + at as u64 + 1,
-        None if start == 0 => 0,
-        None => return Ok(len), // a line longer than 64 KiB: leave it
+    let line_start = match tail.iter().rposition(|b| *b == b'\n') {
+        Some(at) => Some(at + 1),
+        None if start == 0 => Some(0),
+        None => None, // a line longer than 64 KiB: not one of ours to judge
     };
-    tracing::warn!(file = %path.display(), bytes = len - keep, "cutting an incomplete last line left by an interrupted write");
-    file.set_len(keep)?;
-    Ok(keep)
+    if let Some(at) = line_start.filter(|at| is_own_partial(&tail[*at..])) {
+        let keep = start + at as u64;
+        tracing::warn!(file = %path.display(), bytes = len - keep, "cutting an incomplete record line left by an interrupted write");
+        file.set_len(keep)?;
+        return Ok(keep);
+    }
+    tracing::warn!(
+        file = %path.display(),
+        "the file's last line has no newline and was not written by the relay; it is kept, and a newline is added so records start on their own line"
+    );
+    file.write_all(b"\n")?;
+    Ok(len + 1)
 }
 
 fn with_path(err: io::Error, what: &str, path: &Path) -> io::Error {
@@ -239,6 +266,25 @@ mod tests {
 mod repair_tests {
     use super::super::stdout::test_record;
     use super::*;
+
+    #[tokio::test]
+    async fn a_last_line_the_relay_did_not_write_is_never_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.jsonl");
+        std::fs::write(
+            &path,
+            "root:x:0:0:root:/root:/bin/bash\nlast line, no newline",
+        )
+        .unwrap();
+        let mut sink = FileSink::open(&path, Fsync::Never, Duration::from_secs(1))
+            .await
+            .unwrap();
+        sink.write(&[&test_record("{\"seq\":1}")]).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "root:x:0:0:root:/root:/bin/bash\nlast line, no newline\n{\"seq\":1}\n"
+        );
+    }
 
     #[tokio::test]
     async fn an_incomplete_last_line_is_cut_on_open() {

@@ -1,5 +1,6 @@
 //! One WebSocket per property, reconnected forever with backoff; records go to the journal only.
 
+mod progress;
 mod session;
 
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use crate::config::{CatchUp, Connection, Property, Settings};
 use crate::journal::Journal;
 use crate::mews::{CatchUpJob, Rest};
 use crate::rejects::Rejects;
-use crate::secret::Secret;
+use crate::secret::{Secret, SecretUrl};
 use crate::stats::{Link, Stats};
 
 use session::{SessionEnd, SessionError};
@@ -34,7 +35,8 @@ pub struct Source {
     name: Arc<str>,
     access_token: Secret,
     client_token: Secret,
-    url: String,
+    /// Prints without user info and query (`connected url=…`).
+    url: SecretUrl,
     connection: Connection,
     tls: Arc<rustls::ClientConfig>,
     journal: Journal,
@@ -92,7 +94,7 @@ impl Source {
             name,
             access_token: property.access_token.clone(),
             client_token: settings.mews.client_token.clone(),
-            url: settings.mews.websocket_url.clone(),
+            url: SecretUrl::new(settings.mews.websocket_url.clone()),
             connection: settings.connection.clone(),
             tls,
             journal,

@@ -17,12 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::Source;
+use super::progress::{Counted, Progress};
 use crate::mews::command_key;
 use crate::mews::enrich::{DEVICE_COMMAND, prepare};
 use crate::record::decode;
 use crate::rejects::Payload;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Ws = WebSocketStream<MaybeTlsStream<Counted<TcpStream>>>;
 
 /// Messages up to this many times `max_message_size` are read (then rejected); larger ones
 /// break the connection, since they cannot be read without holding them whole.
@@ -60,6 +61,8 @@ pub(crate) enum SessionError {
     PongTimeout(Duration),
     #[error("connection lost: {0}")]
     Read(tungstenite::Error),
+    #[error("a message did not complete within {0:?} ({1} bytes of it read; message_timeout)")]
+    MessageTimeout(Duration, u64),
     #[error("the journal has stopped")]
     JournalClosed,
 }
@@ -74,6 +77,7 @@ impl SessionError {
             SessionError::Connect { source, .. } => source.kind().to_string(),
             SessionError::Handshake(_) => "handshake failed".into(),
             SessionError::Read(_) => "connection lost".into(),
+            SessionError::MessageTimeout(..) => "message timeout".into(),
             SessionError::Url(_) => "bad URL".into(),
             SessionError::JournalClosed => "stopping".into(),
         }
@@ -180,7 +184,7 @@ impl Source {
         let connector = Connector::Rustls(Arc::clone(&self.tls));
         let (ws, _response) = tokio_tungstenite::client_async_tls_with_config(
             request,
-            tcp,
+            Counted::new(tcp),
             Some(config),
             Some(connector),
         )
@@ -216,6 +220,11 @@ impl Source {
         let mut next_ping = Instant::now() + ping_every;
         // Set when a ping is out and no frame has arrived since.
         let mut dead_at: Option<Instant> = None;
+        let mut progress = Progress::new(
+            ws.get_ref().get_ref().counter(),
+            self.connection.message_timeout,
+        );
+        let mut next_check = Instant::now() + progress.check_every();
         loop {
             tokio::select! {
                 biased;
@@ -234,8 +243,23 @@ impl Source {
                     dead_at = Some(now + pong_timeout);
                     next_ping = now + ping_every;
                 }
+                // Before the read branch: a stream of fragments keeps that branch busy.
+                () = sleep_until(next_check) => {
+                    let now = Instant::now();
+                    next_check = now + progress.check_every();
+                    if let Some(bytes) = progress.overdue(now) {
+                        crate::stats::Stats::add(&self.stats.messages_timed_out, 1);
+                        return Err(SessionError::MessageTimeout(self.connection.message_timeout, bytes));
+                    }
+                }
                 msg = ws.next() => {
                     dead_at = None;
+                    match &msg {
+                        Some(Ok(control @ (Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => {
+                            progress.control(control.len());
+                        }
+                        _ => progress.message(),
+                    }
                     match msg {
                         Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await?,
                         Some(Ok(Message::Binary(data))) => {

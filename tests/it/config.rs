@@ -90,6 +90,18 @@ fn values_defaults_and_token_files_are_applied() {
     assert!(s.catch_up.reservations);
     assert_eq!(s.catch_up.margin, std::time::Duration::from_secs(600));
     assert_eq!(s.enrich.timeout, std::time::Duration::from_millis(1500));
+    assert_eq!(
+        s.connection.message_timeout,
+        std::time::Duration::from_secs(45)
+    );
+    assert_eq!(
+        s.listeners.header_timeout,
+        std::time::Duration::from_secs(5)
+    );
+    assert_eq!(s.listeners.body_timeout, std::time::Duration::from_secs(8));
+    assert_eq!(s.listeners.idle_timeout, std::time::Duration::from_secs(90));
+    assert_eq!(s.listeners.max_connections, 128);
+    assert_eq!(s.listeners.max_body_in_flight, 16 << 20);
     let minimal = Settings::load(
         Path::new("tests/fixtures/config/valid/minimal.toml"),
         &CredentialsDir::default(),
@@ -104,6 +116,18 @@ fn values_defaults_and_token_files_are_applied() {
         std::time::Duration::from_secs(10)
     );
     assert_eq!(minimal.connection.max_message_size, 1 << 20);
+    {
+        use mews_relay::config::defaults;
+        assert_eq!(
+            minimal.connection.message_timeout,
+            defaults::MESSAGE_TIMEOUT
+        );
+        assert_eq!(minimal.listeners.header_timeout, defaults::HEADER_TIMEOUT);
+        assert_eq!(minimal.listeners.body_timeout, defaults::BODY_TIMEOUT);
+        assert_eq!(minimal.listeners.idle_timeout, defaults::IDLE_TIMEOUT);
+        assert_eq!(minimal.listeners.max_connections, 256);
+        assert_eq!(minimal.listeners.max_body_in_flight, 32 << 20);
+    }
     assert_eq!(minimal.state.dir, Path::new("/var/lib/mews-relay"));
     assert_eq!(minimal.sinks[0].name, "stdout");
     // Mews's own hosts imply the REST address; catch-up of commands and enrichment are on.

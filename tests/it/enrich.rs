@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::catch_up::{Site, config, dropped, lines, live_command};
 use crate::support::*;
@@ -65,7 +66,7 @@ async fn a_kill_9_while_rest_hangs_loses_no_event() {
             break;
         }
         let (id, message) = mixed(i);
-        conn.try_send(&message).await.unwrap();
+        assert!(conn.try_send(Message::Text(message.into())).await);
         written.push(id);
     }
     daemon.wait().await;

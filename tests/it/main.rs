@@ -1,6 +1,7 @@
 //! Integration tests: the relay against real WebSocket servers on 127.0.0.1:0, a real on-disk
 //! journal, and the binary itself where a process boundary matters (signals, kill -9, exit codes).
 
+mod attack;
 mod auth;
 mod catch_up;
 mod chaos;
@@ -8,9 +9,12 @@ mod config;
 mod crash;
 mod delivery;
 mod enrich;
+mod hardening;
 mod http;
 mod journal;
+mod listeners;
 mod malformed;
+mod measure;
 mod nats;
 mod ops;
 mod pki;

@@ -71,16 +71,13 @@ impl Conn {
             .expect("mock server send");
     }
 
-    /// Sends, or says the connection is gone.
-    pub async fn try_send(&mut self, text: &str) -> Result<(), String> {
-        self.tx
-            .send(Message::Text(text.into()))
-            .await
-            .map_err(|err| err.to_string())
-    }
-
     pub async fn send_message(&mut self, message: Message) {
         self.tx.send(message).await.expect("mock server send");
+    }
+
+    /// Sends, and says whether the connection took it (false once the relay closed it).
+    pub async fn try_send(&mut self, message: Message) -> bool {
+        self.tx.send(message).await.is_ok()
     }
 
     /// Sends a Close frame (a clean close).
@@ -368,6 +365,14 @@ impl Relay {
         }
     }
 
+    /// Waits for `run` to return on its own (e.g. a start-up error).
+    pub async fn ended(self) -> Result<(), AppError> {
+        timeout(WAIT, self.handle)
+            .await
+            .expect("relay did not end in time")
+            .expect("relay task panicked")
+    }
+
     /// Shuts down and waits for `run` to return.
     pub async fn stop(self) {
         self.control.shutdown.cancel();
@@ -421,6 +426,14 @@ pub fn commands(from: usize, to: usize) -> String {
     format!(r#"{{"Events":[{}]}}"#, events.join(","))
 }
 
+/// The binary the child-process tests run: this build's, or `MEWS_RELAY_BIN` (to measure
+/// another build under the same tests, e.g. the parent commit's).
+pub fn relay_bin() -> PathBuf {
+    std::env::var_os("MEWS_RELAY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mews-relay")))
+}
+
 /// The relay binary as a child process, stdout and stderr captured in files.
 pub struct Daemon {
     pub child: Child,
@@ -450,6 +463,19 @@ impl Daemon {
         Self::spawn_full(args, dir, tag, out, &[])
     }
 
+    /// The same, started by `sh -c '<shell> && exec mews-relay <args>'` (e.g. `ulimit -n 1024`
+    /// or `umask 022`); stdout to a file.
+    pub fn spawn_in_shell(shell: &str, args: &[&str], dir: &Path, tag: &str) -> Daemon {
+        let file = File::create(dir.join(format!("{tag}.stdout"))).unwrap();
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("{shell} && exec \"$0\" \"$@\""))
+            .arg(relay_bin())
+            .args(args);
+        Self::spawn_command(command, dir, tag, Stdio::from(file), &[])
+    }
+
     fn spawn_full(
         args: &[&str],
         dir: &Path,
@@ -457,10 +483,21 @@ impl Daemon {
         out: Stdio,
         env: &[(&str, &str)],
     ) -> Daemon {
+        let mut command = Command::new(relay_bin());
+        command.args(args);
+        Self::spawn_command(command, dir, tag, out, env)
+    }
+
+    fn spawn_command(
+        mut command: Command,
+        dir: &Path,
+        tag: &str,
+        out: Stdio,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let stdout = dir.join(format!("{tag}.stdout"));
         let stderr = dir.join(format!("{tag}.stderr"));
-        let child = Command::new(env!("CARGO_BIN_EXE_mews-relay"))
-            .args(args)
+        let child = command
             .envs(env.iter().copied())
             .env("RUST_LOG", "debug")
             .env_remove("CREDENTIALS_DIRECTORY")
@@ -520,7 +557,7 @@ impl Drop for Daemon {
 
 /// Runs the binary to completion (for `check`), returning exit code, stdout and stderr.
 pub fn run_binary(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mews-relay"))
+    let out = Command::new(relay_bin())
         .args(args)
         .env_remove("CREDENTIALS_DIRECTORY")
         .output()

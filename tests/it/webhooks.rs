@@ -252,7 +252,9 @@ async fn the_simulator_sends_webhooks() {
     h.relay.stop().await;
 }
 
-/// With `tls_cert` + `tls_key` the listener speaks HTTPS.
+/// With `tls_cert` + `tls_key` the listener speaks HTTPS; a client that connects and never
+/// starts its TLS handshake neither blocks the others (before: the accept loop waited on it)
+/// nor stays past `header_timeout`.
 #[tokio::test]
 async fn the_listener_serves_https_with_its_own_certificate() {
     let ca = crate::pki::Ca::new("webhook CA");
@@ -265,12 +267,14 @@ async fn the_listener_serves_https_with_its_own_certificate() {
     let h = Harness::start_with(|c| {
         webhooks(c, addr)
             + &format!(
-                "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                "tls_cert = \"{}\"\ntls_key = \"{}\"\n\n[listeners]\nheader_timeout = \"1s\"\n",
                 cert.display(),
                 key.display()
             )
     })
     .await;
+    crate::listeners::listening(addr).await;
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
     use rustls::pki_types::{CertificateDer, pem::PemObject};
     let roots = vec![CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap()];
     let tls = mews_relay::tls::client_config(&roots, None).unwrap();
@@ -282,10 +286,12 @@ async fn the_listener_serves_https_with_its_own_certificate() {
         "https://127.0.0.1:{}/mews/webhooks?Token={TOKEN}",
         addr.port()
     );
-    assert_eq!(
-        post(&client, &https, general(&["tls-1"])).await,
-        StatusCode::ACCEPTED
-    );
+    let answer = tokio::time::timeout(WAIT, post(&client, &https, general(&["tls-1"])))
+        .await
+        .expect("the HTTPS listener answers while a silent client is connected");
+    assert_eq!(answer, StatusCode::ACCEPTED);
     assert_eq!(wait_for_lines(&h.out, 1).await[0]["id"], "tls-1");
+    let held = crate::attack::until_closed(&mut silent, WAIT).await;
+    assert!(held < WAIT, "the silent client was held {held:?}");
     h.relay.stop().await;
 }
