@@ -79,6 +79,9 @@ pub enum AppError {
     /// The webhook listener could not start.
     #[error(transparent)]
     Ingress(#[from] crate::ingress::IngressError),
+    /// The local API listener could not start.
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
     /// The metrics listener could not start.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
@@ -396,11 +399,27 @@ async fn run_once(
             ),
             None => None,
         };
-        Ok::<_, AppError>((ingress, metrics))
+        let api = match &settings.api {
+            Some(api) => Some(
+                crate::api::ApiServer::bind(
+                    settings,
+                    api,
+                    bounds.clone(),
+                    running.journal.clone(),
+                    Arc::clone(&stats),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        Ok::<_, AppError>((ingress, metrics, api))
     }
     .await;
     match listeners {
-        Ok((ingress, metrics)) => {
+        Ok((ingress, metrics, api)) => {
+            if let Some(api) = api {
+                running.sources.spawn(api.run(running.sources_stop.clone()));
+            }
             if let Some(ingress) = ingress {
                 running
                     .sources
@@ -477,7 +496,9 @@ async fn run_once(
 /// a flooded listener leaves descriptors for WebSockets, REST calls, sinks and the journal.
 fn listener_bounds(settings: &Settings) -> crate::listener::Bounds {
     use crate::listener::{BodyBudget, Bounds, fds};
-    let count = usize::from(settings.webhooks.is_some()) + usize::from(settings.metrics.is_some());
+    let count = usize::from(settings.webhooks.is_some())
+        + usize::from(settings.metrics.is_some())
+        + usize::from(settings.api.is_some());
     let limit = fds::soft_limit();
     let reserve = fds::reserve(settings.properties.len(), settings.sinks.len());
     let cap = fds::per_listener(settings.listeners.max_connections, count, limit, reserve);

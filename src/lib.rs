@@ -22,6 +22,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod app;
 pub mod backoff;
 pub mod config;

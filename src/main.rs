@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 const EXIT_CONFIG: u8 = 64;
 /// Exit code when the journal cannot be opened (sysexits' EX_IOERR).
 const EXIT_JOURNAL: u8 = 74;
+/// Exit code when no relay answers on its API (sysexits' EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
 
 /// Relays Mews WebSocket events, durably, to stdout, files and more.
 #[derive(Parser)]
@@ -73,6 +75,43 @@ enum Command {
     DeadLetters {
         #[command(subcommand)]
         action: DeadLetterAction,
+    },
+    /// Report a device command's state to Mews through the running relay ([api]).
+    #[command(name = "command")]
+    Commands {
+        #[command(subcommand)]
+        action: CommandAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CommandAction {
+    /// Set a command's state (Received, Processing, Processed, Cancelled, Error): the relay
+    /// journals it and applies it in Mews. Prints the command as the relay knows it.
+    SetState {
+        /// The command's id (the record's `id`).
+        id: String,
+        /// The new state.
+        #[arg(value_parser = ["Received", "Processing", "Processed", "Cancelled", "Error"])]
+        state: String,
+        /// Notes, with Processed, Cancelled or Error.
+        #[arg(long)]
+        notes: Option<String>,
+        /// Progress from 0 to 1, with Processing.
+        #[arg(long)]
+        progress: Option<f64>,
+        /// The property, for a command the relay never saw.
+        #[arg(long)]
+        property: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Show a command: its last event state, the last state asked for and Mews's answer.
+    Show {
+        /// The command's id.
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
@@ -177,6 +216,8 @@ struct DemoArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.log_level.as_deref());
+    // One crypto provider for every TLS client and server in the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::Check(args) => check(&args.config),
         Command::Run(args) => match load(&args.config) {
@@ -198,6 +239,62 @@ fn main() -> ExitCode {
             Ok(settings) => replay(&settings, &sink),
             Err(code) => code,
         },
+        Command::Commands { action } => command(action),
+    }
+}
+
+/// `mews-relay command …`: through the running relay's API; the answer on stdout as JSON.
+fn command(action: CommandAction) -> ExitCode {
+    use mews_relay::api::client::{ApiClient, ClientError};
+    let config = match &action {
+        CommandAction::SetState { config, .. } | CommandAction::Show { config, .. } => {
+            &config.config
+        }
+    };
+    let settings = match load(config) {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    let client = match ApiClient::new(&settings) {
+        Ok(client) => client,
+        Err(err) => {
+            eprintln!("mews-relay: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = runtime().block_on(async {
+        match &action {
+            CommandAction::SetState {
+                id,
+                state,
+                notes,
+                progress,
+                property,
+                ..
+            } => {
+                let update = mews_relay::journal::commands::Update {
+                    state: state.clone(),
+                    progress: *progress,
+                    notes: notes.clone(),
+                };
+                client.set_state(id, &update, property.as_deref()).await
+            }
+            CommandAction::Show { id, .. } => client.command(id).await,
+        }
+    });
+    match result {
+        Ok(answer) => {
+            println!("{answer}");
+            ExitCode::SUCCESS
+        }
+        Err(err @ ClientError::Unreachable { .. }) => {
+            eprintln!("mews-relay: {err}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+        Err(err) => {
+            eprintln!("mews-relay: {err}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -462,8 +462,7 @@ impl Store {
                     .enumerate()
                     .filter(|(i, _)| !dropped.contains(i))
                     .map(|(_, entry)| entry);
-                (queued, outcomes) =
-                    command_work(&txn, &mut meta, commit, kept).map_err(err)?;
+                (queued, outcomes) = command_work(&txn, &mut meta, commit, kept).map_err(err)?;
             }
             meta.insert(LAST_SEQ, seq).map_err(|e| err(e.into()))?;
             meta.insert(STORED_BYTES, bytes)

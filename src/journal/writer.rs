@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::JournalError;
 use super::claims::Claims;
 use super::commands::{Ack, Answered, Outgoing, Request, RequestOutcome};
-use super::store::{Commit, CommandWork, Committed, Opened, Seen, Settled, Store};
+use super::store::{CommandWork, Commit, Committed, Opened, Seen, Settled, Store};
 use super::value::{self, Entry};
 use crate::record::Record;
 use crate::stats::Stats;
@@ -57,7 +57,10 @@ pub(super) enum Op {
     /// A sink's progress, and the Pending commands it delivered (for `received_after`).
     Cursor(String, u64, Vec<Ack>),
     /// A key system's request to change a command's state.
-    Request(Request, oneshot::Sender<Result<RequestOutcome, JournalError>>),
+    Request(
+        Request,
+        oneshot::Sender<Result<RequestOutcome, JournalError>>,
+    ),
     /// Mews answered an outgoing command update.
     Answered(Answered),
     /// An updater takes a property's outgoing updates.
@@ -142,7 +145,10 @@ struct Batch {
     settled: Vec<Settle>,
     unheal: Vec<String>,
     acks: Vec<Ack>,
-    requests: Vec<(Request, oneshot::Sender<Result<RequestOutcome, JournalError>>)>,
+    requests: Vec<(
+        Request,
+        oneshot::Sender<Result<RequestOutcome, JournalError>>,
+    )>,
     answered: Vec<Answered>,
     /// Claims and releases, handled after the commit (in order with the records before them).
     claims: Vec<Op>,

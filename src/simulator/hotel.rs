@@ -117,6 +117,8 @@ struct RestFaults {
     refused: HashSet<String>,
     /// Paged requests asking for more than this many items get 408.
     max_page: Option<u64>,
+    /// Every call gets 503 (an outage of the REST API).
+    down: bool,
 }
 
 /// One REST request the simulator answered.
@@ -314,6 +316,11 @@ impl Hotel {
     /// `operation` is answered 403 from now on: a business rule refuses it.
     pub fn refuse(&self, operation: &str) {
         self.faults().refused.insert(operation.to_owned());
+    }
+
+    /// While `down`, every REST call gets 503 Service Unavailable (Mews: a server error; retry).
+    pub fn set_down(&self, down: bool) {
+        self.faults().down = down;
     }
 
     /// Paged requests whose `Limitation.Count` is above `count` get 408 (`None`: never).

@@ -103,6 +103,12 @@ impl Hotel {
     fn fault(&self, operation: &str, body: &Value) -> Result<(), Refusal> {
         let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
         let mut faults = self.faults();
+        if faults.down {
+            return Err(Refusal::new(
+                503,
+                "The service is temporarily unavailable (simulated outage).",
+            ));
+        }
         let every = faults.throttle_every > 0 && n.is_multiple_of(u64::from(faults.throttle_every));
         if faults.throttle_next > 0 || every {
             faults.throttle_next = faults.throttle_next.saturating_sub(1);
