@@ -88,6 +88,9 @@ pub enum AppError {
     /// The Mews REST client could not be built.
     #[error("Mews REST client: {0}")]
     Rest(crate::mews::RestError),
+    /// A listener handed over by the caller could not be used.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
     /// A task ended on its own (a bug); the relay stopped so that systemd restarts it.
     #[error("the {0} task stopped unexpectedly")]
     TaskEnded(&'static str),

@@ -26,6 +26,7 @@ pub mod api;
 pub mod app;
 pub mod backoff;
 pub mod config;
+pub mod demo;
 pub mod files;
 pub mod httpx;
 pub mod ingress;

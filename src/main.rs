@@ -593,91 +593,36 @@ fn simulate(args: SimulateArgs) -> ExitCode {
     })
 }
 
-/// The built-in demo config: the shipped `config/demo.toml`, pointed at the in-process simulator.
-const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
-
 fn demo(args: DemoArgs) -> ExitCode {
     raise_descriptor_limit();
-    let state = match tempfile::Builder::new()
-        .prefix("mews-relay-demo-")
-        .tempdir()
-    {
-        Ok(dir) => dir,
-        Err(err) => {
-            eprintln!("mews-relay: cannot create a temporary state directory: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let listener = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| {
-        l.set_nonblocking(true)?;
-        Ok(l)
-    }) {
-        Ok(listener) => listener,
-        Err(err) => {
-            eprintln!("mews-relay: cannot listen on 127.0.0.1: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let mut settings = match Settings::from_toml(
-        DEMO_CONFIG,
-        Path::new("config/demo.toml (built in)"),
-        &CredentialsDir::default(),
-    ) {
-        Ok(settings) => settings,
-        Err(err) => {
-            eprintln!("mews-relay: config error: {err}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    settings.mews.websocket_url = format!("ws://{addr}{}", simulator::WS_PATH);
-    settings.mews.api_url = Some(format!("http://{addr}"));
-    settings.state.dir = state.path().to_owned();
-    // The webhook listener gets a free port, and the simulator posts to it.
-    let webhook_url = settings.webhooks.as_mut().and_then(|webhooks| {
-        webhooks.listen = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?;
-        Some(format!(
-            "http://{}{}?Token={}",
-            webhooks.listen,
-            webhooks.path,
-            webhooks.token.expose()
-        ))
-    });
-    let config = SimulatorConfig {
+    let options = mews_relay::demo::Options {
         rate: args.events.rate,
         events_per_message: args.events.events_per_message,
-        webhook_url,
-        ..SimulatorConfig::default()
+    };
+    let demo = match mews_relay::demo::Demo::prepare(options) {
+        Ok(demo) => demo,
+        Err(err) => {
+            eprintln!("mews-relay: cannot start the demo: {err}");
+            return ExitCode::FAILURE;
+        }
     };
     eprintln!(
-        "mews-relay demo: simulator on ws://{addr}{}, journal in {}; records print below, one JSON line each. Ctrl-C stops.",
-        simulator::WS_PATH,
-        state.path().display()
+        "mews-relay demo: {}; records print below, one JSON line each. A small key system takes the key commands and reports Processing and Processed through the relay's API. Ctrl-C stops.",
+        demo.describe()
     );
-    let sim_stop = CancellationToken::new();
     let rt = runtime();
-    let sim = {
-        let stop = sim_stop.clone();
-        rt.spawn(async move {
-            match tokio::net::TcpListener::from_std(listener) {
-                Ok(listener) => {
-                    if let Err(err) = simulator::serve(listener, config, stop).await {
-                        tracing::error!(error = %err, "simulator failed");
-                    }
-                }
-                Err(err) => tracing::error!(error = %err, "simulator cannot listen"),
-            }
-        })
-    };
-    let code = run_daemon(&rt, settings, None, args.duration);
-    sim_stop.cancel();
-    let _ = rt.block_on(sim);
+    let code = rt.block_on(async {
+        let (control, _handle) = Control::new();
+        tokio::spawn(handle_signals(control.shutdown.clone(), None, None));
+        if let Some(after) = args.duration {
+            let shutdown = control.shutdown.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                shutdown.cancel();
+            });
+        }
+        exit_code(demo.run(control).await)
+    });
     rt.shutdown_timeout(Duration::from_secs(1));
     code
 }

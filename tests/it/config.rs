@@ -91,6 +91,13 @@ fn values_defaults_and_token_files_are_applied() {
     assert_eq!(s.catch_up.margin, std::time::Duration::from_secs(600));
     assert_eq!(s.enrich.timeout, std::time::Duration::from_millis(1500));
     assert_eq!(
+        s.commands.as_ref().unwrap().received_after.as_deref(),
+        Some("archive")
+    );
+    let api = s.api.as_ref().unwrap();
+    assert_eq!(api.listen.port(), 9288);
+    assert_eq!(api.token.expose(), "api-token-of-the-full-fixture");
+    assert_eq!(
         s.connection.message_timeout,
         std::time::Duration::from_secs(45)
     );
@@ -177,7 +184,12 @@ fn check_prints_the_config_with_secrets_masked() {
             && !stdout.contains("CC150C35"),
         "{stdout}"
     );
-    for secret in ["0123456789", "sig=abc", "nats-secret-password"] {
+    for secret in [
+        "0123456789",
+        "sig=abc",
+        "nats-secret-password",
+        "api-token-of-the-full-fixture",
+    ] {
         assert!(
             !stdout.contains(secret),
             "header values, webhook token, URL query and NATS password are masked: {stdout}"

@@ -92,9 +92,9 @@ async fn the_demo_command_prints_records_on_stdout() {
         &[
             "demo",
             "--duration",
-            "2s",
+            "6s",
             "--rate",
-            "50",
+            "10",
             "--events-per-message",
             "5",
         ],
@@ -140,6 +140,20 @@ async fn the_demo_command_prints_records_on_stdout() {
             .iter()
             .any(|c| c["command"]["Device"]["Type"] == "KeyCutter"
                 && c["command"]["Data"]["LockIds"].is_array()),
+        "{stdout}"
+    );
+    // The whole loop: a command caught up at the connect is set Received by the relay, then
+    // Processing and Processed by the demo key system through the API; Mews's events for each
+    // state print.
+    let first = caught_up[0]["id"].as_str().unwrap();
+    let states: Vec<&str> = records
+        .iter()
+        .filter(|r| r["id"] == first)
+        .map(|r| r["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        ["Pending", "Received", "Processing", "Processed"],
         "{stdout}"
     );
 }
