@@ -79,7 +79,7 @@ async fn wrong_tokens_with_stalled_bodies_cost_no_memory() {
     let relay = Proc(daemon.child.id());
     let mut attack = tokio::task::JoinSet::new();
     for _ in 0..1_000 {
-        attack.spawn(stalled_wrong_token(hooks, "/mews/webhooks", WAIT));
+        attack.spawn(stalled_wrong_token(hooks, "/mews/webhooks", WAIT * 3));
     }
     let mut answered = 0;
     while let Some(status) = attack.join_next().await {
