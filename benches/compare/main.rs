@@ -10,7 +10,9 @@
 //! - burst: 200,000 events (the simulator's event shapes) at 1 and at 10 per message, sent as
 //!   fast as the socket takes them: events/s from the first frame to the last line out.
 //! - steady: 1,000 events/s for 10 s, each event stamped with its send time (this process's
-//!   monotonic clock); latency to the line in the output file (tailed every 100 µs).
+//!   monotonic clock); latency to the line in the output file (tailed every 100 µs); the relay
+//!   once with a file sink and once with the stdout sink (stdout redirected to the file); and
+//!   the client's CPU time and context switches (all threads, /proc) per event over the run.
 //! - idle: one connection to the simulator, no events, `--idle-secs`: RSS and CPU time.
 //! - With `MEWS_RELAY_BASELINE=/path/to/an/older/mews-relay`, that binary takes the reference's
 //!   column: two builds of the relay side by side (for checking a change, not for the README).
@@ -66,6 +68,21 @@ impl Proc {
             .map_or(f64::NAN, |kb| kb / 1024.0)
     }
 
+    /// Context switches so far (voluntary + involuntary, every thread), from /proc.
+    fn switches(&self) -> f64 {
+        let mut total = 0.0;
+        let tasks = format!("/proc/{}/task", self.child.id());
+        for task in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            total += status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        total
+    }
+
     /// User + system CPU time so far, in seconds.
     fn cpu_secs(&self) -> f64 {
         let stat =
@@ -85,6 +102,25 @@ impl Proc {
 
 /// Starts `client` against `url` with `connections` connections (properties).
 fn spawn(client: Client, url: &str, connections: usize, api_url: Option<&str>) -> Proc {
+    spawn_with(client, url, connections, api_url, Output::File)
+}
+
+/// Which sink the relay writes its lines with (the reference always prints to stdout).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Output {
+    /// A file sink at the output path.
+    File,
+    /// The stdout sink, with stdout redirected to the output path.
+    Stdout,
+}
+
+fn spawn_with(
+    client: Client,
+    url: &str,
+    connections: usize,
+    api_url: Option<&str>,
+    output: Output,
+) -> Proc {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
     let baseline = std::env::var_os("MEWS_RELAY_BASELINE");
@@ -103,11 +139,16 @@ fn spawn(client: Client, url: &str, connections: usize, api_url: Option<&str>) -
                 (Client::Reference, Some(path)) => PathBuf::from(path),
                 _ => PathBuf::from(env!("CARGO_BIN_EXE_mews-relay")),
             };
+            let sink = match output {
+                Output::File => {
+                    format!("[[sink]]\ntype = \"file\"\npath = \"{}\"\n", out.display())
+                }
+                Output::Stdout => "[[sink]]\ntype = \"stdout\"\n".to_owned(),
+            };
             let mut text = format!(
-                "[mews]\nwebsocket_url = \"{url}\"\nclient_token = \"BENCH\"\n{api}\n[state]\ndir = \"{dir}\"\n\n[[sink]]\ntype = \"file\"\npath = \"{out}\"\n",
+                "[mews]\nwebsocket_url = \"{url}\"\nclient_token = \"BENCH\"\n{api}\n[state]\ndir = \"{dir}\"\n\n{sink}",
                 api = api_url.map_or(String::new(), |a| format!("api_url = \"{a}\"\n")),
                 dir = dir.path().display(),
-                out = out.display(),
             );
             for i in 0..connections {
                 text.push_str(&format!(
@@ -117,10 +158,14 @@ fn spawn(client: Client, url: &str, connections: usize, api_url: Option<&str>) -
             let config = dir.path().join("relay.toml");
             std::fs::write(&config, text).unwrap();
             let log = std::fs::File::create(dir.path().join("relay.log")).unwrap();
+            let stdout = match output {
+                Output::File => Stdio::null(),
+                Output::Stdout => Stdio::from(std::fs::File::create(&out).unwrap()),
+            };
             Command::new(binary)
                 .args(["--log-level", "error", "run", "--config"])
                 .arg(&config)
-                .stdout(Stdio::null())
+                .stdout(stdout)
                 .stderr(log)
                 .spawn()
                 .unwrap()
@@ -150,7 +195,21 @@ fn burst(rt: &tokio::runtime::Runtime, client: Client, messages: &[String], even
     events as f64 / (done - started).as_secs_f64()
 }
 
-fn steady(rt: &tokio::runtime::Runtime, client: Client, rate: u32, secs: u32) -> Vec<Duration> {
+/// One steady run: latencies, and the client's CPU time (ms) and context switches per event
+/// over the run (from the first line out to the last).
+struct SteadyRun {
+    latencies: Vec<Duration>,
+    cpu_ms_per_event: f64,
+    switches_per_event: f64,
+}
+
+fn steady(
+    rt: &tokio::runtime::Runtime,
+    client: Client,
+    rate: u32,
+    secs: u32,
+    output: Output,
+) -> SteadyRun {
     let epoch = Instant::now();
     let count = (rate * secs) as usize;
     let (url, _started) = rt.block_on(serve(Script::Steady {
@@ -159,14 +218,28 @@ fn steady(rt: &tokio::runtime::Runtime, client: Client, rate: u32, secs: u32) ->
         epoch,
         ids: None,
     }));
-    let proc = spawn(client, &url, 1, None);
+    let proc = spawn_with(client, &url, 1, None, output);
     let mut latencies = Vec::with_capacity(count);
+    let mut first: Option<(f64, f64)> = None;
     tail(&proc.out, count, Duration::from_micros(100), |line| {
         let now = epoch.elapsed().as_nanos();
         latencies.push(Duration::from_nanos((now - sent_ns(line)) as u64));
+        if first.is_none() {
+            first = Some((proc.cpu_secs(), proc.switches()));
+        }
     });
-    latencies.sort();
-    latencies
+    let (cpu0, sw0) = first.unwrap_or((0.0, 0.0));
+    let events = (count - 1) as f64;
+    let run = SteadyRun {
+        cpu_ms_per_event: (proc.cpu_secs() - cpu0) * 1e3 / events,
+        switches_per_event: (proc.switches() - sw0) / events,
+        latencies: {
+            latencies.sort();
+            latencies
+        },
+    };
+    drop(proc);
+    run
 }
 
 /// The simulator (WebSocket and REST), serving until the token is cancelled.
@@ -384,28 +457,44 @@ fn main() {
         }
     }
     if only("steady") {
-        let mut p = [
-            [Vec::new(), Vec::new(), Vec::new()],
-            [Vec::new(), Vec::new(), Vec::new()],
-        ];
-        for _ in 0..runs {
-            for (i, client) in both.iter().enumerate() {
-                let lat = steady(&rt, *client, 1000, steady_secs);
-                p[i][0].push(ms(pct(&lat, 0.50)));
-                p[i][1].push(ms(pct(&lat, 0.99)));
-                p[i][2].push(ms(pct(&lat, 0.999)));
+        for output in [Output::File, Output::Stdout] {
+            // Per client: p50, p99, p99.9, CPU ms/event, switches/event.
+            let mut p: [[Vec<f64>; 5]; 2] = Default::default();
+            for _ in 0..runs {
+                for (i, client) in both.iter().enumerate() {
+                    let run = steady(&rt, *client, 1000, steady_secs, output);
+                    p[i][0].push(ms(pct(&run.latencies, 0.50)));
+                    p[i][1].push(ms(pct(&run.latencies, 0.99)));
+                    p[i][2].push(ms(pct(&run.latencies, 0.999)));
+                    p[i][3].push(run.cpu_ms_per_event);
+                    p[i][4].push(run.switches_per_event);
+                }
             }
-        }
-        for (k, name) in ["p50", "p99", "p99.9"].iter().enumerate() {
-            let (r, m) = (median(p[0][k].clone()), median(p[1][k].clone()));
-            let target = if *name == "p99" {
-                format!("≤ reference + 1 ms: {}", verdict(m <= r + 1.0))
-            } else {
-                String::new()
+            let sink = match output {
+                Output::File => "file sink",
+                Output::Stdout => "stdout sink",
             };
+            for (k, name) in ["p50", "p99", "p99.9"].iter().enumerate() {
+                let (r, m) = (median(p[0][k].clone()), median(p[1][k].clone()));
+                let target = if *name == "p99" {
+                    format!("≤ reference + 1 ms: {}", verdict(m <= r + 1.0))
+                } else {
+                    String::new()
+                };
+                println!(
+                    "| 1,000 events/s for {steady_secs} s, {sink}, send → line, {name} (ms) | {r:.2} | {m:.2} | {:.2} | {target} |",
+                    m / r
+                );
+            }
+            let (r, m) = (median(p[0][3].clone()), median(p[1][3].clone()));
             println!(
-                "| 1,000 events/s for {steady_secs} s, send → line, {name} (ms) | {r:.2} | {m:.2} | {:.2} | {target} |",
+                "| 1,000 events/s, {sink}: CPU per event (ms) | {r:.4} | {m:.4} | {:.2} | |",
                 m / r
+            );
+            let (r, m) = (median(p[0][4].clone()), median(p[1][4].clone()));
+            println!(
+                "| 1,000 events/s, {sink}: context switches per event | {r:.2} | {m:.2} | — | ≤ 3: {} |",
+                verdict(m <= 3.0)
             );
         }
     }
