@@ -49,7 +49,14 @@ pub(super) fn api(
             .parse()
             .map_err(|_| ctx.err("api.listen", "bad default"))?,
     };
-    let token = secret(ctx, "api.token", raw.token, raw.token_file, "api_token", credentials)?;
+    let token = secret(
+        ctx,
+        "api.token",
+        raw.token,
+        raw.token_file,
+        "api_token",
+        credentials,
+    )?;
     if token.expose().len() < 16 {
         return Err(ctx.err(
             "api.token",

@@ -177,7 +177,13 @@ impl CommandTables<'_> {
         Ok(())
     }
 
-    fn queue(&mut self, entry: &mut CommandEntry, command: &str, update: Update, by: By) -> Result<()> {
+    fn queue(
+        &mut self,
+        entry: &mut CommandEntry,
+        command: &str,
+        update: Update,
+        by: By,
+    ) -> Result<()> {
         let outgoing = Outgoing {
             key: self.next_key,
             command: command.to_owned(),

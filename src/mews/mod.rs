@@ -4,8 +4,8 @@
 pub mod catch_up;
 pub mod client;
 pub mod enrich;
-pub mod update;
 mod limiter;
+pub mod update;
 
 use std::sync::Arc;
 
