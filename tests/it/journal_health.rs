@@ -229,7 +229,8 @@ fn mode(path: &Path) -> u32 {
 }
 
 /// A journal left readable by an older version (0644) is made 0600 at start; a symlink at
-/// `journal.redb` is refused with exit 74 and a line naming it, its target untouched.
+/// `journal.redb` is refused with exit 74 and a line naming it, its target untouched (before:
+/// the journal stayed 0644, and the link was followed and its target made a journal).
 #[tokio::test]
 async fn the_journal_is_made_private_and_never_opened_through_a_link() {
     let dir = tempfile::tempdir().unwrap();
@@ -253,17 +254,18 @@ async fn the_journal_is_made_private_and_never_opened_through_a_link() {
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.wait().await, Some(0), "{}", daemon.stderr_text());
 
+    // An empty file is what redb would make a journal of, through the link (before: it did).
     std::fs::remove_file(&journal).unwrap();
     let target = dir.path().join("precious");
-    std::fs::write(&target, "keep me").unwrap();
+    std::fs::write(&target, "").unwrap();
     std::os::unix::fs::symlink(&target, &journal).unwrap();
     let mut daemon = Daemon::spawn(&args, dir.path(), "link");
-    assert_eq!(daemon.wait().await, Some(74));
+    assert_eq!(daemon.wait().await, Some(74), "{}", daemon.stderr_text());
     let stderr = daemon.stderr_text();
     let last = stderr.lines().last().unwrap_or_default();
     assert!(last.contains(&journal.display().to_string()), "{last}");
     assert!(last.contains("symbolic link"), "{last}");
-    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+    assert_eq!(std::fs::metadata(&target).unwrap().len(), 0, "untouched");
 }
 
 /// A reload is a way out too: the journal the relay held is written back on the way out of the
