@@ -317,6 +317,24 @@ mod tests {
     }
 
     #[test]
+    fn the_status_line_leads_with_a_journal_that_stores_nothing() {
+        let stats = Stats::default();
+        stats.set_link("old-town", Link::Connecting);
+        assert_eq!(stats.status_line(), "old-town: connecting");
+        stats
+            .journal
+            .set_file(Some(crate::journal::FileProblem::Deleted(
+                "/state/journal.redb".into(),
+            )));
+        let line = stats.status_line();
+        assert!(
+            line.starts_with("NOT STORING: journal /state/journal.redb was deleted"),
+            "{line}"
+        );
+        assert!(line.ends_with(" · old-town: connecting"), "{line}");
+    }
+
+    #[test]
     fn labels_are_cut_at_a_character_boundary() {
         let text = "é".repeat(40);
         let cut = label_value(&text);

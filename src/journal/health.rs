@@ -94,6 +94,9 @@ impl JournalHealth {
     /// Records that commits fail (`Some(error)`) or work again (`None`); true if that changed
     /// whether they fail.
     pub(crate) fn set_writes(&self, error: Option<String>) -> bool {
+        if error.is_none() && self.is_ok() {
+            return false; // every successful commit comes here: no lock then
+        }
         self.update(|state| {
             let changed = state.writes.is_some() != error.is_some();
             state.writes = error;
