@@ -172,6 +172,10 @@ pub(super) fn put_back(path: &Path, held: &File) -> io::Result<PathBuf> {
             held_name(path, now)
         }
     };
+    // The whole state directory may have gone (a clean-up job): it is made again, 0700.
+    if let Some(dir) = path.parent() {
+        files::create_private_dir(dir)?;
+    }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".restoring");
     let tmp = PathBuf::from(tmp);
@@ -231,6 +235,14 @@ mod tests {
         assert!(!dir.path().join("journal.redb.restoring").exists());
         drop(open(&path).unwrap().db);
         drop(open(&other).unwrap().db);
+
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        assert_eq!(
+            put_back(&path, &held).unwrap(),
+            path,
+            "state.dir made again"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
     }
 
     #[test]

@@ -508,8 +508,10 @@ impl JournalWriter {
                 // Records queued before a flush but lost in an earlier failed commit still
                 // make the flush fail, until records are stored again.
                 match &self.outage {
-                    Some(outage) => Err(format!("{} ({} records lost)", outage.error, outage.lost)),
-                    None => Ok(()),
+                    Some(outage) if outage.lost > 0 => {
+                        Err(format!("{} ({} records lost)", outage.error, outage.lost))
+                    }
+                    _ => Ok(()),
                 }
             }
             Err(err) => {
