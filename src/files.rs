@@ -1,5 +1,5 @@
-//! Files the relay writes (sink files, rejected.jsonl, dead letters): never opened through a
-//! symbolic link, created 0600 in directories created 0700, whatever the umask.
+//! Files the relay writes (journal.redb, sink files, rejected.jsonl, dead letters): never opened
+//! through a symbolic link, created 0600 in directories created 0700, whatever the umask.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
@@ -28,6 +28,39 @@ pub fn open_append(path: &Path, read: bool) -> io::Result<File> {
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(path)
         .map_err(|err| explain(err, path))
+}
+
+/// Opens `path` for reading and writing, never truncating it; with `create`, a missing file is
+/// created with mode 0600. A symbolic link at `path` is refused (see [`open_append`]).
+pub fn open_read_write(path: &Path, create: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|err| explain(err, path))
+}
+
+/// Opens `path` read-only; a symbolic link at `path` is refused.
+pub fn open_read(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|err| explain(err, path))
+}
+
+/// Creates `path`, which must not exist yet (not even as a link), with mode 0600.
+pub fn create_new(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)
 }
 
 /// Turns the error of a refused link (`ELOOP`) into one that says what to do.

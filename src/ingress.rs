@@ -158,6 +158,15 @@ async fn receive(State(state): State<Arc<Shared>>, request: Request) -> Response
         });
         return refuse(StatusCode::UNAUTHORIZED);
     }
+    // While the journal stores nothing, Mews is asked to send again later; the body is not read.
+    if !state.stats.journal.is_ok() {
+        drop(body);
+        let problem = state.stats.journal.problem().unwrap_or_default();
+        state.refusals.refused(&state.stats, "journal", || {
+            tracing::warn!(%problem, "webhook answered 503 (Mews sends it again): the journal stores nothing now")
+        });
+        return refuse(StatusCode::SERVICE_UNAVAILABLE);
+    }
     let body = match read_body(
         body,
         &parts.headers,
@@ -214,8 +223,11 @@ async fn receive(State(state): State<Arc<Shared>>, request: Request) -> Response
             StatusCode::ACCEPTED.into_response()
         }
         Err(err) => {
-            tracing::error!(error = %err, records = count, "cannot journal a webhook; answering 503 so Mews sends it again");
-            StatusCode::SERVICE_UNAVAILABLE.into_response()
+            // The journal writer logged the failure itself (once per outage).
+            state.refusals.refused(&state.stats, "journal", || {
+                tracing::warn!(error = %err, records = count, "cannot journal a webhook; answering 503 so Mews sends it again")
+            });
+            refuse(StatusCode::SERVICE_UNAVAILABLE)
         }
     }
 }

@@ -79,8 +79,8 @@ async fn metrics(State(state): State<Arc<Shared>>) -> impl IntoResponse {
     )
 }
 
-/// 200 when every property is connected and no sink is further behind than `ready_max_lag`;
-/// else 503 with a JSON body naming what is not.
+/// 200 when the journal stores records, every property is connected and no sink is further
+/// behind than `ready_max_lag`; else 503 with a JSON body naming what is not.
 async fn readyz(State(state): State<Arc<Shared>>) -> impl IntoResponse {
     let mut properties = serde_json::Map::new();
     for (name, p) in state
@@ -118,13 +118,17 @@ async fn readyz(State(state): State<Arc<Shared>>) -> impl IntoResponse {
             );
         }
     }
-    let ready = properties.is_empty() && sinks.is_empty();
+    let journal = state.stats.journal.problem();
+    let ready = properties.is_empty() && sinks.is_empty() && journal.is_none();
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = serde_json::json!({ "ready": ready, "properties": properties, "sinks": sinks });
+    let mut body = serde_json::json!({ "ready": ready, "properties": properties, "sinks": sinks });
+    if let Some(problem) = journal {
+        body["journal"] = problem.into();
+    }
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
@@ -184,8 +188,13 @@ pub fn render(stats: &Stats) -> String {
     let counters = [
         (
             "mews_relay_records_lost_total",
-            "Records received but not stored (journal write failed).",
+            "WebSocket events received but not stored (journal write failed); Mews does not send them again.",
             &stats.records_lost,
+        ),
+        (
+            "mews_relay_records_refused_total",
+            "Records not stored whose sender was told and sends them again (webhooks answered 503, catch-up retried).",
+            &stats.records_refused,
         ),
         (
             "mews_relay_messages_rejected_total",
@@ -259,6 +268,17 @@ pub fn render(stats: &Stats) -> String {
             "mews_relay_listener_refusals_total{{listener=\"{listener}\",reason=\"{reason}\"}} {n}"
         );
     }
+    family(
+        &mut out,
+        "mews_relay_journal_ok",
+        "gauge",
+        "1 while the journal stores records; 0 while writes fail or its file was deleted or replaced (/readyz says why).",
+    );
+    let _ = writeln!(
+        out,
+        "mews_relay_journal_ok {}",
+        u8::from(stats.journal.is_ok())
+    );
     family(
         &mut out,
         "mews_relay_journal_bytes",

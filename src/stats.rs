@@ -34,8 +34,14 @@ pub enum Link {
 pub struct Stats {
     /// Records durably committed to the journal.
     pub records_committed: AtomicU64,
-    /// Records that reached the relay but could not be stored (journal write failed).
+    /// Records that reached the relay but could not be stored and will not come again:
+    /// WebSocket events whose commit failed (Mews does not send them again).
     pub records_lost: AtomicU64,
+    /// Records that could not be stored whose sender was told and sends them again: webhooks
+    /// answered 503, catch-up and healing steps retried, dead-letter replays left in their file.
+    pub records_refused: AtomicU64,
+    /// Whether the journal stores records now (set by its writer).
+    pub journal: crate::journal::JournalHealth,
     /// Messages that were not decoded into records (kept in `rejected.jsonl`).
     pub messages_rejected: AtomicU64,
     /// WebSocket connections established.
@@ -254,8 +260,10 @@ impl Stats {
         update(lock(&self.sinks).entry(name.to_owned()).or_default());
     }
 
-    /// One line for systemd's STATUS=: `old-town: connected 3m · airport: reconnecting (401)`.
+    /// One line for systemd's STATUS=: `old-town: connected 3m · airport: reconnecting (401)`,
+    /// led by what is wrong with the journal, if anything.
     pub fn status_line(&self) -> String {
+        let journal = self.journal.problem();
         let properties = lock(&self.properties);
         let parts: Vec<String> = properties
             .iter()
@@ -271,7 +279,10 @@ impl Stats {
                 Link::Reconnecting(why) => format!("{name}: reconnecting ({why})"),
             })
             .collect();
-        parts.join(" · ")
+        match journal {
+            Some(problem) => format!("NOT STORING: {problem} · {}", parts.join(" · ")),
+            None => parts.join(" · "),
+        }
     }
 }
 
@@ -303,6 +314,24 @@ mod tests {
         assert_eq!(events.len(), 1 + MAX_EXTRA_PROPERTIES + 1);
         assert_eq!(events[OTHER][&long[..MAX_LABEL_BYTES]][2], 80);
         assert!(events.keys().all(|k| k.len() <= MAX_LABEL_BYTES));
+    }
+
+    #[test]
+    fn the_status_line_leads_with_a_journal_that_stores_nothing() {
+        let stats = Stats::default();
+        stats.set_link("old-town", Link::Connecting);
+        assert_eq!(stats.status_line(), "old-town: connecting");
+        stats
+            .journal
+            .set_file(Some(crate::journal::FileProblem::Deleted(
+                "/state/journal.redb".into(),
+            )));
+        let line = stats.status_line();
+        assert!(
+            line.starts_with("NOT STORING: journal /state/journal.redb was deleted"),
+            "{line}"
+        );
+        assert!(line.ends_with(" · old-town: connecting"), "{line}");
     }
 
     #[test]

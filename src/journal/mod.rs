@@ -6,6 +6,8 @@
 
 mod claims;
 pub mod commands;
+mod file;
+mod health;
 mod store;
 mod value;
 mod writer;
@@ -19,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::record::Record;
 use crate::stats::Stats;
 
+pub use health::{FileProblem, JournalHealth};
 pub use value::{Entry, Replay, StoredRecord, record_key};
 pub use writer::{JournalWriter, Note, Settle};
 
@@ -53,6 +56,10 @@ pub enum JournalError {
     /// A commit failed; the records given were not stored.
     #[error("{0}")]
     Write(String),
+    /// The journal file was deleted or replaced under the running relay: nothing is stored
+    /// until a restart (the message says what to do).
+    #[error("{0}")]
+    Gone(String),
     /// The writer has stopped.
     #[error("the journal writer has stopped")]
     Closed,
@@ -414,6 +421,99 @@ mod tests {
         assert!(err.to_string().contains("1 records lost"), "{err}");
         journal.append(vec![record("b", false)]).await.unwrap();
         journal.flush().await.unwrap();
+        drop(journal);
+        writer.await.unwrap();
+    }
+
+    /// A failed commit loses only what nobody waits for (WebSocket events); records whose
+    /// sender is told (a webhook, answered 503) are counted as refused. The journal reports
+    /// the failure until a commit stores records again.
+    #[tokio::test]
+    async fn only_records_nobody_waits_for_count_as_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let (journal, writer) =
+            Journal::open(dir.path(), &["s".to_owned()], 1 << 30, Arc::clone(&stats)).unwrap();
+        let writer = tokio::spawn(writer.run());
+        let fail = |n| {
+            journal
+                .store
+                .fail_commits
+                .store(n, std::sync::atomic::Ordering::SeqCst)
+        };
+        fail(1);
+        let hook = vec![
+            Entry::Record(record("h1", false)),
+            Entry::Record(record("h2", false)),
+        ];
+        assert!(journal.append_committed(hook).await.is_err());
+        assert_eq!(Stats::get(&stats.records_lost), 0);
+        assert_eq!(Stats::get(&stats.records_refused), 2);
+        let problem = stats.journal.problem().expect("reported");
+        assert!(problem.contains("no space left"), "{problem}");
+        fail(1);
+        journal.append(vec![record("ws", false)]).await.unwrap();
+        assert!(journal.flush().await.is_err());
+        assert_eq!(Stats::get(&stats.records_lost), 1);
+        assert_eq!(Stats::get(&stats.records_refused), 2);
+        journal
+            .append_committed(vec![Entry::Record(record("later", false))])
+            .await
+            .unwrap();
+        assert!(stats.journal.is_ok());
+        drop(journal);
+        writer.await.unwrap();
+    }
+
+    /// A journal file deleted under the writer: once noticed, nothing more is committed (a
+    /// waiter is told why), and at the end the file is written back from the open one, so the
+    /// next start goes on from every record it held.
+    #[tokio::test]
+    async fn a_deleted_journal_takes_nothing_more_and_is_put_back_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let (journal, writer) =
+            Journal::open(dir.path(), &["s".to_owned()], 1 << 30, Arc::clone(&stats)).unwrap();
+        let writer = tokio::spawn(writer.run());
+        journal
+            .append_committed(vec![Entry::Record(record("kept", false))])
+            .await
+            .unwrap();
+        std::fs::remove_file(journal.path()).unwrap();
+        // A failed commit makes the writer look at the file at once.
+        journal
+            .store
+            .fail_commits
+            .store(1, std::sync::atomic::Ordering::SeqCst);
+        assert!(journal.flush().await.is_err());
+        let problem = stats.journal.problem().expect("reported");
+        assert!(problem.contains("journal.redb was deleted"), "{problem}");
+        let err = journal
+            .append_committed(vec![Entry::Record(record("refused", false))])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, JournalError::Gone(_)), "{err}");
+        assert!(
+            !journal.path().exists(),
+            "no new file behind the relay's back"
+        );
+        let path = journal.path().to_owned();
+        drop(journal);
+        writer.await.unwrap();
+
+        assert!(path.exists(), "written back at the end");
+        let (journal, writer) = open(dir.path());
+        let read = journal.read_after(0, 10).await.unwrap();
+        assert_eq!(read.len(), 1);
+        assert!(String::from_utf8_lossy(&read[0].json).contains("kept"));
+        assert_eq!(
+            journal
+                .append_committed(vec![Entry::Record(record("next", false))])
+                .await
+                .unwrap(),
+            2,
+            "seqs go on"
+        );
         drop(journal);
         writer.await.unwrap();
     }

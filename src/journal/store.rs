@@ -4,13 +4,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::JournalError;
 use super::commands::{
     self, Ack, Answered, COMMANDS, CommandEntry, CommandTables, OUTBOX, Outgoing, Request,
     RequestOutcome,
 };
+use super::file::{self, Identity};
+use super::health::FileProblem;
 use super::value::{self, Entry, StoredRecord};
 use crate::record::Enrich;
 
@@ -30,6 +32,10 @@ const PENDING: TableDefinition<u64, u64> = TableDefinition::new("pending");
 /// Command states that went out without details (`enrich_error`): dedupe key -> unix seconds.
 /// The enricher forwards them again once Mews answers (see `crate::mews::enrich`).
 const HEAL: TableDefinition<&str, u64> = TableDefinition::new("heal");
+/// Scratch space of [`Store::probe`]; empty between probes.
+const PROBE: TableDefinition<u64, &[u8]> = TableDefinition::new("probe");
+/// What a probe writes: a commit this big must fit for the journal to count as writable.
+pub(super) const PROBE_BYTES: usize = 1 << 20;
 const LAST_SEQ: &str = "last_seq";
 const STORED_BYTES: &str = "stored_bytes";
 const JOURNAL_ID: &str = "journal_id";
@@ -167,6 +173,9 @@ pub(super) struct Store {
     path: PathBuf,
     journal_id: u64,
     db: RwLock<Option<Arc<Database>>>,
+    /// The file redb has open (see [`file::Opened`]).
+    held: std::fs::File,
+    identity: Identity,
     /// Tests: this many next commits fail as if the disk were full.
     #[cfg(test)]
     pub fail_commits: std::sync::atomic::AtomicU32,
@@ -179,24 +188,10 @@ fn storage(path: &Path, err: impl Into<redb::Error>) -> JournalError {
     }
 }
 
-fn open_db(path: &Path) -> Result<Database, JournalError> {
-    Database::create(path).map_err(|err| {
-        let problem = match err {
-            DatabaseError::DatabaseAlreadyOpen => "is in use by another mews-relay process; stop it, or give this one its own state.dir".to_owned(),
-            DatabaseError::Storage(redb::StorageError::Io(io)) if io.kind() != std::io::ErrorKind::InvalidData => format!("cannot be opened: {io}; check free space and that the mews-relay user owns the state directory"),
-            other => format!(
-                "cannot be read ({other}); move it aside (mv {p} {p}.broken) and start again: the relay then starts with an empty journal, and records in the old file that no sink had delivered are not sent",
-                p = path.display()
-            ),
-        };
-        JournalError::Open { path: path.to_owned(), problem }
-    })
-}
-
 impl Store {
     /// Opens the file, registers the sinks, and returns the last seq and every sink's cursor.
     pub fn open(path: &Path, sinks: &[String]) -> Result<(Store, Opened), JournalError> {
-        let db = open_db(path)?;
+        let file::Opened { db, held, identity } = file::open(path)?;
         let txn = db.begin_write().map_err(|e| storage(path, e))?;
         let opened = {
             let _seen = txn.open_table(SEEN).map_err(|e| storage(path, e))?;
@@ -275,6 +270,8 @@ impl Store {
             path: path.to_owned(),
             journal_id: opened.journal_id,
             db: RwLock::new(Some(Arc::new(db))),
+            held,
+            identity,
             #[cfg(test)]
             fail_commits: std::sync::atomic::AtomicU32::new(0),
         };
@@ -531,8 +528,17 @@ impl Store {
         Ok(last)
     }
 
-    /// After an I/O error redb refuses further writes until the file is opened again.
+    /// After an I/O error redb refuses further writes until the file is opened again; only
+    /// the same file is opened (see [`file::reopen`]).
     pub fn reopen(&self) -> Result<(), JournalError> {
+        self.close();
+        let opened = file::reopen(&self.path, self.identity)?;
+        *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(opened.db));
+        Ok(())
+    }
+
+    /// Closes the database (waiting for readers to let go); reads and commits fail after.
+    fn close(&self) {
         let old = self.db.write().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(mut old) = old {
             // Readers hold the database only for one read; wait for them to let go.
@@ -546,8 +552,44 @@ impl Store {
                 }
             }
         }
-        let db = open_db(&self.path)?;
-        *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
+    }
+
+    /// Whether the path still holds the file the relay has open (one `stat`).
+    pub fn check_file(&self) -> Option<FileProblem> {
+        file::check(&self.path, self.identity)
+    }
+
+    /// The last act of a relay whose journal file was deleted or replaced: closes the database
+    /// and copies the file it held back to its path, or beside the file now there.
+    pub fn put_back(&self) -> std::io::Result<PathBuf> {
+        self.close();
+        file::put_back(&self.path, &self.held)
+    }
+
+    /// Whether a commit of about [`PROBE_BYTES`] would be stored now: written durably, then
+    /// removed again. Run while commits fail, to notice that the disk has room again.
+    pub fn probe(&self) -> Result<(), JournalError> {
+        let db = match self.db() {
+            Ok(db) => db,
+            Err(_) => {
+                self.reopen()?;
+                self.db()?
+            }
+        };
+        let err = |e: redb::Error| storage(&self.path, e);
+        let blob = vec![0u8; PROBE_BYTES];
+        for value in [Some(blob.as_slice()), None] {
+            let txn = db.begin_write().map_err(|e| err(e.into()))?;
+            {
+                let mut table = txn.open_table(PROBE).map_err(|e| err(e.into()))?;
+                match value {
+                    Some(value) => table.insert(0, value).map(drop),
+                    None => table.remove(0).map(drop),
+                }
+                .map_err(|e| err(e.into()))?;
+            }
+            txn.commit().map_err(|e| err(e.into()))?;
+        }
         Ok(())
     }
 }

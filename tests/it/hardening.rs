@@ -293,8 +293,8 @@ fn mode(path: &Path) -> u32 {
         & 0o777
 }
 
-/// Under umask 022 the state directory, a sink's new directory, the sink file, rejected.jsonl,
-/// the dead-letter directory and its file are created 0700/0600 (before: 0755/0644, guests'
+/// Under umask 022 the state directory, the journal, a sink's new directory, the sink file,
+/// rejected.jsonl, the dead-letter directory and its file are created 0700/0600 (before: 0755/0644, guests'
 /// data readable by every local user).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_are_private_under_umask_022() {
@@ -324,6 +324,7 @@ async fn files_are_private_under_umask_022() {
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.wait().await, Some(0));
     assert_eq!(mode(&state), 0o700, "state.dir");
+    assert_eq!(mode(&state.join("journal.redb")), 0o600, "the journal");
     assert_eq!(mode(out.parent().unwrap()), 0o700, "the sink's directory");
     assert_eq!(mode(&out), 0o600, "the sink file");
     assert_eq!(mode(&state.join("rejected.jsonl")), 0o600, "rejected.jsonl");

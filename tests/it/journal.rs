@@ -178,56 +178,15 @@ async fn a_journal_in_use_is_refused() {
 /// reading; once there is room again (the limit is lifted), records are stored and delivered.
 #[tokio::test]
 async fn a_full_disk_is_logged_and_counted_and_writing_resumes() {
-    use std::os::unix::process::CommandExt;
-
     let dir = tempfile::tempdir().unwrap();
     let mut server = MockServer::start().await;
     let config = dir.path().join("relay.toml");
     let text = config_text(&server.url(), dir.path(), "[[sink]]\ntype = \"stdout\"\n")
         .replace("max_message_size = \"4KiB\"", "max_message_size = \"1MiB\"");
     std::fs::write(&config, text).unwrap();
-    let stderr_path = dir.path().join("relay.stderr");
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mews-relay"));
-    command
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&stderr_path).unwrap());
-    // SAFETY: only async-signal-safe calls (setrlimit, signal) between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            // Soft limit 1 MiB; the hard limit stays unlimited so the test can lift it later.
-            let unlimited = nix::sys::resource::RLIM_INFINITY;
-            nix::sys::resource::setrlimit(
-                nix::sys::resource::Resource::RLIMIT_FSIZE,
-                1 << 20,
-                unlimited,
-            )?;
-            // Without this, passing the limit kills the process instead of failing the write.
-            nix::sys::signal::signal(
-                nix::sys::signal::Signal::SIGXFSZ,
-                nix::sys::signal::SigHandler::SigIgn,
-            )?;
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().unwrap();
-    let pid = child.id();
-    // A failing assertion must not leave the relay running.
-    struct KillOnDrop(u32);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            if self.0 != 0 {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(self.0 as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-    let mut guard = KillOnDrop(pid);
-    let pipe = child.stdout.take().unwrap();
-    let stderr = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let mut relay = FullDisk::spawn(&config, dir.path(), 1 << 20);
+    let pipe = relay.take_stdout();
+    let stderr = || relay.stderr_text();
     let mut conn = server.next().await;
 
     // Nobody reads stdout yet: the pipe fills, the sink blocks, the journal grows to the limit.
@@ -250,11 +209,7 @@ async fn a_full_disk_is_logged_and_counted_and_writing_resumes() {
     );
 
     // Room again: lift the limit (as an admin freeing disk space would), and read stdout.
-    let lifted = std::process::Command::new("prlimit")
-        .args(["--pid", &pid.to_string(), "--fsize=unlimited:unlimited"])
-        .status()
-        .unwrap();
-    assert!(lifted.success());
+    relay.make_room();
     let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)) {
@@ -289,15 +244,6 @@ async fn a_full_disk_is_logged_and_counted_and_writing_resumes() {
         server.try_next().is_none(),
         "the WebSocket was never dropped"
     );
-
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let code = tokio::task::spawn_blocking(move || child.wait().unwrap().code())
-        .await
-        .unwrap();
-    guard.0 = 0; // reaped: the PID may be reused
-    assert_eq!(code, Some(0), "{}", stderr());
+    let code = relay.terminate().await;
+    assert_eq!(code, Some(0), "{}", relay.stderr_text());
 }

@@ -13,6 +13,7 @@ mod enrich;
 mod hardening;
 mod http;
 mod journal;
+mod journal_health;
 mod listeners;
 mod malformed;
 mod measure;

@@ -631,3 +631,96 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The relay binary as a child whose file-size limit (`RLIMIT_FSIZE`) is `limit` bytes: to
+/// the journal, a full disk, until [`FullDisk::make_room`] lifts it. Stdout is piped (nobody
+/// reads it until the test takes it), stderr goes to `<dir>/relay.stderr`. Killed on drop.
+pub struct FullDisk {
+    child: Option<Child>,
+    pid: u32,
+    stderr: PathBuf,
+}
+
+impl FullDisk {
+    pub fn spawn(config: &Path, dir: &Path, limit: u64) -> FullDisk {
+        use std::os::unix::process::CommandExt;
+
+        let stderr = dir.join("relay.stderr");
+        let mut command = Command::new(relay_bin());
+        command
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&stderr).unwrap());
+        // SAFETY: only async-signal-safe calls (setrlimit, signal) between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                // The hard limit stays unlimited so the test can lift the soft one later.
+                nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_FSIZE,
+                    limit,
+                    nix::sys::resource::RLIM_INFINITY,
+                )?;
+                // Without this, passing the limit kills the process instead of failing the write.
+                nix::sys::signal::signal(
+                    nix::sys::signal::Signal::SIGXFSZ,
+                    nix::sys::signal::SigHandler::SigIgn,
+                )?;
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("spawn mews-relay");
+        FullDisk {
+            pid: child.id(),
+            child: Some(child),
+            stderr,
+        }
+    }
+
+    /// The relay's stdout, to read.
+    pub fn take_stdout(&mut self) -> std::process::ChildStdout {
+        self.child.as_mut().and_then(|c| c.stdout.take()).unwrap()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Lifts the limit, as an admin freeing disk space would.
+    pub fn make_room(&self) {
+        let lifted = Command::new("prlimit")
+            .args([
+                "--pid",
+                &self.pid.to_string(),
+                "--fsize=unlimited:unlimited",
+            ])
+            .status()
+            .unwrap();
+        assert!(lifted.success());
+    }
+
+    /// SIGTERM, and the exit code.
+    pub async fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take().expect("running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        tokio::task::spawn_blocking(move || child.wait().unwrap().code())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for FullDisk {
+    fn drop(&mut self) {
+        // Only while not reaped: the PID may be reused after.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,5 +1,7 @@
-//! The single journal writer: group commits, cursor updates, pruning, and what to do when a
-//! write fails.
+//! The single journal writer: group commits, cursor updates, pruning; what to do when a write
+//! fails or the file is gone is in [`trouble`].
+
+mod trouble;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use super::store::{CommandWork, Commit, Committed, Opened, Seen, Settled, Store}
 use super::value::{self, Entry};
 use crate::record::Record;
 use crate::stats::Stats;
+use trouble::Outage;
 
 /// Queue depth: how many appends may wait while a commit runs before producers wait too.
 pub(super) const QUEUE: usize = 4096;
@@ -21,6 +24,9 @@ pub(super) const QUEUE: usize = 4096;
 const MAX_BATCH_RECORDS: usize = 16_384;
 /// Cursor-only commits skip fsync; this long after one, a durable commit follows.
 const CURSOR_SYNC_AFTER: Duration = Duration::from_secs(1);
+/// This often the writer checks that the path still holds its journal file (one `stat`), and
+/// while commits fail, whether one would be stored again (see [`Store::probe`]).
+pub(super) const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 type Waiter = oneshot::Sender<Result<u64, JournalError>>;
 
@@ -106,6 +112,8 @@ pub struct JournalWriter {
     shed_to: u64,
     stats: Arc<Stats>,
     outage: Option<Outage>,
+    /// Settles refused while the journal file is gone: handed back if it comes back.
+    parked: Vec<Note>,
     dedupe_window: Duration,
     last_forget: Option<std::time::Instant>,
 }
@@ -122,20 +130,12 @@ pub(super) struct Setup {
     pub stats: Arc<Stats>,
 }
 
-/// A run of failed commits, reported once at its start, then every [`REPORT_EVERY`].
-struct Outage {
-    lost: u64,
-    last_report: std::time::Instant,
-    /// The last failure, for a flush that asks whether everything is stored.
-    error: String,
-}
-
-/// While commits keep failing, a summary is logged this often.
-const REPORT_EVERY: Duration = Duration::from_secs(10);
-
 #[derive(Default)]
 struct Batch {
     records: Vec<Entry>,
+    /// How many of `records` nobody waits for (WebSocket events): lost if the commit fails.
+    /// The others' senders are told and send them again (a webhook is answered 503).
+    unwaited: u64,
     waiters: Vec<(Waiter, usize)>,
     cursors: HashMap<String, u64>,
     flushes: Vec<oneshot::Sender<Result<(), JournalError>>>,
@@ -158,10 +158,12 @@ impl Batch {
     fn add(&mut self, op: Op) {
         match op {
             Op::Append(append) => {
+                let count = append.entries.len() as u64;
                 self.records.extend(append.entries);
                 self.unheal.extend(append.unheal);
-                if let Some(waiter) = append.waiter {
-                    self.waiters.push((waiter, self.records.len()));
+                match append.waiter {
+                    Some(waiter) => self.waiters.push((waiter, self.records.len())),
+                    None => self.unwaited += count,
                 }
             }
             Op::Cursor(name, seq, acks) => {
@@ -205,6 +207,9 @@ impl Batch {
 
 impl JournalWriter {
     pub(super) fn new(setup: Setup) -> Self {
+        // A journal opened again (a reload, e.g. after its file was put back) starts healthy.
+        setup.stats.journal.set_file(None);
+        setup.stats.journal.set_writes(None);
         let mut pending = std::collections::BTreeMap::new();
         let mut notes = Vec::new();
         for stored in setup.opened.pending {
@@ -239,6 +244,7 @@ impl JournalWriter {
             shed_to: 0,
             stats: setup.stats,
             outage: None,
+            parked: Vec::new(),
             dedupe_window: crate::config::defaults::DEDUPE_WINDOW,
             last_forget: None,
         }
@@ -258,19 +264,22 @@ impl JournalWriter {
 
     /// Commits until every handle is gone.
     pub async fn run(mut self) {
-        let mut unsynced = false;
+        let mut sync_at: Option<tokio::time::Instant> = None;
+        let mut check = tokio::time::interval(CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.reset();
         loop {
-            let first = if unsynced {
-                tokio::select! {
-                    op = self.ops.recv() => op,
-                    () = tokio::time::sleep(CURSOR_SYNC_AFTER) => {
-                        self.commit(Batch::default(), true).await;
-                        unsynced = false;
-                        continue;
-                    }
+            let first = tokio::select! {
+                op = self.ops.recv() => op,
+                () = tokio::time::sleep_until(sync_at.unwrap_or_else(tokio::time::Instant::now)), if sync_at.is_some() => {
+                    self.commit(Batch::default(), true).await;
+                    sync_at = None;
+                    continue;
                 }
-            } else {
-                self.ops.recv().await
+                _ = check.tick() => {
+                    self.check().await;
+                    continue;
+                }
             };
             let Some(first) = first else { break };
             let mut batch = Batch::default();
@@ -286,7 +295,11 @@ impl JournalWriter {
             if batch.writes() {
                 let durable = batch.durable();
                 self.commit(batch, durable).await;
-                unsynced = !durable;
+                if durable {
+                    sync_at = None;
+                } else if sync_at.is_none() {
+                    sync_at = Some(tokio::time::Instant::now() + CURSOR_SYNC_AFTER);
+                }
             }
             for op in claims {
                 self.claim_or_release(op).await;
@@ -295,9 +308,10 @@ impl JournalWriter {
                 let _ = ping.send(());
             }
         }
-        if unsynced {
+        if sync_at.is_some() {
             self.commit(Batch::default(), true).await;
         }
+        self.put_back_if_gone().await;
         tracing::debug!(last_seq = self.last_seq, "journal writer stopped");
     }
 
@@ -408,6 +422,7 @@ impl JournalWriter {
     async fn commit(&mut self, batch: Batch, durable: bool) {
         let Batch {
             records,
+            unwaited,
             waiters,
             cursors,
             flushes,
@@ -493,8 +508,10 @@ impl JournalWriter {
                 // Records queued before a flush but lost in an earlier failed commit still
                 // make the flush fail, until records are stored again.
                 match &self.outage {
-                    Some(outage) => Err(format!("{} ({} records lost)", outage.error, outage.lost)),
-                    None => Ok(()),
+                    Some(outage) if outage.lost > 0 => {
+                        Err(format!("{} ({} records lost)", outage.error, outage.lost))
+                    }
+                    _ => Ok(()),
                 }
             }
             Err(err) => {
@@ -502,7 +519,7 @@ impl JournalWriter {
                 for reply in replies {
                     let _ = reply.send(Err(JournalError::Write(message.clone())));
                 }
-                self.failed(&err, &commit, waiters, settled).await;
+                self.failed(&err, &commit, unwaited, waiters, settled).await;
                 for done in mark_waiters {
                     let _ = done.send(Err(JournalError::Write(message.clone())));
                 }
@@ -519,6 +536,11 @@ impl JournalWriter {
         &self,
         commit: Commit,
     ) -> Option<(Result<Committed, JournalError>, Commit)> {
+        // Nothing goes into a file that is no longer at the journal's path: after a restart it
+        // would be gone (see `trouble`).
+        if let Some(problem) = self.stats.journal.file_problem() {
+            return Some((Err(JournalError::Gone(problem.to_string())), commit));
+        }
         let store = Arc::clone(&self.store);
         let at = (self.last_seq, self.stored_bytes);
         let work = move || {
@@ -582,14 +604,9 @@ impl JournalWriter {
             Entry::Record(r) => Some((&*r.property, r.kind.as_deref(), r.origin)),
             Entry::Replay(_) => None,
         }));
-        if !commit.entries.is_empty()
-            && let Some(outage) = self.outage.take()
-        {
-            tracing::warn!(
-                path = %self.store.path().display(),
-                lost = outage.lost,
-                "journal writes work again"
-            );
+        if !commit.entries.is_empty() {
+            self.writes_work();
+            self.outage = None;
         }
         let first = seq - count;
         for (at, entry) in (first + 1..).zip(kept()) {
@@ -632,74 +649,5 @@ impl JournalWriter {
     /// Hands a pending record to its property's enricher, or keeps it until one claims it.
     fn route(&mut self, note: Note) {
         self.notes.route(note);
-    }
-
-    /// After a failed commit: the records are lost (counted, logged once per outage), waiters
-    /// told, settles handed back to be tried again, redb reopened after an I/O error.
-    async fn failed(
-        &mut self,
-        err: &JournalError,
-        commit: &Commit,
-        waiters: Vec<(Waiter, usize)>,
-        settled: Vec<Settle>,
-    ) {
-        let count = commit.entries.len() as u64;
-        let lost_total = Stats::add(&self.stats.records_lost, count);
-        match &mut self.outage {
-            None => {
-                tracing::error!(
-                    error = %err,
-                    records = count,
-                    lost_total,
-                    "cannot write to the journal: these records are lost (counted); check free space on the state directory"
-                );
-                self.outage = Some(Outage {
-                    lost: count,
-                    last_report: std::time::Instant::now(),
-                    error: err.to_string(),
-                });
-            }
-            Some(outage) => {
-                outage.lost += count;
-                outage.error = err.to_string();
-                if outage.last_report.elapsed() >= REPORT_EVERY {
-                    tracing::error!(error = %err, lost = outage.lost, lost_total, "still cannot write to the journal");
-                    outage.last_report = std::time::Instant::now();
-                } else {
-                    tracing::debug!(error = %err, records = count, lost_total, "journal commit failed");
-                }
-            }
-        }
-        for (waiter, _) in waiters {
-            let _ = waiter.send(Err(JournalError::Write(err.to_string())));
-        }
-        // A settle that was not written is still pending: its enricher gets it again.
-        for settle in settled {
-            self.route(Note {
-                seq: settle.seq,
-                record: Record {
-                    command: None,
-                    enrich_error: None,
-                    ..settle.record
-                },
-            });
-        }
-        // redb refuses every later write after an I/O error until the file is reopened.
-        if matches!(
-            err,
-            JournalError::Storage {
-                source: redb::Error::Io(_) | redb::Error::PreviousIo,
-                ..
-            }
-        ) {
-            let store = Arc::clone(&self.store);
-            match tokio::task::spawn_blocking(move || store.reopen()).await {
-                Ok(Ok(())) => tracing::debug!("journal reopened after an I/O error"),
-                Ok(Err(err)) => {
-                    tracing::debug!(error = %err, "cannot reopen the journal yet")
-                }
-                Err(err) => tracing::error!(error = %err, "reopening the journal panicked"),
-            }
-        }
     }
 }
