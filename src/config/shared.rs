@@ -1,13 +1,28 @@
-//! From TOML text to [`Settings`]: strict parsing, defaults, checks, secrets resolved.
+//! What every section's checks share: errors that name the file and the key, names, secrets
+//! (inline, in a file, or a systemd credential) and TLS material read from PEM files. A leaf:
+//! it uses nothing else of `config`.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::file::ConfigFile;
-use super::{ConfigError, Connection, Property, Settings, Shutdown, State, defaults};
 use crate::secret::Secret;
+use crate::tls::Identity;
+
+/// A config that failed to load: one line naming the file, the key and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {problem}", file = .file.display())]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// The key, as a TOML path (`connection.ping_interval`, `sink[1].type`).
+    pub key: String,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
 
 /// systemd's `$CREDENTIALS_DIRECTORY` (set by `LoadCredential=`), if any.
 #[derive(Debug, Clone, Default)]
@@ -21,13 +36,24 @@ impl CredentialsDir {
 }
 
 /// Errors for one file.
-pub(super) struct Ctx<'a> {
+pub struct Ctx<'a> {
     origin: &'a Path,
     text: &'a str,
 }
 
-impl Ctx<'_> {
-    pub(super) fn err(&self, key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+impl<'a> Ctx<'a> {
+    /// Errors naming `origin`, whose text is `text` (for line numbers).
+    pub fn new(origin: &'a Path, text: &'a str) -> Self {
+        Ctx { origin, text }
+    }
+
+    /// The file the errors name.
+    pub fn origin(&self) -> &Path {
+        self.origin
+    }
+
+    /// The error for `key`.
+    pub fn err(&self, key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.origin.to_owned(),
             key: key.into(),
@@ -36,11 +62,12 @@ impl Ctx<'_> {
     }
 
     /// A warning line for `key`, naming the file like an error does.
-    pub(super) fn warning(&self, key: &str, advice: impl std::fmt::Display) -> String {
+    pub fn warning(&self, key: &str, advice: impl std::fmt::Display) -> String {
         format!("{}: {key}: {advice}", self.origin.display())
     }
 
-    fn line_of(&self, offset: usize) -> usize {
+    /// The line of a byte offset in the text.
+    pub fn line_of(&self, offset: usize) -> usize {
         self.text[..offset.min(self.text.len())]
             .matches('\n')
             .count()
@@ -48,36 +75,66 @@ impl Ctx<'_> {
     }
 
     /// Deserializes with the failing key's path in the error.
-    pub(super) fn deserialize<'de, T, D>(&self, de: D, prefix: &str) -> Result<T, ConfigError>
+    pub fn deserialize<'de, T, D>(&self, de: D, prefix: &str) -> Result<T, ConfigError>
     where
         T: DeserializeOwned,
         D: serde::Deserializer<'de, Error = toml::de::Error>,
     {
         serde_path_to_error::deserialize(de).map_err(|err| {
-            let mut key = err.path().to_string();
+            let path = err.path().to_string();
             let inner = err.into_inner();
-            let message = inner.message().to_owned();
-            if let Some(field) = message
-                .strip_prefix("unknown field `")
-                .and_then(|rest| rest.split('`').next())
-            {
-                // The path points at the table; name the key itself.
-                key = join(&key, field);
-            } else if let Some(field) = message
-                .strip_prefix("missing field `")
-                .and_then(|rest| rest.split('`').next())
-            {
-                key = join(&key, field);
-            }
-            key = join(prefix, &key);
-            if key.is_empty() || key == "." {
-                key = "(file)".into();
-            }
-            if let Some(span) = inner.span() {
-                key = format!("{key} (line {})", self.line_of(span.start));
-            }
-            self.err(key, fix_for(&message))
+            let line = inner.span().map(|span| self.line_of(span.start));
+            self.serde_error(prefix, path, inner.message(), line)
         })
+    }
+
+    /// The error serde gives for `field` where no such key exists: `expected` are the keys
+    /// there are. For tables read in parts (a sink's shared keys, then its type's own).
+    pub fn unknown_key(&self, prefix: &str, field: &str, expected: &[&str]) -> ConfigError {
+        let expected = match expected {
+            [] => "there are no fields".to_owned(),
+            [one] => format!("expected `{one}`"),
+            [a, b] => format!("expected `{a}` or `{b}`"),
+            many => format!(
+                "expected one of {}",
+                many.iter()
+                    .map(|name| format!("`{name}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let message = format!("unknown field `{field}`, {expected}");
+        self.serde_error(prefix, field.to_owned(), &message, None)
+    }
+
+    /// Serde's `message` at `path` below `prefix`, as one line naming the key.
+    fn serde_error(
+        &self,
+        prefix: &str,
+        mut key: String,
+        message: &str,
+        line: Option<usize>,
+    ) -> ConfigError {
+        if let Some(field) = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            // The path points at the table; name the key itself.
+            key = join(&key, field);
+        } else if let Some(field) = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            key = join(&key, field);
+        }
+        key = join(prefix, &key);
+        if key.is_empty() || key == "." {
+            key = "(file)".into();
+        }
+        if let Some(line) = line {
+            key = format!("{key} (line {line})");
+        }
+        self.err(key, fix_for(message))
     }
 }
 
@@ -104,258 +161,8 @@ fn fix_for(message: &str) -> String {
     }
 }
 
-pub(super) fn parse(
-    text: &str,
-    origin: &Path,
-    credentials: &CredentialsDir,
-) -> Result<Settings, ConfigError> {
-    let ctx = Ctx { origin, text };
-    let de = toml::Deserializer::parse(text).map_err(|err| {
-        let key = match err.span() {
-            Some(span) => format!("(syntax, line {})", ctx.line_of(span.start)),
-            None => "(syntax)".into(),
-        };
-        ctx.err(
-            key,
-            format!("{}; fix the TOML syntax", err.message().trim()),
-        )
-    })?;
-    let raw: ConfigFile = ctx.deserialize(de, "")?;
-
-    let mews = super::mews::mews(&ctx, raw.mews, credentials)?;
-    let properties = properties(&ctx, raw.properties, credentials)?;
-    let connection = connection(&ctx, raw.connection)?;
-    let state = State {
-        dir: raw
-            .state
-            .dir
-            .unwrap_or_else(|| PathBuf::from(defaults::STATE_DIR)),
-        max_bytes: raw
-            .state
-            .max_bytes
-            .map_or(defaults::STATE_MAX_BYTES, |b| b.0),
-    };
-    if state.max_bytes < 1 << 20 {
-        return Err(ctx.err(
-            "state.max_bytes",
-            "is below 1MiB; give the journal room for an outage, e.g. \"1GiB\"",
-        ));
-    }
-    if state.dir.as_os_str().is_empty() {
-        return Err(ctx.err("state.dir", "is empty; set a directory for the journal"));
-    }
-    let shutdown = Shutdown {
-        grace_period: raw
-            .shutdown
-            .grace_period
-            .map_or(defaults::GRACE_PERIOD, |d| d.0),
-    };
-    let webhooks = match raw.webhooks {
-        Some(w) => Some(webhooks(&ctx, w, credentials)?),
-        None => None,
-    };
-    let metrics = match raw.metrics {
-        Some(m) => Some(super::Metrics {
-            listen: match m.listen {
-                Some(addr) => addr,
-                None => defaults::METRICS_LISTEN
-                    .parse()
-                    .map_err(|_| ctx.err("metrics.listen", "bad default"))?,
-            },
-            ready_max_lag: m.ready_max_lag.map_or(defaults::READY_MAX_LAG, |d| d.0),
-        }),
-        None => None,
-    };
-    let listeners = listeners(&ctx, raw.listeners)?;
-    let catch_up = super::mews::catch_up(&ctx, raw.catch_up)?;
-    let enrich = super::mews::enrich(&ctx, raw.enrich)?;
-    let names: HashSet<&str> = properties.iter().map(|p| p.name.as_str()).collect();
-    let sinks = super::sinks::validate(&ctx, raw.sinks, &names)?;
-    let commands = super::commands::commands(&ctx, raw.commands, &sinks, &mews)?;
-    let api = super::commands::api(&ctx, raw.api, &mews, credentials)?;
-    let warnings = super::mews::client_warning(&ctx, &mews)
-        .into_iter()
-        .collect();
-    Ok(Settings {
-        origin: origin.to_owned(),
-        mews,
-        properties,
-        connection,
-        state,
-        shutdown,
-        webhooks,
-        metrics,
-        listeners,
-        catch_up,
-        enrich,
-        commands,
-        api,
-        sinks,
-        warnings,
-    })
-}
-
-fn listeners(
-    ctx: &Ctx<'_>,
-    raw: super::file::ListenersFile,
-) -> Result<super::Listeners, ConfigError> {
-    use super::file::pick;
-    let l = super::Listeners {
-        header_timeout: pick(raw.header_timeout, defaults::HEADER_TIMEOUT),
-        body_timeout: pick(raw.body_timeout, defaults::BODY_TIMEOUT),
-        idle_timeout: pick(raw.idle_timeout, defaults::IDLE_TIMEOUT),
-        max_connections: raw.max_connections.map_or(defaults::MAX_CONNECTIONS, |n| {
-            usize::try_from(n).unwrap_or(usize::MAX)
-        }),
-        max_body_in_flight: raw
-            .max_body_in_flight
-            .map_or(defaults::MAX_BODY_IN_FLIGHT, |b| b.0),
-    };
-    for (key, value) in [
-        ("header_timeout", l.header_timeout),
-        ("body_timeout", l.body_timeout),
-        ("idle_timeout", l.idle_timeout),
-    ] {
-        if value.is_zero() {
-            return Err(ctx.err(
-                format!("listeners.{key}"),
-                "must be longer than zero; e.g. \"10s\"",
-            ));
-        }
-    }
-    if l.max_connections == 0 {
-        return Err(ctx.err("listeners.max_connections", "must be at least 1; e.g. 256"));
-    }
-    if l.max_body_in_flight < 1024 {
-        return Err(ctx.err(
-            "listeners.max_body_in_flight",
-            "is below 1KiB; allow a few request bodies at once, e.g. \"32MiB\"",
-        ));
-    }
-    Ok(l)
-}
-
-fn webhooks(
-    ctx: &Ctx<'_>,
-    raw: super::file::WebhooksFile,
-    credentials: &CredentialsDir,
-) -> Result<super::Webhooks, ConfigError> {
-    let listen = match raw.listen {
-        Some(addr) => addr,
-        None => defaults::WEBHOOKS_LISTEN
-            .parse()
-            .map_err(|_| ctx.err("webhooks.listen", "bad default"))?,
-    };
-    let path = raw
-        .path
-        .unwrap_or_else(|| defaults::WEBHOOKS_PATH.to_owned());
-    if !path.starts_with('/') || path.contains('?') {
-        return Err(ctx.err(
-            "webhooks.path",
-            r#"must be a path starting with '/', like "/mews/webhooks""#,
-        ));
-    }
-    let token = secret(
-        ctx,
-        "webhooks.token",
-        raw.token,
-        raw.token_file,
-        "webhook_token",
-        credentials,
-    )?;
-    if token.expose().len() < 16 {
-        return Err(ctx.err("webhooks.token", "is shorter than 16 characters; use a long random string (e.g. `openssl rand -hex 24`) and give the same to Mews support"));
-    }
-    let max_body = raw.max_body.map_or(defaults::WEBHOOKS_MAX_BODY, |b| b.0);
-    if max_body < 1024 {
-        return Err(ctx.err(
-            "webhooks.max_body",
-            "is below 1KiB; Mews sends batches of hundreds of events, use \"1MiB\"",
-        ));
-    }
-    let tls = identity(
-        ctx,
-        ("webhooks.tls_cert", raw.tls_cert.as_deref()),
-        ("webhooks.tls_key", raw.tls_key.as_deref()),
-    )?;
-    Ok(super::Webhooks {
-        listen,
-        path,
-        token,
-        max_body,
-        tls_cert: raw.tls_cert,
-        tls_key: raw.tls_key,
-        tls,
-    })
-}
-
-fn properties(
-    ctx: &Ctx<'_>,
-    raw: Vec<super::file::PropertyFile>,
-    credentials: &CredentialsDir,
-) -> Result<Vec<Property>, ConfigError> {
-    if raw.is_empty() {
-        return Err(ctx.err(
-            "property",
-            r#"no [[property]] is configured; add one with name = "…" and access_token = "…""#,
-        ));
-    }
-    let mut seen = HashSet::new();
-    let mut out = Vec::with_capacity(raw.len());
-    for (i, p) in raw.into_iter().enumerate() {
-        let key = format!("property[{i}].name");
-        check_name(ctx, &key, &p.name)?;
-        if !seen.insert(p.name.clone()) {
-            return Err(ctx.err(
-                key,
-                format!(
-                    r#""{}" is used twice; give each property its own name"#,
-                    p.name
-                ),
-            ));
-        }
-        let access_token = secret(
-            ctx,
-            &format!("property[{i}].access_token"),
-            p.access_token,
-            p.access_token_file,
-            &format!("{}.access_token", p.name),
-            credentials,
-        )?;
-        if p.enterprise_id
-            .as_deref()
-            .is_some_and(|id| id.trim().is_empty())
-        {
-            return Err(ctx.err(
-                format!("property[{i}].enterprise_id"),
-                "is empty; write the enterprise's Mews id or leave it out",
-            ));
-        }
-        // One token is one enterprise: two properties with it would hold two WebSockets for
-        // it (every event twice) and split one rate limit between them.
-        if let Some(twin) = out
-            .iter()
-            .position(|q: &Property| q.access_token.expose() == access_token.expose())
-        {
-            let (first, second) = (&out[twin].name, &p.name);
-            return Err(ctx.err(
-                format!("property[{i}].access_token"),
-                format!(
-                    r#"is the AccessToken of property[{twin}] "{first}" too: "{first}" and "{second}" would open two WebSockets for one enterprise (every event twice) and share one Mews rate limit; give each property the AccessToken of its own enterprise, or remove one of them"#
-                ),
-            ));
-        }
-        out.push(Property {
-            name: p.name,
-            enterprise_id: p.enterprise_id,
-            access_token,
-        });
-    }
-    Ok(out)
-}
-
 /// Names end up in records, file names and credential names: keep them plain.
-pub(super) fn check_name(ctx: &Ctx<'_>, key: &str, name: &str) -> Result<(), ConfigError> {
+pub fn check_name(ctx: &Ctx<'_>, key: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -374,7 +181,7 @@ pub(super) fn check_name(ctx: &Ctx<'_>, key: &str, name: &str) -> Result<(), Con
 }
 
 /// Resolves a token given inline, in a file, or as a systemd credential.
-pub(super) fn secret(
+pub fn secret(
     ctx: &Ctx<'_>,
     key: &str,
     inline: Option<String>,
@@ -425,11 +232,12 @@ pub(super) fn secret(
 }
 
 /// Characters allowed in a cookie value (RFC 6265 `cookie-octet`).
-pub(super) fn is_cookie_safe(c: char) -> bool {
+pub fn is_cookie_safe(c: char) -> bool {
     c.is_ascii_graphic() && !matches!(c, '"' | ',' | ';' | '\\')
 }
 
-pub(super) fn read_secret(ctx: &Ctx<'_>, key: &str, path: &Path) -> Result<String, ConfigError> {
+/// Reads a file holding a secret, trimmed.
+pub fn read_secret(ctx: &Ctx<'_>, key: &str, path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path)
         .map(|text| text.trim().to_owned())
         .map_err(|err| {
@@ -443,63 +251,12 @@ pub(super) fn read_secret(ctx: &Ctx<'_>, key: &str, path: &Path) -> Result<Strin
         })
 }
 
-fn connection(ctx: &Ctx<'_>, raw: super::file::ConnectionFile) -> Result<Connection, ConfigError> {
-    use super::file::pick;
-    let c = Connection {
-        ping_interval: pick(raw.ping_interval, defaults::PING_INTERVAL),
-        pong_timeout: pick(raw.pong_timeout, defaults::PONG_TIMEOUT),
-        connect_timeout: pick(raw.connect_timeout, defaults::CONNECT_TIMEOUT),
-        backoff_min: pick(raw.backoff_min, defaults::BACKOFF_MIN),
-        backoff_max: pick(raw.backoff_max, defaults::BACKOFF_MAX),
-        healthy_after: pick(raw.healthy_after, defaults::HEALTHY_AFTER),
-        tcp_keepalive: pick(raw.tcp_keepalive, defaults::TCP_KEEPALIVE),
-        max_message_size: raw
-            .max_message_size
-            .map_or(defaults::MAX_MESSAGE_SIZE, |s| s.0),
-        message_timeout: pick(raw.message_timeout, defaults::MESSAGE_TIMEOUT),
-        ca_file: raw.ca_file,
-        extra_roots: Vec::new(),
-    };
-    for (key, value) in [
-        ("ping_interval", c.ping_interval),
-        ("pong_timeout", c.pong_timeout),
-        ("connect_timeout", c.connect_timeout),
-        ("backoff_min", c.backoff_min),
-        ("backoff_max", c.backoff_max),
-        ("tcp_keepalive", c.tcp_keepalive),
-        ("message_timeout", c.message_timeout),
-    ] {
-        if value.is_zero() {
-            return Err(ctx.err(format!("connection.{key}"), "must be longer than zero"));
-        }
-    }
-    if c.backoff_min > c.backoff_max {
-        return Err(ctx.err(
-            "connection.backoff_min",
-            "is larger than backoff_max; make backoff_min <= backoff_max",
-        ));
-    }
-    if c.max_message_size < 1024 {
-        return Err(ctx.err(
-            "connection.max_message_size",
-            "is below 1KiB; Mews messages carry many events, use \"1MiB\"",
-        ));
-    }
-    let extra_roots = match &c.ca_file {
-        Some(path) => read_certs(ctx, "connection.ca_file", path)?,
-        None => Vec::new(),
-    };
-    Ok(Connection { extra_roots, ..c })
-}
-
 /// Reads PEM certificates (a CA bundle or a client chain) for `key`.
-pub(super) fn read_certs(
+pub fn read_certs(
     ctx: &Ctx<'_>,
     key: &str,
     path: &Path,
-) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, ConfigError> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
         .map_err(|err| {
@@ -517,14 +274,24 @@ pub(super) fn read_certs(
     Ok(certs)
 }
 
+/// Reads a PEM private key for `key`.
+fn read_key(ctx: &Ctx<'_>, key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|err| {
+        ctx.err(
+            key,
+            format!("cannot read a PEM private key from {}: {err}; point it at the key of the client certificate", path.display()),
+        )
+    })
+}
+
 /// A certificate and its key given as a pair of keys (both or neither).
-pub(super) fn identity(
+pub fn identity(
     ctx: &Ctx<'_>,
     (cert_key, cert): (&str, Option<&Path>),
     (key_key, key): (&str, Option<&Path>),
-) -> Result<Option<crate::tls::Identity>, ConfigError> {
+) -> Result<Option<Identity>, ConfigError> {
     match (cert, key) {
-        (Some(cert), Some(key)) => Ok(Some(crate::tls::Identity {
+        (Some(cert), Some(key)) => Ok(Some(Identity {
             certs: read_certs(ctx, cert_key, cert)?,
             key: read_key(ctx, key_key, key)?,
         })),
@@ -534,45 +301,73 @@ pub(super) fn identity(
     }
 }
 
-/// `ca_file`, `client_cert` and `client_key` of a sink.
-pub(super) fn client_tls(
-    ctx: &Ctx<'_>,
-    prefix: &str,
-    ca_file: Option<std::path::PathBuf>,
-    client_cert: Option<std::path::PathBuf>,
-    client_key: Option<std::path::PathBuf>,
-) -> Result<super::ClientTls, ConfigError> {
-    let key = |k: &str| format!("{prefix}.{k}");
-    let extra_roots = match &ca_file {
-        Some(path) => read_certs(ctx, &key("ca_file"), path)?,
-        None => Vec::new(),
-    };
-    let client_auth = identity(
-        ctx,
-        (&key("client_cert"), client_cert.as_deref()),
-        (&key("client_key"), client_key.as_deref()),
-    )?;
-    Ok(super::ClientTls {
-        ca_file,
-        client_cert,
-        client_key,
-        extra_roots,
-        client_auth,
-    })
+/// TLS of a sink's client: an extra CA and an optional client certificate (mTLS).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClientTls {
+    /// Extra CA certificates (PEM) besides the system's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// Its key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    /// Certificates read from `ca_file`.
+    #[serde(skip)]
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// Read from `client_cert` and `client_key`.
+    #[serde(skip)]
+    pub client_auth: Option<Identity>,
 }
 
-/// Reads a PEM private key for `key`.
-pub(super) fn read_key(
-    ctx: &Ctx<'_>,
-    key: &str,
-    path: &Path,
-) -> Result<rustls_pki_types::PrivateKeyDer<'static>, ConfigError> {
-    use rustls_pki_types::PrivateKeyDer;
-    use rustls_pki_types::pem::PemObject;
-    PrivateKeyDer::from_pem_file(path).map_err(|err| {
-        ctx.err(
-            key,
-            format!("cannot read a PEM private key from {}: {err}; point it at the key of the client certificate", path.display()),
-        )
-    })
+impl ClientTls {
+    /// `ca_file`, `client_cert` and `client_key` of the table at `prefix`, files read.
+    pub fn read(
+        ctx: &Ctx<'_>,
+        prefix: &str,
+        ca_file: Option<PathBuf>,
+        client_cert: Option<PathBuf>,
+        client_key: Option<PathBuf>,
+    ) -> Result<ClientTls, ConfigError> {
+        let key = |k: &str| format!("{prefix}.{k}");
+        let extra_roots = match &ca_file {
+            Some(path) => read_certs(ctx, &key("ca_file"), path)?,
+            None => Vec::new(),
+        };
+        let client_auth = identity(
+            ctx,
+            (&key("client_cert"), client_cert.as_deref()),
+            (&key("client_key"), client_key.as_deref()),
+        )?;
+        Ok(ClientTls {
+            ca_file,
+            client_cert,
+            client_key,
+            extra_roots,
+            client_auth,
+        })
+    }
+
+    /// The rustls config for this client.
+    pub fn client_config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, rustls::Error> {
+        crate::tls::client_config(&self.extra_roots, self.client_auth.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_read_like_serde_says_them() {
+        let ctx = Ctx::new(Path::new("f.toml"), "");
+        let err = ctx.unknown_key("sink[0]", "x", &["a", "b", "c"]);
+        assert_eq!(
+            err.to_string(),
+            "f.toml: sink[0].x.x: unknown field `x`, expected one of `a`, `b`, `c`; remove it or fix its spelling"
+        );
+        let err = ctx.unknown_key("s", "x", &["a"]);
+        assert!(err.problem.starts_with("unknown field `x`, expected `a`;"));
+    }
 }

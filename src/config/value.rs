@@ -1,245 +1,17 @@
-//! The TOML file as serde reads it: every struct strict, every value still optional.
+//! Values as the config writes them: durations with a unit, byte sizes, URLs shown without
+//! their secrets. A leaf: it uses nothing else of `config`.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, de};
 
-/// The whole config file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ConfigFile {
-    pub mews: MewsFile,
-    #[serde(default, rename = "property")]
-    pub properties: Vec<PropertyFile>,
-    #[serde(default)]
-    pub connection: ConnectionFile,
-    #[serde(default)]
-    pub state: StateFile,
-    #[serde(default)]
-    pub shutdown: ShutdownFile,
-    pub webhooks: Option<WebhooksFile>,
-    pub metrics: Option<MetricsFile>,
-    #[serde(default)]
-    pub listeners: ListenersFile,
-    #[serde(default)]
-    pub catch_up: CatchUpFile,
-    #[serde(default)]
-    pub enrich: EnrichFile,
-    pub commands: Option<CommandsFile>,
-    pub api: Option<ApiFile>,
-    /// Sinks stay tables here: `type` picks the struct they are read into, so errors name it.
-    #[serde(default, rename = "sink")]
-    pub sinks: Vec<toml::Table>,
-}
-
-/// `[mews]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct MewsFile {
-    pub websocket_url: Option<String>,
-    pub api_url: Option<String>,
-    pub client_token: Option<String>,
-    pub client_token_file: Option<PathBuf>,
-    pub client: Option<String>,
-    pub request_timeout: Option<Dur>,
-    pub rate_limit: Option<u32>,
-    pub rate_window: Option<Dur>,
-}
-
-/// `[catch_up]`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CatchUpFile {
-    pub commands: Option<bool>,
-    pub reservations: Option<bool>,
-    pub reservations_since: Option<Dur>,
-    pub margin: Option<Dur>,
-    pub dedupe_window: Option<Dur>,
-}
-
-/// `[enrich]`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct EnrichFile {
-    pub commands: Option<bool>,
-    pub timeout: Option<Dur>,
-}
-
-/// `[commands]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CommandsFile {
-    pub received_after: Option<String>,
-}
-
-/// `[api]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ApiFile {
-    pub listen: Option<std::net::SocketAddr>,
-    pub token: Option<String>,
-    pub token_file: Option<PathBuf>,
-}
-
-/// `[[property]]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct PropertyFile {
-    pub name: String,
-    pub enterprise_id: Option<String>,
-    pub access_token: Option<String>,
-    pub access_token_file: Option<PathBuf>,
-}
-
-/// `[connection]`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ConnectionFile {
-    pub ping_interval: Option<Dur>,
-    pub pong_timeout: Option<Dur>,
-    pub connect_timeout: Option<Dur>,
-    pub backoff_min: Option<Dur>,
-    pub backoff_max: Option<Dur>,
-    pub healthy_after: Option<Dur>,
-    pub tcp_keepalive: Option<Dur>,
-    pub max_message_size: Option<ByteSize>,
-    pub message_timeout: Option<Dur>,
-    pub ca_file: Option<PathBuf>,
-}
-
-/// `[state]`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct StateFile {
-    pub dir: Option<PathBuf>,
-    pub max_bytes: Option<ByteSize>,
-}
-
-/// `[webhooks]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct WebhooksFile {
-    pub listen: Option<std::net::SocketAddr>,
-    pub path: Option<String>,
-    pub token: Option<String>,
-    pub token_file: Option<PathBuf>,
-    pub max_body: Option<ByteSize>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-}
-
-/// `[metrics]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct MetricsFile {
-    pub listen: Option<std::net::SocketAddr>,
-    pub ready_max_lag: Option<Dur>,
-}
-
-/// `[listeners]`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ListenersFile {
-    pub header_timeout: Option<Dur>,
-    pub body_timeout: Option<Dur>,
-    pub idle_timeout: Option<Dur>,
-    pub max_connections: Option<u64>,
-    pub max_body_in_flight: Option<ByteSize>,
-}
-
-/// `[shutdown]`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ShutdownFile {
-    pub grace_period: Option<Dur>,
-}
-
-/// `[[sink]] type = "stdout"`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct StdoutSinkFile {
-    pub name: Option<String>,
-    pub events: Option<Vec<String>>,
-    pub properties: Option<Vec<String>>,
-}
-
-/// `[[sink]] type = "file"`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FileSinkFile {
-    pub name: Option<String>,
-    pub path: PathBuf,
-    pub fsync: Option<FsyncFile>,
-    pub fsync_interval: Option<Dur>,
-    pub events: Option<Vec<String>>,
-    pub properties: Option<Vec<String>>,
-}
-
-/// `[[sink]] type = "http"`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct HttpSinkFile {
-    pub name: Option<String>,
-    pub url: String,
-    pub method: Option<String>,
-    pub headers: Option<std::collections::BTreeMap<String, String>>,
-    pub headers_file: Option<PathBuf>,
-    pub timeout: Option<Dur>,
-    pub batch_max: Option<u64>,
-    pub ca_file: Option<PathBuf>,
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-    pub retry_min: Option<Dur>,
-    pub retry_max: Option<Dur>,
-    pub give_up_after: Option<Dur>,
-    pub events: Option<Vec<String>>,
-    pub properties: Option<Vec<String>>,
-}
-
-/// `[[sink]] type = "nats"`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NatsSinkFile {
-    pub name: Option<String>,
-    pub servers: Vec<String>,
-    pub subject: Option<String>,
-    pub stream: String,
-    pub create_stream: Option<bool>,
-    pub max_age: Option<Dur>,
-    pub duplicate_window: Option<Dur>,
-    pub user: Option<String>,
-    pub password: Option<String>,
-    pub password_file: Option<PathBuf>,
-    pub token: Option<String>,
-    pub token_file: Option<PathBuf>,
-    pub nkey_seed_file: Option<PathBuf>,
-    pub creds_file: Option<PathBuf>,
-    pub ca_file: Option<PathBuf>,
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-    pub ack_timeout: Option<Dur>,
-    pub max_in_flight: Option<u64>,
-    pub events: Option<Vec<String>>,
-    pub properties: Option<Vec<String>>,
-}
-
-/// `fsync = "always" | "interval" | "never"`
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum FsyncFile {
-    Always,
-    Interval,
-    Never,
-}
-
 /// A duration written as a string with a unit: `"500ms"`, `"20s"`, `"5m"`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Dur(pub Duration);
+pub struct Dur(pub Duration);
 
 /// The configured duration, or `default` when the key is absent.
-pub(crate) fn pick(value: Option<Dur>, default: Duration) -> Duration {
+pub fn pick(value: Option<Dur>, default: Duration) -> Duration {
     value.map_or(default, |v| v.0)
 }
 
@@ -273,7 +45,7 @@ impl<'de> Deserialize<'de> for Dur {
 }
 
 /// Parses `"500ms"`, `"20s"`, `"1m 30s"`.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|err| {
         format!(r#"invalid duration "{text}" ({err}); write a number and a unit, like "500ms", "20s" or "5m""#)
     })
@@ -281,7 +53,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// A size in bytes: an integer, or a string like `"1MiB"`, `"512KiB"`, `"2MB"`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ByteSize(pub u64);
+pub struct ByteSize(pub u64);
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -308,7 +80,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 }
 
 /// Parses `"1MiB"`, `"512 KiB"`, `"2MB"`, `"100"` (bytes).
-pub(crate) fn parse_byte_size(text: &str) -> Result<u64, String> {
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
     let split = trimmed
         .find(|c: char| !c.is_ascii_digit())
@@ -334,6 +106,56 @@ pub(crate) fn parse_byte_size(text: &str) -> Result<u64, String> {
     }
 }
 
+/// Durations written back the way they are read: `"20s"`.
+pub mod human {
+    use std::time::Duration;
+
+    /// Serializes `d` as `"20s"`.
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+/// A URL with any user info and query replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, _)) => (base, "?***"),
+        None => (url, ""),
+    };
+    match base.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('/') {
+            Some((authority, path)) if authority.contains('@') => {
+                format!(
+                    "{scheme}://***@{}/{path}{query}",
+                    authority.rsplit('@').next().unwrap_or_default()
+                )
+            }
+            None if rest.contains('@') => format!(
+                "{scheme}://***@{}{query}",
+                rest.rsplit('@').next().unwrap_or_default()
+            ),
+            _ => format!("{base}{query}"),
+        },
+        None => format!("{base}{query}"),
+    }
+}
+
+/// Serializes a URL through [`redact_url`].
+pub fn redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url))
+}
+
+/// Serializes an optional URL through [`redact_url`].
+pub fn redacted_optional_url<S: serde::Serializer>(
+    url: &Option<String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(url) => s.serialize_str(&redact_url(url)),
+        None => s.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,5 +176,15 @@ mod tests {
         assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
         assert!(parse_duration("20").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn urls_lose_user_info_and_query() {
+        assert_eq!(redact_url("https://h.example/x"), "https://h.example/x");
+        assert_eq!(
+            redact_url("https://u:p@h.example/x?token=1"),
+            "https://***@h.example/x?***"
+        );
+        assert_eq!(redact_url("http://u:p@h.example"), "http://***@h.example");
     }
 }
