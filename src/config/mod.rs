@@ -16,7 +16,6 @@ mod property;
 mod settings;
 pub(crate) mod shared;
 mod shutdown;
-mod sinks;
 mod state;
 pub(crate) mod value;
 mod webhooks;
@@ -32,7 +31,6 @@ pub use property::Property;
 pub use settings::Settings;
 pub use shared::{ClientTls, ConfigError, CredentialsDir};
 pub use shutdown::Shutdown;
-pub use sinks::{Fsync, HttpSettings, NatsAuth, NatsSettings, SinkKind, SinkSettings};
 pub use state::State;
 pub use value::redact_url;
 pub use webhooks::Webhooks;
@@ -48,7 +46,6 @@ pub mod defaults {
     pub use super::metrics::defaults::*;
     pub use super::mews::defaults::*;
     pub use super::shutdown::defaults::*;
-    pub use super::sinks::defaults::*;
     pub use super::state::defaults::*;
     pub use super::webhooks::defaults::*;
 }

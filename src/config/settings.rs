@@ -16,9 +16,9 @@ use super::mews::{Mews, MewsFile};
 use super::property::{self, Property, PropertyFile};
 use super::shared::{ConfigError, CredentialsDir, Ctx};
 use super::shutdown::{Shutdown, ShutdownFile};
-use super::sinks::{self, SinkSettings};
 use super::state::{State, StateFile};
 use super::webhooks::{Webhooks, WebhooksFile};
+use crate::sink::{self, SinkSettings};
 
 /// The whole config file, every section strict, every value still optional.
 #[derive(Debug, Deserialize)]
@@ -161,7 +161,7 @@ impl ConfigFile {
         let catch_up = self.catch_up.validate(ctx)?;
         let enrich = self.enrich.validate(ctx)?;
         let names: HashSet<&str> = properties.iter().map(|p| p.name.as_str()).collect();
-        let sinks = sinks::validate(ctx, self.sinks, &names)?;
+        let sinks = sink::validate(ctx, self.sinks, &names)?;
         let sink_names: Vec<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
         let commands = match self.commands {
             Some(c) => Some(c.validate(ctx, &sink_names, &mews)?),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, Visitor};
 
 use crate::secret::Secret;
 use crate::tls::Identity;
@@ -159,6 +159,40 @@ fn fix_for(message: &str) -> String {
     } else {
         message.to_owned()
     }
+}
+
+/// The keys a struct deserialized by serde reads (what `deny_unknown_fields` lists).
+pub fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+    /// A deserializer that only notes the fields it is asked for.
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> de::Deserializer<'de> for Probe<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("probed"))
+        }
+
+        fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
 }
 
 /// Names end up in records, file names and credential names: keep them plain.
@@ -358,6 +392,18 @@ impl ClientTls {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Two {
+        path: String,
+        fsync: Option<bool>,
+    }
+
+    #[test]
+    fn fields_are_read_from_the_struct() {
+        assert_eq!(fields_of::<Two>(), ["path", "fsync"]);
+    }
 
     #[test]
     fn unknown_keys_read_like_serde_says_them() {

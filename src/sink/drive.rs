@@ -10,10 +10,10 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::SinkSettings;
 use super::dead_letter::{DeadLetters, Reason};
 use super::{AnySink, Filter, Redactor, Sink};
 use crate::backoff::Backoff;
-use crate::config::SinkSettings;
 use crate::journal::commands::Ack;
 use crate::journal::{Journal, StoredRecord};
 use crate::stats::Stats;

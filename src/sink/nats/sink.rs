@@ -1,5 +1,5 @@
-//! A sink that publishes records into a NATS JetStream stream, each with `Nats-Msg-Id` set to
-//! the record key so the stream drops a redelivery; the cursor moves only after the acks.
+//! The NATS sink: publishes records into a JetStream stream, each with `Nats-Msg-Id` set to the
+//! record key so the stream drops a redelivery; the cursor moves only after the acks.
 
 use std::collections::VecDeque;
 use std::io;
@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use async_nats::jetstream::{self, context::PublishAckFuture, stream};
 use async_nats::{ConnectOptions, Event, HeaderMap};
 
-use super::Sink;
-use crate::config::{NatsAuth, NatsSettings};
+use super::{NatsAuth, NatsSettings};
 use crate::journal::StoredRecord;
+use crate::sink::Sink;
 
 /// Records per write (the cursor moves after each).
 const BATCH: usize = 1024;
@@ -233,7 +233,7 @@ mod tests {
 
     #[test]
     fn subjects_replace_characters_nats_does_not_allow() {
-        let mut record = super::super::stdout::test_record("{}");
+        let mut record = crate::sink::stdout::test_record("{}");
         record.property = "old town".into();
         record.kind = Some("Odd.Type*>".into());
         assert_eq!(

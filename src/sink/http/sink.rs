@@ -1,4 +1,4 @@
-//! A sink that POSTs records to an HTTP endpoint: retried with backoff (and `Retry-After`) until
+//! The HTTP sink: POSTs records to an endpoint, retried with backoff (and `Retry-After`) until
 //! delivered, dead-lettered on a non-retryable answer or after `give_up_after`.
 
 use std::io;
@@ -10,12 +10,12 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 use tokio::time::Instant;
 
-use super::Sink;
-use super::dead_letter::{DeadLetters, Reason};
+use super::HttpSettings;
 use crate::backoff::Backoff;
-use crate::config::HttpSettings;
 use crate::httpx::{describe, retry_after};
 use crate::journal::StoredRecord;
+use crate::sink::Sink;
+use crate::sink::dead_letter::{DeadLetters, Reason};
 use crate::stats::Stats;
 
 /// Bytes of a response body kept with a dead letter.
