@@ -25,6 +25,7 @@
 pub mod api;
 pub mod app;
 pub mod backoff;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod files;
@@ -32,6 +33,7 @@ pub mod httpx;
 pub mod ingress;
 pub mod journal;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod mews;
 pub mod ops;

@@ -24,6 +24,7 @@ mod receiver;
 mod reconnect;
 mod rest;
 mod shutdown;
+mod signals;
 mod sim_rest;
 mod simulator;
 mod soak;

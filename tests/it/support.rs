@@ -365,6 +365,11 @@ impl Relay {
         }
     }
 
+    /// Whether `run` has not returned yet.
+    pub fn is_running(&self) -> bool {
+        !self.handle.is_finished()
+    }
+
     /// Waits for `run` to return on its own (e.g. a start-up error).
     pub async fn ended(self) -> Result<(), AppError> {
         timeout(WAIT, self.handle)
