@@ -24,7 +24,6 @@
 
 pub mod api;
 pub mod app;
-pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -39,6 +38,7 @@ pub mod mews;
 pub mod ops;
 pub mod record;
 pub mod rejects;
+pub mod retry;
 pub mod secret;
 pub mod simulator;
 pub mod sink;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::shared::{ConfigError, Ctx, read_certs};
 use super::value::{ByteSize, Dur, human, pick};
+use crate::retry::RetryPolicy;
 
 /// Defaults of `[connection]`.
 pub mod defaults {
@@ -61,12 +62,10 @@ pub struct Connection {
     /// Limit for TCP connect, TLS and the upgrade together.
     #[serde(with = "human")]
     pub connect_timeout: Duration,
-    /// First reconnect delay.
-    #[serde(with = "human")]
-    pub backoff_min: Duration,
-    /// Largest reconnect delay; also the delay after a rejected upgrade.
-    #[serde(with = "human")]
-    pub backoff_max: Duration,
+    /// Reconnect delays: `backoff_min`, the first, to `backoff_max`, the largest (also the
+    /// delay after a rejected upgrade).
+    #[serde(flatten, serialize_with = "backoff_keys")]
+    pub backoff: RetryPolicy,
     /// A session up this long resets the backoff.
     #[serde(with = "human")]
     pub healthy_after: Duration,
@@ -91,38 +90,48 @@ impl ConnectionFile {
     /// Defaults filled in, durations checked, `ca_file` read.
     pub(crate) fn validate(self, ctx: &Ctx<'_>) -> Result<Connection, ConfigError> {
         use defaults::*;
-        let c = Connection {
-            ping_interval: pick(self.ping_interval, PING_INTERVAL),
-            pong_timeout: pick(self.pong_timeout, PONG_TIMEOUT),
-            connect_timeout: pick(self.connect_timeout, CONNECT_TIMEOUT),
-            backoff_min: pick(self.backoff_min, BACKOFF_MIN),
-            backoff_max: pick(self.backoff_max, BACKOFF_MAX),
-            healthy_after: pick(self.healthy_after, HEALTHY_AFTER),
-            tcp_keepalive: pick(self.tcp_keepalive, TCP_KEEPALIVE),
-            max_message_size: self.max_message_size.map_or(MAX_MESSAGE_SIZE, |s| s.0),
-            message_timeout: pick(self.message_timeout, MESSAGE_TIMEOUT),
-            ca_file: self.ca_file,
-            extra_roots: Vec::new(),
-        };
+        let (backoff_min, backoff_max) = (
+            pick(self.backoff_min, BACKOFF_MIN),
+            pick(self.backoff_max, BACKOFF_MAX),
+        );
+        let (ping_interval, pong_timeout, connect_timeout, tcp_keepalive, message_timeout) = (
+            pick(self.ping_interval, PING_INTERVAL),
+            pick(self.pong_timeout, PONG_TIMEOUT),
+            pick(self.connect_timeout, CONNECT_TIMEOUT),
+            pick(self.tcp_keepalive, TCP_KEEPALIVE),
+            pick(self.message_timeout, MESSAGE_TIMEOUT),
+        );
         for (key, value) in [
-            ("ping_interval", c.ping_interval),
-            ("pong_timeout", c.pong_timeout),
-            ("connect_timeout", c.connect_timeout),
-            ("backoff_min", c.backoff_min),
-            ("backoff_max", c.backoff_max),
-            ("tcp_keepalive", c.tcp_keepalive),
-            ("message_timeout", c.message_timeout),
+            ("ping_interval", ping_interval),
+            ("pong_timeout", pong_timeout),
+            ("connect_timeout", connect_timeout),
+            ("backoff_min", backoff_min),
+            ("backoff_max", backoff_max),
+            ("tcp_keepalive", tcp_keepalive),
+            ("message_timeout", message_timeout),
         ] {
             if value.is_zero() {
                 return Err(ctx.err(format!("connection.{key}"), "must be longer than zero"));
             }
         }
-        if c.backoff_min > c.backoff_max {
-            return Err(ctx.err(
+        let backoff = RetryPolicy::try_new(backoff_min, backoff_max).map_err(|_| {
+            ctx.err(
                 "connection.backoff_min",
                 "is larger than backoff_max; make backoff_min <= backoff_max",
-            ));
-        }
+            )
+        })?;
+        let c = Connection {
+            ping_interval,
+            pong_timeout,
+            connect_timeout,
+            backoff,
+            healthy_after: pick(self.healthy_after, HEALTHY_AFTER),
+            tcp_keepalive,
+            max_message_size: self.max_message_size.map_or(MAX_MESSAGE_SIZE, |s| s.0),
+            message_timeout,
+            ca_file: self.ca_file,
+            extra_roots: Vec::new(),
+        };
         if c.max_message_size < 1024 {
             return Err(ctx.err(
                 "connection.max_message_size",
@@ -135,4 +144,9 @@ impl ConnectionFile {
         };
         Ok(Connection { extra_roots, ..c })
     }
+}
+
+/// `backoff` as the file writes it: `backoff_min` and `backoff_max`.
+fn backoff_keys<S: serde::Serializer>(policy: &RetryPolicy, s: S) -> Result<S::Ok, S::Error> {
+    crate::config::value::policy_keys(policy, ("backoff_min", "backoff_max"), s)
 }

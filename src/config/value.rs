@@ -116,6 +116,20 @@ pub mod human {
     }
 }
 
+/// A retry policy written back as the two keys it is read from (`"500ms"`, `"60s"`).
+pub fn policy_keys<S: serde::Serializer>(
+    policy: &crate::retry::RetryPolicy,
+    (min_key, max_key): (&'static str, &'static str),
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let format = |d: Duration| humantime::format_duration(d).to_string();
+    let mut map = s.serialize_map(Some(2))?;
+    map.serialize_entry(min_key, &format(policy.min()))?;
+    map.serialize_entry(max_key, &format(policy.max()))?;
+    map.end()
+}
+
 /// A URL with any user info and query replaced by `***`.
 pub fn redact_url(url: &str) -> String {
     let (base, query) = match url.split_once('?') {

@@ -17,18 +17,11 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::Limiter;
-use crate::backoff::Backoff;
 use crate::httpx::{describe, retry_after};
+use crate::retry::{Backoff, schedules};
 use crate::secret::Secret;
 use crate::stats::Stats;
 
-/// Delays between retries of a failing request.
-const RETRY_MIN: Duration = Duration::from_millis(250);
-const RETRY_MAX: Duration = Duration::from_secs(30);
-/// A 429 without `Retry-After` waits from this on, growing with each 429 in a row: Mews says
-/// to "fall back to an exponential backoff strategy", and "Pausing for a fixed amount of time
-/// is never recommended".
-const THROTTLE_MIN: Duration = Duration::from_millis(500);
 /// Error bodies are quoted up to this many bytes.
 const EXCERPT: usize = 300;
 /// The header Mews puts on every answer, to quote when contacting its support.
@@ -226,7 +219,7 @@ impl Rest {
             stats: setup.stats,
             refused: AtomicBool::new(false),
             refused_operations: Mutex::new(HashSet::new()),
-            throttled: Mutex::new(Backoff::new(THROTTLE_MIN, RETRY_MAX)),
+            throttled: Mutex::new(schedules::REST_THROTTLED.backoff()),
             failing: AtomicBool::new(false),
         }
     }
@@ -255,7 +248,7 @@ impl Rest {
         operation: &str,
         body: Map<String, Value>,
     ) -> Result<Answer, RestError> {
-        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+        let mut backoff = schedules::REST.backoff();
         let paged = body
             .get("Limitation")
             .is_some_and(|limitation| limitation.get("Count").is_some());

@@ -24,18 +24,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::catch_up::command_record;
 use super::{Rest, RestError, command_key, command_key_prefix, parse_commands};
-use crate::backoff::Backoff;
 use crate::journal::{Entry, Journal, Note, Settle};
 use crate::record::{Enrich, Record};
+use crate::retry::{Backoff, schedules};
 use crate::stats::Stats;
 
 /// At most this many records are coalesced into one round of calls.
 const MAX_ROUND: usize = 4096;
 /// `CommandIds` takes at most this many ids.
 const MAX_IDS: usize = 1000;
-/// Probes of a failing REST API are this far apart, growing.
-const PROBE_MIN: Duration = Duration::from_secs(1);
-const PROBE_MAX: Duration = Duration::from_secs(30);
 /// While heal keys remain, they are looked at again this often.
 const HEAL_EVERY: Duration = Duration::from_secs(60);
 /// The event type that is enriched.
@@ -252,7 +249,7 @@ impl Enricher {
     /// Starts an outage: logged once, first probe soon, the reader told.
     fn outage(&self, reason: String, err: Option<&RestError>) -> Outage {
         self.health.set(Some(&reason));
-        let mut backoff = Backoff::new(PROBE_MIN, PROBE_MAX);
+        let mut backoff = schedules::ENRICH_PROBE.backoff();
         let delay = backoff.next_delay();
         match err {
             Some(err) => {

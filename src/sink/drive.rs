@@ -13,14 +13,10 @@ use tracing::Instrument;
 use super::SinkSettings;
 use super::dead_letter::{DeadLetters, Reason};
 use super::{AnySink, Filter, Redactor, Sink};
-use crate::backoff::Backoff;
 use crate::journal::commands::Ack;
 use crate::journal::{Journal, StoredRecord};
+use crate::retry::schedules;
 use crate::stats::Stats;
-
-/// Retry delays of a failing sink.
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// How the app steers a running sink.
 #[derive(Clone)]
@@ -81,7 +77,7 @@ impl Driver {
     async fn run(mut self) {
         // Only settled records are visible (enrichment holds the rest back, in order).
         let mut committed = self.journal.visible();
-        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+        let mut backoff = schedules::SINK.backoff();
         tracing::debug!(cursor = self.cursor, "sink started");
         loop {
             if self.ctl.reopen.has_changed().unwrap_or(false) {

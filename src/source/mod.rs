@@ -7,7 +7,6 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::backoff::Backoff;
 use crate::config::{CatchUp, Connection, Property, Settings};
 use crate::journal::Journal;
 use crate::mews::{CatchUpJob, Rest};
@@ -110,7 +109,7 @@ impl Source {
     }
 
     async fn reconnect_loop(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(self.connection.backoff_min, self.connection.backoff_max);
+        let mut backoff = self.connection.backoff.backoff();
         let mut failures = Failures::default();
         self.stats.set_link(&self.name, Link::Connecting);
         loop {

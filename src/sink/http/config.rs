@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::HttpSink;
 use crate::config::ConfigError;
 use crate::config::shared::{ClientTls, is_cookie_safe, read_secret};
-use crate::config::value::{Dur, human, pick, redacted_url};
+use crate::config::value::{Dur, human, pick, policy_keys, redacted_url};
+use crate::retry::RetryPolicy;
 use crate::secret::Secret;
 use crate::sink::registry::{At, BuildEnv, SinkType};
 
@@ -65,12 +66,9 @@ pub struct HttpSettings {
     pub timeout: Duration,
     /// 1: the body is one record; more: a JSON array of up to this many.
     pub batch_max: usize,
-    /// First retry delay.
-    #[serde(with = "human")]
-    pub retry_min: Duration,
-    /// Largest retry delay.
-    #[serde(with = "human")]
-    pub retry_max: Duration,
+    /// Retry delays: `retry_min`, the first, to `retry_max`, the largest.
+    #[serde(flatten, serialize_with = "retry_keys")]
+    pub retry: RetryPolicy,
     /// A record still failing after this long is dead-lettered.
     #[serde(with = "human")]
     pub give_up_after: Duration,
@@ -110,12 +108,12 @@ impl SinkType for HttpSettings {
                 return Err(at.err(key, "must be longer than zero"));
             }
         }
-        if retry_min > retry_max {
-            return Err(at.err(
+        let retry = RetryPolicy::try_new(retry_min, retry_max).map_err(|_| {
+            at.err(
                 "retry_min",
                 "is larger than retry_max; make retry_min <= retry_max",
-            ));
-        }
+            )
+        })?;
         let batch_max = file.batch_max.unwrap_or(defaults::HTTP_BATCH_MAX);
         if !(1..=10_000).contains(&batch_max) {
             return Err(at.err(
@@ -136,8 +134,7 @@ impl SinkType for HttpSettings {
             headers,
             timeout,
             batch_max: batch_max as usize,
-            retry_min,
-            retry_max,
+            retry,
             give_up_after,
             tls,
         })
@@ -164,6 +161,11 @@ impl SinkType for HttpSettings {
             std::sync::Arc::clone(env.stats),
         )
     }
+}
+
+/// `retry` as the file writes it: `retry_min` and `retry_max`.
+fn retry_keys<S: serde::Serializer>(policy: &RetryPolicy, s: S) -> Result<S::Ok, S::Error> {
+    policy_keys(policy, ("retry_min", "retry_max"), s)
 }
 
 /// `url`: an http:// or https:// URL with a host.

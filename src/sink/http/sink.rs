@@ -11,7 +11,6 @@ use reqwest::{Method, StatusCode};
 use tokio::time::Instant;
 
 use super::HttpSettings;
-use crate::backoff::Backoff;
 use crate::httpx::{describe, retry_after};
 use crate::journal::StoredRecord;
 use crate::sink::Sink;
@@ -103,7 +102,7 @@ impl HttpSink {
             [] => return Ok(()),
         };
         let started = Instant::now();
-        let mut backoff = Backoff::new(self.settings.retry_min, self.settings.retry_max);
+        let mut backoff = self.settings.retry.backoff();
         let mut failures = 0u32;
         loop {
             match self.send(&body, &key).await {
