@@ -77,7 +77,9 @@ impl Driver {
     async fn run(mut self) {
         // Only settled records are visible (enrichment holds the rest back, in order).
         let mut committed = self.journal.visible();
-        let mut backoff = schedules::SINK.backoff();
+        // Journal reads retry on the sinks' schedule, deliveries on the sink's own.
+        let mut reading = schedules::SINK.backoff();
+        let mut backoff = self.sink.retry_policy().backoff();
         tracing::debug!(cursor = self.cursor, "sink started");
         loop {
             if self.ctl.reopen.has_changed().unwrap_or(false) {
@@ -128,7 +130,7 @@ impl Driver {
                     continue;
                 }
                 Err(err) => {
-                    let delay = backoff.next_delay();
+                    let delay = reading.next_delay();
                     self.trouble.failed("cannot read the journal", &err, delay);
                     tokio::select! {
                         () = self.ctl.abort.cancelled() => break,
@@ -163,12 +165,13 @@ impl Driver {
                         let n = (records.len() - dead.len()) as u64;
                         self.ctl.stats.sink(&self.name, |s| s.delivered += n);
                         backoff.reset();
+                        reading.reset();
                         self.trouble.recovered();
                         break;
                     }
                     Err(err) => {
                         self.ctl.stats.sink(&self.name, |s| s.retries += 1);
-                        let delay = backoff.next_delay();
+                        let delay = self.sink.retry_delay(&mut backoff);
                         self.trouble.failed(
                             "cannot deliver; retrying (other sinks and the WebSocket are not affected)",
                             &err,

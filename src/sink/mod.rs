@@ -19,10 +19,12 @@ mod stdout;
 
 use std::future::Future;
 use std::io;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::journal::StoredRecord;
+use crate::retry::{Backoff, RetryPolicy, schedules};
 
 pub use drive::{SinkControl, drive};
 pub use file::{FileSettings, FileSink, Fsync};
@@ -55,6 +57,18 @@ pub trait Sink {
     /// are not acknowledged to Mews as received).
     fn take_dead_lettered(&mut self) -> Vec<u64> {
         Vec::new()
+    }
+
+    /// The schedule on which a failed [`Sink::write`] is retried (by the drive loop, the one
+    /// retry loop of every sink).
+    fn retry_policy(&self) -> RetryPolicy {
+        schedules::SINK
+    }
+
+    /// The wait before retrying a failed [`Sink::write`]: the schedule's next step, unless the
+    /// sink knows better (a server's `Retry-After`, a deadline of its own).
+    fn retry_delay(&mut self, backoff: &mut Backoff) -> Duration {
+        backoff.next_delay()
     }
 
     /// At most this many records per [`Sink::write`]; the cursor moves after each.

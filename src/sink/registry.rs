@@ -135,6 +135,12 @@ macro_rules! sink_types {
             fn take_dead_lettered(&mut self) -> Vec<u64> {
                 match self { $(AnySink::$variant(s) => s.take_dead_lettered(),)+ }
             }
+            fn retry_policy(&self) -> $crate::retry::RetryPolicy {
+                match self { $(AnySink::$variant(s) => s.retry_policy(),)+ }
+            }
+            fn retry_delay(&mut self, backoff: &mut $crate::retry::Backoff) -> std::time::Duration {
+                match self { $(AnySink::$variant(s) => s.retry_delay(backoff),)+ }
+            }
             fn due(&self) -> Option<tokio::time::Instant> {
                 match self { $(AnySink::$variant(s) => s.due(),)+ }
             }
