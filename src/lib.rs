@@ -27,6 +27,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod failures;
 pub mod files;
 pub mod httpx;
 pub mod ingress;

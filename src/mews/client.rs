@@ -7,8 +7,7 @@
 //! errors are retried with backoff. Every failure is logged with Mews's `Request-Id`.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -17,6 +16,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::Limiter;
+use crate::failures::FailureLog;
 use crate::httpx::{describe, retry_after};
 use crate::retry::{Backoff, schedules};
 use crate::secret::Secret;
@@ -173,14 +173,14 @@ pub struct Rest {
     client: String,
     limiter: Limiter,
     stats: Arc<Stats>,
-    /// A 401 is logged once, until a request succeeds again.
-    refused: AtomicBool,
+    /// A run of 401s is logged once, until a request succeeds again.
+    refused: Mutex<FailureLog>,
     /// Operations refused with 403: logged at WARN once, until that operation succeeds.
     refused_operations: Mutex<HashSet<String>>,
     /// Waits after 429s without `Retry-After`: growing while they come in a row.
     throttled: Mutex<Backoff>,
-    /// A run of failures is logged once at its start.
-    failing: AtomicBool,
+    /// A run of retried failures is logged at its start and when its kind changes.
+    failing: Mutex<FailureLog>,
 }
 
 impl std::fmt::Debug for Rest {
@@ -217,10 +217,10 @@ impl Rest {
             client: setup.client.to_owned(),
             limiter: setup.limiter,
             stats: setup.stats,
-            refused: AtomicBool::new(false),
+            refused: Mutex::default(),
             refused_operations: Mutex::new(HashSet::new()),
             throttled: Mutex::new(schedules::REST_THROTTLED.backoff()),
-            failing: AtomicBool::new(false),
+            failing: Mutex::default(),
         }
     }
 
@@ -273,7 +273,10 @@ impl Rest {
                         _ => backoff.next_delay(),
                     };
                     let request_id = err.request_id().unwrap_or("-");
-                    if !self.failing.swap(true, Ordering::Relaxed) {
+                    let kind = err
+                        .status()
+                        .map_or("no answer".into(), |s| format!("HTTP {s}"));
+                    if lock(&self.failing).failed(&kind).is_news() {
                         tracing::warn!(operation, error = %err, request_id, retry_in = ?wait, "Mews REST call failed; retrying");
                     } else {
                         tracing::debug!(operation, error = %err, request_id, retry_in = ?wait, "Mews REST call failed again");
@@ -290,35 +293,25 @@ impl Rest {
 
     /// The wait after a 429 without `Retry-After`.
     fn throttle_delay(&self) -> Duration {
-        self.throttled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .next_growing()
+        lock(&self.throttled).next_growing()
     }
 
     /// A call of `operation` succeeded: what was failing is logged as answering again.
     fn succeeded(&self, operation: &str) {
-        if self.failing.swap(false, Ordering::Relaxed) {
+        if lock(&self.failing).recovered().is_some() {
             tracing::info!(operation, "Mews REST API answers again");
         }
-        if self.refused.swap(false, Ordering::Relaxed) {
+        if lock(&self.refused).recovered().is_some() {
             tracing::info!(
                 operation,
                 "Mews REST API accepts this property's tokens again"
             );
         }
-        let was_refused = self
-            .refused_operations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(operation);
+        let was_refused = lock(&self.refused_operations).remove(operation);
         if was_refused {
             tracing::info!(operation, "Mews accepts this operation again");
         }
-        self.throttled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .reset();
+        lock(&self.throttled).reset();
     }
 
     /// Logs a failure that is not retried here, with Mews's `Request-Id`.
@@ -326,7 +319,7 @@ impl Rest {
         let request_id = err.request_id().unwrap_or("-");
         match err {
             RestError::Unauthorized { message, .. } => {
-                if !self.refused.swap(true, Ordering::Relaxed) {
+                if lock(&self.refused).failed("401").is_news() {
                     tracing::error!(
                         operation,
                         status = 401,
@@ -344,11 +337,7 @@ impl Rest {
                 }
             }
             RestError::Refused { message, .. } => {
-                let first = self
-                    .refused_operations
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(operation.to_owned());
+                let first = lock(&self.refused_operations).insert(operation.to_owned());
                 if first {
                     tracing::warn!(
                         operation,
@@ -471,6 +460,11 @@ impl Rest {
         }
         message
     }
+}
+
+/// The state behind `mutex`, also after a panic elsewhere (it stays consistent: counters).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What an error body says (`{"Message": …, "RequestId": …}`), or the start of the body.

@@ -13,6 +13,7 @@ use tracing::Instrument;
 use super::SinkSettings;
 use super::dead_letter::{DeadLetters, Reason};
 use super::{AnySink, Filter, Redactor, Sink};
+use crate::failures::FailureLog;
 use crate::journal::commands::Ack;
 use crate::journal::{Journal, StoredRecord};
 use crate::retry::schedules;
@@ -45,7 +46,8 @@ struct Driver {
     cursor: u64,
     shed: watch::Receiver<u64>,
     dead: DeadLetters,
-    trouble: Trouble,
+    /// A run of failed reads or deliveries, logged once.
+    failures: FailureLog,
     redact: Redactor,
 }
 
@@ -61,7 +63,7 @@ pub async fn drive(settings: SinkSettings, sink: AnySink, journal: Journal, ctl:
         sink,
         journal,
         ctl,
-        trouble: Trouble::default(),
+        failures: FailureLog::default(),
         redact: Redactor::new(&settings.redact),
     };
     driver.run().instrument(span).await
@@ -131,7 +133,7 @@ impl Driver {
                 }
                 Err(err) => {
                     let delay = reading.next_delay();
-                    self.trouble.failed("cannot read the journal", &err, delay);
+                    self.failed("cannot read the journal", &err, delay);
                     tokio::select! {
                         () = self.ctl.abort.cancelled() => break,
                         () = sleep(delay) => continue,
@@ -166,13 +168,13 @@ impl Driver {
                         self.ctl.stats.sink(&self.name, |s| s.delivered += n);
                         backoff.reset();
                         reading.reset();
-                        self.trouble.recovered();
+                        self.recovered();
                         break;
                     }
                     Err(err) => {
                         self.ctl.stats.sink(&self.name, |s| s.retries += 1);
                         let delay = self.sink.retry_delay(&mut backoff);
-                        self.trouble.failed(
+                        self.failed(
                             "cannot deliver; retrying (other sinks and the WebSocket are not affected)",
                             &err,
                             delay,
@@ -203,6 +205,23 @@ impl Driver {
             tracing::warn!(error = %err, "closing failed");
         }
         tracing::debug!(cursor = self.cursor, "sink stopped");
+    }
+
+    /// Logs a failure: the first of a run, or of a new kind, as an error; the rest at debug.
+    fn failed(&mut self, what: &str, err: &dyn std::fmt::Display, retry_in: Duration) {
+        if self.failures.failed(what).is_news() {
+            tracing::error!(error = %err, ?retry_in, "{what}");
+        } else {
+            let failures = self.failures.count();
+            tracing::debug!(error = %err, ?retry_in, failures, "{what}");
+        }
+    }
+
+    /// Logs the end of a run of failures.
+    fn recovered(&mut self) {
+        if let Some(failures) = self.failures.recovered() {
+            tracing::info!(failures, "delivering again");
+        }
     }
 
     /// How far behind the journal this sink is, for `/metrics` and `/readyz`.
@@ -295,28 +314,4 @@ fn pending_commands(records: &[&StoredRecord], dead: &[u64]) -> Vec<Ack> {
             })
         })
         .collect()
-}
-
-/// Logs a run of failures once at its start and once at its end.
-#[derive(Default)]
-struct Trouble {
-    failures: u64,
-}
-
-impl Trouble {
-    fn failed(&mut self, what: &str, err: &dyn std::fmt::Display, retry_in: Duration) {
-        self.failures += 1;
-        if self.failures == 1 {
-            tracing::error!(error = %err, ?retry_in, "{what}");
-        } else {
-            tracing::debug!(error = %err, ?retry_in, failures = self.failures, "{what}");
-        }
-    }
-
-    fn recovered(&mut self) {
-        if self.failures > 0 {
-            tracing::info!(failures = self.failures, "delivering again");
-            self.failures = 0;
-        }
-    }
 }
