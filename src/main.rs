@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check(&args.config),
         Command::Run(args) => {
             let settings = load(&args.config);
-            mews_relay::listener::fds::raise_limit_logged();
+            app::raise_descriptor_limit();
             let run = |control| async { exit_code(app::run(settings, control).await) };
             daemon(run, Some(args.config))
         }
@@ -153,7 +153,7 @@ fn simulate(args: SimulateArgs) -> ExitCode {
 
 /// `demo`: simulator, relay and key system in one process, records on stdout.
 fn demo(args: DemoArgs) -> ExitCode {
-    mews_relay::listener::fds::raise_limit_logged();
+    app::raise_descriptor_limit();
     let demo = mews_relay::demo::Demo::prepare(args.options())
         .unwrap_or_else(|err| exit(1, format!("cannot start the demo: {err}")));
     eprintln!("mews-relay demo: {}", demo.describe());

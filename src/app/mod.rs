@@ -55,6 +55,12 @@ impl Control {
     }
 }
 
+/// Raises the soft descriptor limit to the hard one (systemd's default soft limit is 1,024);
+/// listeners fit their connection caps to what it is afterwards. Logged.
+pub fn raise_descriptor_limit() {
+    crate::listener::fds::raise_limit_logged();
+}
+
 impl Control {
     /// Shuts down after `after` (`demo --duration`).
     pub fn stop_after(&self, after: std::time::Duration) {

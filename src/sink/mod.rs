@@ -26,14 +26,14 @@ use tokio::time::Instant;
 use crate::journal::StoredRecord;
 use crate::retry::{Backoff, RetryPolicy, schedules};
 
-pub use drive::{SinkControl, drive};
-pub use file::{FileSettings, FileSink, Fsync};
-pub use http::{HttpSettings, HttpSink};
-pub use nats::{NatsAuth, NatsSettings, NatsSink};
-pub use redact::Redactor;
+pub(crate) use drive::{SinkControl, drive};
+pub use file::{FileSettings, Fsync};
+pub use http::HttpSettings;
+pub use nats::{NatsAuth, NatsSettings};
+pub(crate) use redact::Redactor;
 pub use settings::SinkSettings;
 pub(crate) use settings::validate;
-pub use stdout::{StdoutSettings, WriterSink};
+pub use stdout::StdoutSettings;
 
 use settings::Filter;
 
@@ -49,7 +49,7 @@ registry::sink_types! {
 pub(crate) const BATCH: usize = 4096;
 
 /// What every sink does.
-pub trait Sink {
+pub(crate) trait Sink {
     /// Delivers the records (in order); `Ok` means the cursor may move past them.
     fn write(&mut self, records: &[&StoredRecord]) -> impl Future<Output = io::Result<()>> + Send;
 

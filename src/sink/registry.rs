@@ -79,7 +79,7 @@ macro_rules! sink_types {
         }
 
         /// The closed set of running sinks.
-        pub enum AnySink {
+        pub(crate) enum AnySink {
             $(
                 #[doc = concat!("`type = \"", $name, "\"`")]
                 $variant(Box<<$settings as $crate::sink::registry::SinkType>::Sink>),

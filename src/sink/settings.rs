@@ -195,7 +195,11 @@ fn redact_paths(at: &At<'_>, value: Option<toml::Value>) -> Result<Vec<String>, 
 impl SinkSettings {
     /// Opens the sink's output; the only way to get a running sink. Dead letters go under
     /// `state_dir`.
-    pub async fn build(&self, state_dir: &Path, stats: &Arc<Stats>) -> Result<AnySink, BuildError> {
+    pub(crate) async fn build(
+        &self,
+        state_dir: &Path,
+        stats: &Arc<Stats>,
+    ) -> Result<AnySink, BuildError> {
         let env = BuildEnv {
             name: &self.name,
             state_dir,

@@ -53,6 +53,7 @@ impl<W: AsyncWrite + Unpin + Send> WriterSink<W> {
     }
 
     /// The writer, e.g. a `Vec<u8>` in a test.
+    #[cfg(test)]
     pub fn into_inner(self) -> W {
         self.writer
     }
