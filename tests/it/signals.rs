@@ -28,7 +28,10 @@ async fn sighup_reloads_a_valid_config_and_refuses_an_invalid_one() {
         Some(relay.steer.clone()),
         Some(config.clone()),
     ));
-    server.next().await.send(&commands(0, 2)).await;
+    // Held open: dropped, it would make the relay reconnect, and that reconnect could be taken
+    // for the one the reload makes.
+    let mut first = server.next().await;
+    first.send(&commands(0, 2)).await;
     wait_for_lines(&a, 2).await;
 
     let both = format!("{}\n{}", file_sink(&a), file_sink(&b));

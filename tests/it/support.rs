@@ -412,6 +412,25 @@ pub async fn wait_for_lines(path: &Path, n: usize) -> Vec<Value> {
     }
 }
 
+/// Waits until `count()` reaches `target`, failing only when it stops growing for `WAIT`: for
+/// a wait whose length is the machine's speed (a debug build beside other builds), not the
+/// relay's behaviour.
+pub async fn wait_for_progress(what: &str, target: u64, mut count: impl FnMut() -> u64) {
+    let (mut last, mut since) = (count(), Instant::now());
+    loop {
+        let now = count();
+        if now >= target {
+            return;
+        }
+        if now > last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() > WAIT {
+            panic!("timed out waiting until {what}: no progress in {WAIT:?}, at {now} of {target}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits until `check` holds, polling; `what` names it in the failure.
 pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
