@@ -29,13 +29,15 @@ pub const CONFIG: &str = include_str!("../config/demo.toml");
 /// How long the demo key system takes per step (cutting a key is not instant).
 const STEP: Duration = Duration::from_millis(1500);
 
-/// How busy the demo's hotel is.
+/// How busy the demo's hotel is, and how long the demo runs.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     /// Events per second.
     pub rate: f64,
     /// Events per WebSocket message.
     pub events_per_message: usize,
+    /// Stop after this long; none: until a signal.
+    pub duration: Option<Duration>,
 }
 
 /// Why the demo cannot start.
@@ -55,6 +57,7 @@ pub struct Demo {
     pub settings: Settings,
     simulator: std::net::TcpListener,
     simulator_config: SimulatorConfig,
+    duration: Option<Duration>,
     key_system: std::net::TcpListener,
     state: tempfile::TempDir,
 }
@@ -120,22 +123,28 @@ impl Demo {
             settings,
             simulator,
             simulator_config,
+            duration: options.duration,
             key_system,
             state,
         })
     }
 
-    /// Where the simulator listens (`ws://…/ws/connector`) and the journal lives.
+    /// What the demo is: where the simulator listens (`ws://…/ws/connector`), where the
+    /// journal lives, and what to expect.
     pub fn describe(&self) -> String {
         format!(
-            "simulator on {}, journal in {}",
+            "simulator on {}, journal in {}; records print below, one JSON line each. A small key system takes the key commands and reports Processing and Processed through the relay's API. Ctrl-C stops.",
             self.settings.mews.websocket_url,
             self.state.path().display()
         )
     }
 
-    /// Runs the simulator, the key system and the relay until `control.shutdown`.
+    /// Runs the simulator, the key system and the relay until `control.shutdown` (or the
+    /// demo's duration).
     pub async fn run(self, control: Control) -> Result<(), AppError> {
+        if let Some(after) = self.duration {
+            control.stop_after(after);
+        }
         let stop = CancellationToken::new();
         let simulator = tokio::net::TcpListener::from_std(self.simulator)?;
         let sim = tokio::spawn(simulator::serve(

@@ -1,8 +1,10 @@
 //! `/metrics` (Prometheus text), `/healthz` and `/readyz` on a local listener (`[metrics]`).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
@@ -13,7 +15,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::listener::{Bounds, Listener};
-use crate::stats::{Link, Stats};
+use crate::stats::{Link, PropertyStats, SinkStats, Stats};
 
 /// A bound metrics listener.
 pub struct MetricsServer {
@@ -148,44 +150,18 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-/// Reads one figure of a sink.
-type SinkValue = fn(&crate::stats::SinkStats) -> f64;
+/// A family of one figure per property or per sink: name, type, help, and how to read the
+/// figure (none: no sample for that one).
+type Family<T> = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&T, SystemTime) -> Option<String>,
+);
 
-/// Everything in Prometheus text format. Its size is bounded whatever upstream sends: at most
-/// `(properties + MAX_EXTRA_PROPERTIES + 1) × (MAX_TYPES_PER_PROPERTY + 1) × 3` lines of
-/// `mews_relay_events_total`, with label values of at most `MAX_LABEL_BYTES` (see `stats`).
-pub fn render(stats: &Stats) -> String {
-    let mut out = String::new();
-    let now = SystemTime::now();
-    family(
-        &mut out,
-        "mews_relay_events_total",
-        "counter",
-        "Records committed to the journal.",
-    );
-    for (property, by_type) in stats
-        .events
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-    {
-        for (kind, counts) in by_type {
-            for (origin, n) in crate::record::Origin::ALL
-                .iter()
-                .zip(counts)
-                .filter(|(_, n)| **n > 0)
-            {
-                let _ = writeln!(
-                    out,
-                    "mews_relay_events_total{{property=\"{}\",type=\"{}\",origin=\"{}\"}} {n}",
-                    label(property),
-                    label(kind),
-                    origin.as_str()
-                );
-            }
-        }
-    }
-    let counters = [
+/// Counters of the whole relay: name, help, and the counter.
+fn counters(stats: &Stats) -> [(&'static str, &'static str, &AtomicU64); 13] {
+    [
         (
             "mews_relay_records_lost_total",
             "WebSocket events received but not stored (journal write failed); Mews does not send them again.",
@@ -251,8 +227,82 @@ pub fn render(stats: &Stats) -> String {
             "Command state updates Mews refused (GET /v1/commands/{id} shows why).",
             &stats.command_updates_refused,
         ),
-    ];
-    for (name, help, counter) in counters {
+    ]
+}
+
+/// The families with one sample per property.
+const PER_PROPERTY: [Family<PropertyStats>; 3] = [
+    (
+        "mews_relay_connected",
+        "gauge",
+        "1 while the property's WebSocket is connected.",
+        |p, _| Some(u8::from(matches!(p.link, Link::Connected(_))).to_string()),
+    ),
+    (
+        "mews_relay_reconnects_total",
+        "counter",
+        "Connections lost or refused after having been up.",
+        |p, _| Some(p.reconnects.to_string()),
+    ),
+    (
+        "mews_relay_last_event_age_seconds",
+        "gauge",
+        "Seconds since the property's last WebSocket event was journaled.",
+        |p, now| {
+            let at = p.last_event?;
+            let age = now.duration_since(at).unwrap_or_default().as_secs_f64();
+            Some(format!("{age:.3}"))
+        },
+    ),
+];
+
+/// The families with one sample per sink.
+const PER_SINK: [Family<SinkStats>; 5] = [
+    (
+        "mews_relay_sink_delivered_total",
+        "counter",
+        "Records the sink delivered.",
+        |s, _| Some((s.delivered as f64).to_string()),
+    ),
+    (
+        "mews_relay_sink_retries_total",
+        "counter",
+        "Failed delivery attempts that were retried.",
+        |s, _| Some((s.retries as f64).to_string()),
+    ),
+    (
+        "mews_relay_sink_dead_lettered_total",
+        "counter",
+        "Records moved to the sink's dead-letter file.",
+        |s, _| Some((s.dead_lettered as f64).to_string()),
+    ),
+    (
+        "mews_relay_sink_lag_records",
+        "gauge",
+        "Committed records the sink has not passed yet.",
+        |s, _| Some((s.lag_records as f64).to_string()),
+    ),
+    (
+        "mews_relay_sink_lag_seconds",
+        "gauge",
+        "How long the sink has been behind (0 when caught up).",
+        |s, _| {
+            let behind = s
+                .behind_since
+                .map_or(0.0, |since| since.elapsed().as_secs_f64());
+            Some(behind.to_string())
+        },
+    ),
+];
+
+/// Everything in Prometheus text format. Its size is bounded whatever upstream sends: at most
+/// `(properties + MAX_EXTRA_PROPERTIES + 1) × (MAX_TYPES_PER_PROPERTY + 1) × 3` lines of
+/// `mews_relay_events_total`, with label values of at most `MAX_LABEL_BYTES` (see `stats`).
+pub fn render(stats: &Stats) -> String {
+    let mut out = String::new();
+    let now = SystemTime::now();
+    render_events(&mut out, stats);
+    for (name, help, counter) in counters(stats) {
         family(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {}", Stats::get(counter));
     }
@@ -290,102 +340,63 @@ pub fn render(stats: &Stats) -> String {
         "mews_relay_journal_bytes {}",
         Stats::get(&stats.journal_bytes)
     );
-
     let properties = stats
         .properties
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    family(
-        &mut out,
-        "mews_relay_connected",
-        "gauge",
-        "1 while the property's WebSocket is connected.",
-    );
-    for (name, p) in &properties {
-        let up = u8::from(matches!(p.link, Link::Connected(_)));
-        let _ = writeln!(
-            out,
-            "mews_relay_connected{{property=\"{}\"}} {up}",
-            label(name)
-        );
-    }
-    family(
-        &mut out,
-        "mews_relay_reconnects_total",
-        "counter",
-        "Connections lost or refused after having been up.",
-    );
-    for (name, p) in &properties {
-        let _ = writeln!(
-            out,
-            "mews_relay_reconnects_total{{property=\"{}\"}} {}",
-            label(name),
-            p.reconnects
-        );
-    }
-    family(
-        &mut out,
-        "mews_relay_last_event_age_seconds",
-        "gauge",
-        "Seconds since the property's last WebSocket event was journaled.",
-    );
-    for (name, p) in &properties {
-        if let Some(at) = p.last_event {
-            let age = now.duration_since(at).unwrap_or_default().as_secs_f64();
-            let _ = writeln!(
-                out,
-                "mews_relay_last_event_age_seconds{{property=\"{}\"}} {age:.3}",
-                label(name)
-            );
-        }
-    }
-
+    render_each(&mut out, "property", &properties, &PER_PROPERTY, now);
     let sinks = stats
         .sinks
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let per_sink: [(&str, &str, &str, SinkValue); 5] = [
-        (
-            "mews_relay_sink_delivered_total",
-            "counter",
-            "Records the sink delivered.",
-            |s| s.delivered as f64,
-        ),
-        (
-            "mews_relay_sink_retries_total",
-            "counter",
-            "Failed delivery attempts that were retried.",
-            |s| s.retries as f64,
-        ),
-        (
-            "mews_relay_sink_dead_lettered_total",
-            "counter",
-            "Records moved to the sink's dead-letter file.",
-            |s| s.dead_lettered as f64,
-        ),
-        (
-            "mews_relay_sink_lag_records",
-            "gauge",
-            "Committed records the sink has not passed yet.",
-            |s| s.lag_records as f64,
-        ),
-        (
-            "mews_relay_sink_lag_seconds",
-            "gauge",
-            "How long the sink has been behind (0 when caught up).",
-            |s| {
-                s.behind_since
-                    .map_or(0.0, |since| since.elapsed().as_secs_f64())
-            },
-        ),
-    ];
-    for (name, kind, help, value) in per_sink {
-        family(&mut out, name, kind, help);
-        for (sink, s) in &sinks {
-            let _ = writeln!(out, "{name}{{sink=\"{}\"}} {}", label(sink), value(s));
+    render_each(&mut out, "sink", &sinks, &PER_SINK, now);
+    out
+}
+
+/// `mews_relay_events_total`, by property, type and origin.
+fn render_events(out: &mut String, stats: &Stats) {
+    family(
+        out,
+        "mews_relay_events_total",
+        "counter",
+        "Records committed to the journal.",
+    );
+    let events = stats.events.lock().unwrap_or_else(|p| p.into_inner());
+    for (property, by_type) in events.iter() {
+        for (kind, counts) in by_type {
+            for (origin, n) in crate::record::Origin::ALL
+                .iter()
+                .zip(counts)
+                .filter(|(_, n)| **n > 0)
+            {
+                let _ = writeln!(
+                    out,
+                    "mews_relay_events_total{{property=\"{}\",type=\"{}\",origin=\"{}\"}} {n}",
+                    label(property),
+                    label(kind),
+                    origin.as_str()
+                );
+            }
         }
     }
-    out
+}
+
+/// Each family of `families`, with a sample per item of `items` labelled `key`.
+fn render_each<T>(
+    out: &mut String,
+    key: &str,
+    items: &BTreeMap<String, T>,
+    families: &[Family<T>],
+    now: SystemTime,
+) {
+    for (name, kind, help, value) in families {
+        family(out, name, kind, help);
+        for (item, stats) in items {
+            if let Some(value) = value(stats, now) {
+                let _ = writeln!(out, "{name}{{{key}=\"{}\"}} {value}", label(item));
+            }
+        }
+    }
 }

@@ -1,81 +1,109 @@
 //! `[commands]` and `[api]`: the device-command loop with Mews — which sink's deliveries set a
 //! command `Received`, and the local API through which the key system reports its progress.
 
-use super::file::{ApiFile, CommandsFile};
-use super::validate::{CredentialsDir, Ctx, secret};
-use super::{Api, Commands, ConfigError, Mews, SinkSettings, defaults};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
-/// `[commands]`, checked against the sinks and the REST API it needs.
-pub(super) fn commands(
-    ctx: &Ctx<'_>,
-    raw: Option<CommandsFile>,
-    sinks: &[SinkSettings],
-    mews: &Mews,
-) -> Result<Option<Commands>, ConfigError> {
-    let Some(raw) = raw else {
-        return Ok(None);
-    };
-    if let Some(name) = &raw.received_after
-        && !sinks.iter().any(|s| &s.name == name)
-    {
-        let names: Vec<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
-        return Err(ctx.err(
-            "commands.received_after",
-            format!(
-                r#"names "{name}", which is no sink; use one of the sink names ({}), or give the sink that reaches the key system name = "{name}""#,
-                names.join(", ")
-            ),
-        ));
-    }
-    needs_rest(ctx, "commands", mews)?;
-    Ok(Some(Commands {
-        received_after: raw.received_after,
-    }))
+use serde::{Deserialize, Serialize};
+
+use super::mews::Mews;
+use super::shared::{ConfigError, CredentialsDir, Ctx, secret};
+use crate::secret::Secret;
+
+/// Defaults of `[api]`.
+pub mod defaults {
+    /// `[api] listen`
+    pub const API_LISTEN: &str = "127.0.0.1:9188";
 }
 
-/// `[api]`: a loopback listener by default, and a bearer token.
-pub(super) fn api(
-    ctx: &Ctx<'_>,
-    raw: Option<ApiFile>,
-    mews: &Mews,
-    credentials: &CredentialsDir,
-) -> Result<Option<Api>, ConfigError> {
-    let Some(raw) = raw else {
-        return Ok(None);
-    };
-    let listen = match raw.listen {
-        Some(addr) => addr,
-        None => defaults::API_LISTEN
-            .parse()
-            .map_err(|_| ctx.err("api.listen", "bad default"))?,
-    };
-    let token = secret(
-        ctx,
-        "api.token",
-        raw.token,
-        raw.token_file,
-        "api_token",
-        credentials,
-    )?;
-    if token.expose().len() < 16 {
-        return Err(ctx.err(
+/// `[commands]` as the file has it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CommandsFile {
+    received_after: Option<String>,
+}
+
+/// `[api]` as the file has it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApiFile {
+    listen: Option<SocketAddr>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+/// `[commands]`: the relay's own part in the command loop.
+#[derive(Debug, Clone, Serialize)]
+pub struct Commands {
+    /// When this sink has delivered a Pending DeviceCommand, the command is set `Received`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received_after: Option<String>,
+}
+
+/// `[api]`: the local API of the key system.
+#[derive(Debug, Clone, Serialize)]
+pub struct Api {
+    /// Address of the listener (loopback by default).
+    pub listen: SocketAddr,
+    /// Bearer token the key system sends.
+    pub token: Secret,
+}
+
+impl CommandsFile {
+    /// Checked against the configured sink names and the REST API it needs.
+    pub(crate) fn validate(
+        self,
+        ctx: &Ctx<'_>,
+        sink_names: &[&str],
+        mews: &Mews,
+    ) -> Result<Commands, ConfigError> {
+        if let Some(name) = &self.received_after
+            && !sink_names.contains(&name.as_str())
+        {
+            return Err(ctx.err(
+                "commands.received_after",
+                format!(
+                    r#"names "{name}", which is no sink; use one of the sink names ({}), or give the sink that reaches the key system name = "{name}""#,
+                    sink_names.join(", ")
+                ),
+            ));
+        }
+        mews.needs_rest(ctx, "commands")?;
+        Ok(Commands {
+            received_after: self.received_after,
+        })
+    }
+}
+
+impl ApiFile {
+    /// A loopback listener by default, and a bearer token.
+    pub(crate) fn validate(
+        self,
+        ctx: &Ctx<'_>,
+        mews: &Mews,
+        credentials: &CredentialsDir,
+    ) -> Result<Api, ConfigError> {
+        let listen = match self.listen {
+            Some(addr) => addr,
+            None => defaults::API_LISTEN
+                .parse()
+                .map_err(|_| ctx.err("api.listen", "bad default"))?,
+        };
+        let token = secret(
+            ctx,
             "api.token",
-            "is shorter than 16 characters; use a long random string (e.g. `openssl rand -hex 24`) and give the same to the key system",
-        ));
+            self.token,
+            self.token_file,
+            "api_token",
+            credentials,
+        )?;
+        if token.expose().len() < 16 {
+            return Err(ctx.err(
+                "api.token",
+                "is shorter than 16 characters; use a long random string (e.g. `openssl rand -hex 24`) and give the same to the key system",
+            ));
+        }
+        mews.needs_rest(ctx, "api")?;
+        Ok(Api { listen, token })
     }
-    needs_rest(ctx, "api", mews)?;
-    Ok(Some(Api { listen, token }))
-}
-
-/// The command loop sets states through the Mews REST API.
-fn needs_rest(ctx: &Ctx<'_>, section: &str, mews: &Mews) -> Result<(), ConfigError> {
-    if mews.api_url.is_none() {
-        return Err(ctx.err(
-            "mews.api_url",
-            format!(
-                "is needed by [{section}]: command states are set through the Mews REST API; set api_url = \"https://api.mews.com\" (or the demo's)"
-            ),
-        ));
-    }
-    Ok(())
 }

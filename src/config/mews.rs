@@ -1,64 +1,160 @@
-//! `[mews]`, `[catch_up]` and `[enrich]`: the Mews endpoints and tokens, and what the relay
-//! asks the REST API for.
+//! `[mews]`: the Mews endpoints, the integration's ClientToken, and how the REST API is
+//! called (client name, timeout, rate limit).
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use http::Uri;
+use serde::{Deserialize, Serialize};
 
-use super::file::{CatchUpFile, EnrichFile, MewsFile, pick};
-use super::validate::{CredentialsDir, Ctx, secret};
-use super::{CatchUp, ConfigError, Enrich, Mews, defaults};
+use super::shared::{ConfigError, CredentialsDir, Ctx, secret};
+use super::value::{Dur, human, pick, redact_url, redacted_optional_url, redacted_url};
+use crate::secret::Secret;
 
-/// The longest `UpdatedUtc` interval Mews accepts (3 months; 90 days stays inside it).
-pub(super) const MAX_REST_WINDOW: std::time::Duration =
-    std::time::Duration::from_secs(90 * 24 * 3600);
+/// Defaults of `[mews]`.
+pub mod defaults {
+    use std::time::Duration;
 
-/// `[catch_up]`, with its defaults.
-pub(super) fn catch_up(ctx: &Ctx<'_>, raw: CatchUpFile) -> Result<CatchUp, ConfigError> {
-    let catch_up = CatchUp {
-        commands: raw.commands.unwrap_or(true),
-        reservations: raw.reservations.unwrap_or(false),
-        reservations_since: pick(raw.reservations_since, defaults::RESERVATIONS_SINCE),
-        margin: pick(raw.margin, defaults::CATCH_UP_MARGIN),
-        dedupe_window: pick(raw.dedupe_window, defaults::DEDUPE_WINDOW),
-    };
-    if catch_up.reservations_since > MAX_REST_WINDOW {
-        return Err(ctx.err(
-            "catch_up.reservations_since",
-            "is longer than 90 days, the longest UpdatedUtc window Mews allows; use e.g. \"1h\"",
-        ));
-    }
-    if catch_up.dedupe_window.is_zero() {
-        return Err(ctx.err(
-            "catch_up.dedupe_window",
-            "must be longer than zero; it should cover the longest outage, e.g. \"24h\"",
-        ));
-    }
-    Ok(catch_up)
+    /// `[mews] client`: the name and version sent as `Client` when the config names none.
+    pub const CLIENT: &str = concat!("mews-relay ", env!("CARGO_PKG_VERSION"));
+    /// `[mews] request_timeout`
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `[mews] rate_limit`: Mews allows 200 requests per AccessToken per 30 s.
+    pub const RATE_LIMIT: u32 = 200;
+    /// `[mews] rate_window`
+    pub const RATE_WINDOW: Duration = Duration::from_secs(30);
 }
 
-/// `[enrich]`, with its defaults.
-pub(super) fn enrich(ctx: &Ctx<'_>, raw: EnrichFile) -> Result<Enrich, ConfigError> {
-    let enrich = Enrich {
-        commands: raw.commands.unwrap_or(true),
-        timeout: pick(raw.timeout, defaults::ENRICH_TIMEOUT),
-    };
-    if enrich.timeout.is_zero() {
-        return Err(ctx.err("enrich.timeout", "must be longer than zero, e.g. \"2s\""));
-    }
-    Ok(enrich)
+/// `[mews]` as the file has it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MewsFile {
+    websocket_url: Option<String>,
+    api_url: Option<String>,
+    client_token: Option<String>,
+    client_token_file: Option<PathBuf>,
+    client: Option<String>,
+    request_timeout: Option<Dur>,
+    rate_limit: Option<u32>,
+    rate_window: Option<Dur>,
 }
 
-pub(super) fn mews(
-    ctx: &Ctx<'_>,
-    raw: MewsFile,
-    credentials: &CredentialsDir,
-) -> Result<Mews, ConfigError> {
-    let Some(websocket_url) = raw.websocket_url else {
+/// `[mews]` (`Debug` and `check` show the URLs without user info and query).
+#[derive(Clone, Serialize)]
+pub struct Mews {
+    /// `ws://` or `wss://` URL of the WebSocket endpoint.
+    #[serde(serialize_with = "redacted_url")]
+    pub websocket_url: String,
+    /// REST base URL (catch-up and enrichment); none: neither runs.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redacted_optional_url"
+    )]
+    pub api_url: Option<String>,
+    /// The integration's ClientToken.
+    pub client_token: Secret,
+    /// `Client` sent with every REST request (name and version).
+    pub client: String,
+    /// Limit for one REST request.
+    #[serde(with = "human")]
+    pub request_timeout: Duration,
+    /// At most this many REST requests per AccessToken per `rate_window`.
+    pub rate_limit: u32,
+    /// The window of `rate_limit`.
+    #[serde(with = "human")]
+    pub rate_window: Duration,
+}
+
+impl std::fmt::Debug for Mews {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mews")
+            .field("websocket_url", &redact_url(&self.websocket_url))
+            .field("api_url", &self.api_url.as_deref().map(redact_url))
+            .field("client_token", &self.client_token)
+            .field("client", &self.client)
+            .field("request_timeout", &self.request_timeout)
+            .field("rate_limit", &self.rate_limit)
+            .field("rate_window", &self.rate_window)
+            .finish()
+    }
+}
+
+impl MewsFile {
+    /// The URLs checked (the REST one derived from Mews's own WebSocket hosts), the
+    /// ClientToken resolved, defaults filled in.
+    pub(crate) fn validate(
+        self,
+        ctx: &Ctx<'_>,
+        credentials: &CredentialsDir,
+    ) -> Result<Mews, ConfigError> {
+        let websocket_url = websocket_url(ctx, self.websocket_url)?;
+        if let Some(api) = &self.api_url {
+            let ok = api.parse::<Uri>().ok().is_some_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
+            if !ok {
+                return Err(ctx.err(
+                    "mews.api_url",
+                    r#"must be an http(s) URL, like "https://api.mews.com""#,
+                ));
+            }
+        }
+        let client_token = secret(
+            ctx,
+            "mews.client_token",
+            self.client_token,
+            self.client_token_file,
+            "client_token",
+            credentials,
+        )?;
+        let client = self.client.unwrap_or_else(|| defaults::CLIENT.to_owned());
+        if client.trim().is_empty() {
+            return Err(ctx.err(
+                "mews.client",
+                "is empty; Mews wants the name and version of the client, e.g. \"mews-relay 0.1.0\"",
+            ));
+        }
+        let rate_limit = self.rate_limit.unwrap_or(defaults::RATE_LIMIT);
+        if rate_limit == 0 {
+            return Err(ctx.err(
+                "mews.rate_limit",
+                "must be at least 1; Mews allows 200 requests per AccessToken per 30s",
+            ));
+        }
+        let request_timeout = pick(self.request_timeout, defaults::REQUEST_TIMEOUT);
+        let rate_window = pick(self.rate_window, defaults::RATE_WINDOW);
+        for (key, value) in [
+            ("mews.request_timeout", request_timeout),
+            ("mews.rate_window", rate_window),
+        ] {
+            if value.is_zero() {
+                return Err(ctx.err(key, "must be longer than zero"));
+            }
+        }
+        Ok(Mews {
+            api_url: self
+                .api_url
+                .map(|u| u.trim_end_matches('/').to_owned())
+                .or_else(|| derived_api_url(&websocket_url)),
+            websocket_url,
+            client_token,
+            client,
+            request_timeout,
+            rate_limit,
+            rate_window,
+        })
+    }
+}
+
+/// `websocket_url`: present, `ws://` or `wss://`, with a host.
+fn websocket_url(ctx: &Ctx<'_>, url: Option<String>) -> Result<String, ConfigError> {
+    let Some(url) = url else {
         return Err(ctx.err(
             "mews.websocket_url",
             r#"missing; set it to "wss://ws.mews.com/ws/connector" (production) or "wss://ws.mews-demo.com/ws/connector" (demo)"#,
         ));
     };
-    let uri: Uri = websocket_url.parse().map_err(|err| {
+    let uri: Uri = url.parse().map_err(|err| {
         ctx.err(
             "mews.websocket_url",
             format!(r#"is not a URL ({err}); write it like "wss://ws.mews.com/ws/connector""#),
@@ -85,76 +181,35 @@ pub(super) fn mews(
             "has no host; write it like \"wss://ws.mews.com/ws/connector\"",
         ));
     }
-    if let Some(api) = &raw.api_url {
-        let ok = api.parse::<Uri>().ok().is_some_and(|u| {
-            matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
-        });
-        if !ok {
-            return Err(ctx.err(
-                "mews.api_url",
-                r#"must be an http(s) URL, like "https://api.mews.com""#,
-            ));
-        }
-    }
-    let client_token = secret(
-        ctx,
-        "mews.client_token",
-        raw.client_token,
-        raw.client_token_file,
-        "client_token",
-        credentials,
-    )?;
-    let client = raw.client.unwrap_or_else(|| defaults::CLIENT.to_owned());
-    if client.trim().is_empty() {
-        return Err(ctx.err(
-            "mews.client",
-            "is empty; Mews wants the name and version of the client, e.g. \"mews-relay 0.1.0\"",
-        ));
-    }
-    let rate_limit = raw.rate_limit.unwrap_or(defaults::RATE_LIMIT);
-    if rate_limit == 0 {
-        return Err(ctx.err(
-            "mews.rate_limit",
-            "must be at least 1; Mews allows 200 requests per AccessToken per 30s",
-        ));
-    }
-    let request_timeout = raw
-        .request_timeout
-        .map_or(defaults::REQUEST_TIMEOUT, |d| d.0);
-    let rate_window = raw.rate_window.map_or(defaults::RATE_WINDOW, |d| d.0);
-    for (key, value) in [
-        ("mews.request_timeout", request_timeout),
-        ("mews.rate_window", rate_window),
-    ] {
-        if value.is_zero() {
-            return Err(ctx.err(key, "must be longer than zero"));
-        }
-    }
-    Ok(Mews {
-        api_url: raw
-            .api_url
-            .map(|u| u.trim_end_matches('/').to_owned())
-            .or_else(|| derived_api_url(&websocket_url)),
-        websocket_url,
-        client_token,
-        client,
-        request_timeout,
-        rate_limit,
-        rate_window,
-    })
+    Ok(url)
 }
 
-/// A warning when `[mews] client` is the default every installation sends.
-pub(super) fn client_warning(ctx: &Ctx<'_>, mews: &Mews) -> Option<String> {
-    (mews.client == defaults::CLIENT).then(|| {
-        ctx.warning(
-            "mews.client",
-            format!(
-                r#"is left at the default "{}", which every mews-relay installation sends; Mews (guidelines/requests.md): "All API operations require the inclusion of `ClientToken`, `AccessToken` and `Client` in the request. These parameters authenticate incoming requests.", `Client` being the "Name and version of the client application"; name your integration in [mews], e.g. client = "Hotel Chain Keys 2.1""#,
-                defaults::CLIENT
-            ),
-        )
-    })
+impl Mews {
+    /// A warning when `client` is the default every installation sends.
+    pub(crate) fn client_warning(&self, ctx: &Ctx<'_>) -> Option<String> {
+        (self.client == defaults::CLIENT).then(|| {
+            ctx.warning(
+                "mews.client",
+                format!(
+                    r#"is left at the default "{}", which every mews-relay installation sends; Mews (guidelines/requests.md): "All API operations require the inclusion of `ClientToken`, `AccessToken` and `Client` in the request. These parameters authenticate incoming requests.", `Client` being the "Name and version of the client application"; name your integration in [mews], e.g. client = "Hotel Chain Keys 2.1""#,
+                    defaults::CLIENT
+                ),
+            )
+        })
+    }
+
+    /// The command loop sets states through the REST API: an error for `section` without it.
+    pub(crate) fn needs_rest(&self, ctx: &Ctx<'_>, section: &str) -> Result<(), ConfigError> {
+        if self.api_url.is_none() {
+            return Err(ctx.err(
+                "mews.api_url",
+                format!(
+                    "is needed by [{section}]: command states are set through the Mews REST API; set api_url = \"https://api.mews.com\" (or the demo's)"
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Mews's own WebSocket hosts imply their REST address.

@@ -29,6 +29,24 @@ pub fn raise_limit() -> Result<(u64, u64), nix::Error> {
     Ok((soft, hard))
 }
 
+/// [`raise_limit`], logged: systemd's default soft limit is 1,024, and listeners fit their
+/// connection caps to what it is afterwards.
+pub fn raise_limit_logged() {
+    match raise_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::debug!(
+                before,
+                after,
+                "raised the soft descriptor limit (RLIMIT_NOFILE)"
+            )
+        }
+        Ok(_) => {}
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot raise the descriptor limit (RLIMIT_NOFILE); listeners keep within the current one")
+        }
+    }
+}
+
 /// Descriptors kept out of the listeners' reach for this many properties and sinks.
 pub fn reserve(properties: usize, sinks: usize) -> u64 {
     RESERVE_BASE + RESERVE_EACH * (properties + sinks) as u64

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 pub use refusals::{Refusals, SUMMARY_EVERY};
-pub use request::{BodyBudget, BodyError, Gate, ReadBody, read_body, refuse};
+pub use request::{BodyBudget, Gate, read_body, refuse};
 
 use crate::stats::Stats;
 use deadline::{Clock, Deadline};
@@ -107,11 +107,6 @@ impl Listener {
     /// Its refusal log, for handlers to report 401s and 400s through.
     pub fn refusals(&self) -> Arc<Refusals> {
         Arc::clone(&self.refusals)
-    }
-
-    /// The bounds, for handlers reading bodies.
-    pub fn bounds(&self) -> &Bounds {
-        &self.bounds
     }
 
     /// Serves `router` until `shutdown`; then requests in flight get a few seconds to finish.

@@ -17,10 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::enrich::DEVICE_COMMAND;
 use super::{Rest, RestError, command_key, parse_commands, reservation_key};
-use crate::backoff::Backoff;
 use crate::config::CatchUp;
 use crate::journal::{Entry, Journal, JournalError};
 use crate::record::{Enrich, Origin, Record, format_time};
+use crate::retry::schedules;
 
 /// Reservations per page at first (the most Mews allows); a 408 halves it.
 pub const PAGE: usize = 1000;
@@ -29,9 +29,6 @@ pub const PAGE: usize = 1000;
 pub const REFUSED_RETRY: Duration = Duration::from_secs(300);
 /// One `UpdatedUtc` window is at most this long (Mews allows 3 months).
 const WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Retries of a failed catch-up step, while the connection lasts.
-const RETRY_MIN: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Why a catch-up step stopped.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +82,7 @@ impl CatchUpJob {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<usize, StepError>>,
     {
-        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+        let mut backoff = schedules::CATCH_UP.backoff();
         loop {
             match step().await {
                 Ok(records) => {

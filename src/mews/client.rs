@@ -7,8 +7,7 @@
 //! errors are retried with backoff. Every failure is logged with Mews's `Request-Id`.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -17,18 +16,12 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::Limiter;
-use crate::backoff::Backoff;
+use crate::failures::FailureLog;
 use crate::httpx::{describe, retry_after};
+use crate::retry::{Backoff, schedules};
 use crate::secret::Secret;
 use crate::stats::Stats;
 
-/// Delays between retries of a failing request.
-const RETRY_MIN: Duration = Duration::from_millis(250);
-const RETRY_MAX: Duration = Duration::from_secs(30);
-/// A 429 without `Retry-After` waits from this on, growing with each 429 in a row: Mews says
-/// to "fall back to an exponential backoff strategy", and "Pausing for a fixed amount of time
-/// is never recommended".
-const THROTTLE_MIN: Duration = Duration::from_millis(500);
 /// Error bodies are quoted up to this many bytes.
 const EXCERPT: usize = 300;
 /// The header Mews puts on every answer, to quote when contacting its support.
@@ -180,14 +173,14 @@ pub struct Rest {
     client: String,
     limiter: Limiter,
     stats: Arc<Stats>,
-    /// A 401 is logged once, until a request succeeds again.
-    refused: AtomicBool,
+    /// A run of 401s is logged once, until a request succeeds again.
+    refused: Mutex<FailureLog>,
     /// Operations refused with 403: logged at WARN once, until that operation succeeds.
     refused_operations: Mutex<HashSet<String>>,
     /// Waits after 429s without `Retry-After`: growing while they come in a row.
     throttled: Mutex<Backoff>,
-    /// A run of failures is logged once at its start.
-    failing: AtomicBool,
+    /// A run of retried failures is logged at its start and when its kind changes.
+    failing: Mutex<FailureLog>,
 }
 
 impl std::fmt::Debug for Rest {
@@ -224,10 +217,10 @@ impl Rest {
             client: setup.client.to_owned(),
             limiter: setup.limiter,
             stats: setup.stats,
-            refused: AtomicBool::new(false),
+            refused: Mutex::default(),
             refused_operations: Mutex::new(HashSet::new()),
-            throttled: Mutex::new(Backoff::new(THROTTLE_MIN, RETRY_MAX)),
-            failing: AtomicBool::new(false),
+            throttled: Mutex::new(schedules::REST_THROTTLED.backoff()),
+            failing: Mutex::default(),
         }
     }
 
@@ -255,7 +248,7 @@ impl Rest {
         operation: &str,
         body: Map<String, Value>,
     ) -> Result<Answer, RestError> {
-        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+        let mut backoff = schedules::REST.backoff();
         let paged = body
             .get("Limitation")
             .is_some_and(|limitation| limitation.get("Count").is_some());
@@ -280,7 +273,10 @@ impl Rest {
                         _ => backoff.next_delay(),
                     };
                     let request_id = err.request_id().unwrap_or("-");
-                    if !self.failing.swap(true, Ordering::Relaxed) {
+                    let kind = err
+                        .status()
+                        .map_or("no answer".into(), |s| format!("HTTP {s}"));
+                    if lock(&self.failing).failed(&kind).is_news() {
                         tracing::warn!(operation, error = %err, request_id, retry_in = ?wait, "Mews REST call failed; retrying");
                     } else {
                         tracing::debug!(operation, error = %err, request_id, retry_in = ?wait, "Mews REST call failed again");
@@ -297,35 +293,25 @@ impl Rest {
 
     /// The wait after a 429 without `Retry-After`.
     fn throttle_delay(&self) -> Duration {
-        self.throttled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .next_growing()
+        lock(&self.throttled).next_growing()
     }
 
     /// A call of `operation` succeeded: what was failing is logged as answering again.
     fn succeeded(&self, operation: &str) {
-        if self.failing.swap(false, Ordering::Relaxed) {
+        if lock(&self.failing).recovered().is_some() {
             tracing::info!(operation, "Mews REST API answers again");
         }
-        if self.refused.swap(false, Ordering::Relaxed) {
+        if lock(&self.refused).recovered().is_some() {
             tracing::info!(
                 operation,
                 "Mews REST API accepts this property's tokens again"
             );
         }
-        let was_refused = self
-            .refused_operations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(operation);
+        let was_refused = lock(&self.refused_operations).remove(operation);
         if was_refused {
             tracing::info!(operation, "Mews accepts this operation again");
         }
-        self.throttled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .reset();
+        lock(&self.throttled).reset();
     }
 
     /// Logs a failure that is not retried here, with Mews's `Request-Id`.
@@ -333,7 +319,7 @@ impl Rest {
         let request_id = err.request_id().unwrap_or("-");
         match err {
             RestError::Unauthorized { message, .. } => {
-                if !self.refused.swap(true, Ordering::Relaxed) {
+                if lock(&self.refused).failed("401").is_news() {
                     tracing::error!(
                         operation,
                         status = 401,
@@ -351,11 +337,7 @@ impl Rest {
                 }
             }
             RestError::Refused { message, .. } => {
-                let first = self
-                    .refused_operations
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(operation.to_owned());
+                let first = lock(&self.refused_operations).insert(operation.to_owned());
                 if first {
                     tracing::warn!(
                         operation,
@@ -478,6 +460,11 @@ impl Rest {
         }
         message
     }
+}
+
+/// The state behind `mutex`, also after a panic elsewhere (it stays consistent: counters).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What an error body says (`{"Message": …, "RequestId": …}`), or the start of the body.

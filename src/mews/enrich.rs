@@ -24,18 +24,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::catch_up::command_record;
 use super::{Rest, RestError, command_key, command_key_prefix, parse_commands};
-use crate::backoff::Backoff;
 use crate::journal::{Entry, Journal, Note, Settle};
 use crate::record::{Enrich, Record};
+use crate::retry::{Backoff, schedules};
 use crate::stats::Stats;
 
 /// At most this many records are coalesced into one round of calls.
 const MAX_ROUND: usize = 4096;
 /// `CommandIds` takes at most this many ids.
 const MAX_IDS: usize = 1000;
-/// Probes of a failing REST API are this far apart, growing.
-const PROBE_MIN: Duration = Duration::from_secs(1);
-const PROBE_MAX: Duration = Duration::from_secs(30);
 /// While heal keys remain, they are looked at again this often.
 const HEAL_EVERY: Duration = Duration::from_secs(60);
 /// The event type that is enriched.
@@ -111,148 +108,191 @@ struct Outage {
     probe_ids: Vec<String>,
 }
 
+/// One enricher's moving parts between two turns of its loop.
+#[derive(Default)]
+struct State {
+    /// Records waiting for a call.
+    queue: VecDeque<Waiting>,
+    /// The records of the call in flight; empty while the call is a probe.
+    round: Vec<Waiting>,
+    /// The call in flight.
+    call: Option<JoinHandle<Fetched>>,
+    /// While the REST API is failing.
+    outage: Option<Outage>,
+    /// The healing pass in flight.
+    heal: Option<JoinHandle<Result<usize, String>>>,
+    /// When the next healing pass starts.
+    heal_at: Option<Instant>,
+    /// `finish` came (or the inbox closed): settle what is left, take nothing new.
+    finishing: bool,
+}
+
+/// The enricher ends: what it had is settled, or the journal is gone.
+struct Stop;
+
 impl Enricher {
     /// Settles the property's pending records as they come (`inbox`, from
     /// [`Journal::claim`]) until `finish`; then settles what is left, within its deadlines.
     pub async fn run(self, mut inbox: mpsc::UnboundedReceiver<Note>, finish: CancellationToken) {
-        let mut queue: VecDeque<Waiting> = VecDeque::new();
-        // The records of the call in flight; empty while the call is a probe.
-        let mut round: Vec<Waiting> = Vec::new();
-        let mut call: Option<JoinHandle<Fetched>> = None;
-        let mut outage: Option<Outage> = None;
-        let mut heal: Option<JoinHandle<Result<usize, String>>> = None;
-        let mut heal_at = Some(Instant::now());
-        let mut finishing = false;
-        loop {
-            if let Some(out) = &mut outage {
-                let settled = self.fail_all(queue.drain(..), &out.reason, &mut out.probe_ids);
-                if self.settle(settled).await.is_err() {
-                    break;
+        let mut st = State {
+            heal_at: Some(Instant::now()),
+            ..State::default()
+        };
+        while let Ok(()) = self.turn(&mut st, &mut inbox, &finish).await {}
+        if let Some(task) = st.call {
+            task.abort();
+        }
+        if let Some(task) = st.heal {
+            task.abort();
+        }
+    }
+
+    /// One turn: what waits is settled (during an outage) or sent, then the next thing that
+    /// happens is handled. `Err` when the enricher is done or the journal is gone.
+    async fn turn(
+        &self,
+        st: &mut State,
+        inbox: &mut mpsc::UnboundedReceiver<Note>,
+        finish: &CancellationToken,
+    ) -> Result<(), Stop> {
+        if let Some(out) = &mut st.outage {
+            let settled = self.fail_all(st.queue.drain(..), &out.reason, &mut out.probe_ids);
+            self.settle(settled).await?;
+        }
+        if st.call.is_none() && !st.queue.is_empty() {
+            if let Some(reason) = self.rate_limited(&st.queue) {
+                st.outage = Some(self.outage(reason, None));
+                return Ok(());
+            }
+            let take = st.queue.len().min(MAX_ROUND);
+            st.round = st.queue.drain(..take).collect();
+            st.call = Some(self.spawn_fetch(ids_of(st.round.iter().map(|w| &w.note))));
+        }
+        if st.finishing && st.queue.is_empty() && st.round.is_empty() {
+            return Err(Stop);
+        }
+        let next_deadline = st
+            .round
+            .iter()
+            .chain(st.queue.iter())
+            .map(|w| w.deadline)
+            .min();
+        let probe_at = st.outage.as_ref().map(|o| o.probe_at);
+        tokio::select! {
+            note = inbox.recv(), if !st.finishing => match note {
+                Some(note) => st.queue.push_back(self.waiting(note)),
+                None => st.finishing = true,
+            },
+            () = finish.cancelled(), if !st.finishing => {
+                st.finishing = true;
+                // Whatever was committed before the finish is still settled.
+                while let Ok(note) = inbox.try_recv() {
+                    st.queue.push_back(self.waiting(note));
+                }
+                if let Some(task) = st.heal.take() {
+                    task.abort();
                 }
             }
-            if call.is_none() && !queue.is_empty() {
-                let first_deadline = queue.iter().map(|w| w.deadline).min();
-                let next_start = self.rest.next_start();
-                if first_deadline.is_some_and(|deadline| next_start >= deadline) {
-                    let wait = next_start.saturating_duration_since(Instant::now());
-                    let reason = format!(
-                        "the Mews REST rate limit allows no request for {} (429 Retry-After or rate_limit)",
-                        humantime::format_duration(Duration::from_secs(wait.as_secs().max(1)))
-                    );
-                    outage = Some(self.outage(reason, None));
-                    continue;
-                }
-                let take = queue.len().min(MAX_ROUND);
-                round = queue.drain(..take).collect();
-                call = Some(self.spawn_fetch(ids_of(round.iter().map(|w| &w.note))));
+            joined = join(&mut st.call), if st.call.is_some() => {
+                st.call = None;
+                let fetched = joined.unwrap_or_else(|err| Err(RestError::Transport(format!("enrichment task failed: {err}"))));
+                self.fetched(st, fetched).await?;
             }
-            if finishing && queue.is_empty() && round.is_empty() {
-                break;
+            () = sleep_until(next_deadline.unwrap_or_else(Instant::now)), if next_deadline.is_some() => {
+                self.timed_out(st).await?;
             }
-            let next_deadline = round.iter().chain(queue.iter()).map(|w| w.deadline).min();
-            let probe_at = outage.as_ref().map(|o| o.probe_at);
-            tokio::select! {
-                note = inbox.recv(), if !finishing => match note {
-                    Some(note) => queue.push_back(Waiting { note, deadline: Instant::now() + self.timeout }),
-                    None => finishing = true,
-                },
-                () = finish.cancelled(), if !finishing => {
-                    finishing = true;
-                    // Whatever was committed before the finish is still settled.
-                    while let Ok(note) = inbox.try_recv() {
-                        queue.push_back(Waiting { note, deadline: Instant::now() + self.timeout });
-                    }
-                    if let Some(task) = heal.take() {
-                        task.abort();
-                    }
+            () = sleep_until(probe_at.unwrap_or_else(Instant::now)), if probe_at.is_some() && st.call.is_none() => {
+                if let Some(out) = &mut st.outage {
+                    out.probe_at = Instant::now() + out.backoff.next_delay();
+                    st.call = Some(self.spawn_fetch(out.probe_ids.clone()));
                 }
-                joined = join(&mut call), if call.is_some() => {
-                    call = None;
-                    let fetched = joined.unwrap_or_else(|err| Err(RestError::Transport(format!("enrichment task failed: {err}"))));
-                    let round = std::mem::take(&mut round);
-                    match fetched {
-                        Ok(found) => {
-                            if let Some(out) = outage.take() {
-                                self.health.set(None);
-                                tracing::info!(was = %out.reason, "the Mews REST API answers again: DeviceCommand records are enriched again; healing those that went without");
-                                heal_at = Some(Instant::now());
-                            }
-                            let settled = self.found(round, &found);
-                            if self.settle(settled).await.is_err() {
-                                break;
-                            }
-                        }
-                        Err(err) => {
-                            let reason = format!("commands/getAllByIds failed: {err}");
-                            let mut out = match outage.take() {
-                                Some(mut out) => {
-                                    out.probe_at = Instant::now() + out.backoff.next_delay();
-                                    tracing::debug!(error = %err, retry_in = ?out.probe_at.saturating_duration_since(Instant::now()), "Mews REST API still failing");
-                                    out
-                                }
-                                None => self.outage(reason.clone(), Some(&err)),
-                            };
-                            let settled = self.fail_all(round, &reason, &mut out.probe_ids);
-                            outage = Some(out);
-                            if self.settle(settled).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
+            }
+            joined = join(&mut st.heal), if st.heal.is_some() => {
+                st.heal = None;
+                st.heal_at = healed(joined);
+            }
+            () = sleep_until(st.heal_at.unwrap_or_else(Instant::now)), if st.heal_at.is_some() && st.heal.is_none() && st.outage.is_none() && !st.finishing => {
+                st.heal_at = None;
+                st.heal = Some(tokio::spawn(self.heal_task()));
+            }
+        }
+        Ok(())
+    }
+
+    /// A record that waits at most `timeout` from now.
+    fn waiting(&self, note: Note) -> Waiting {
+        Waiting {
+            note,
+            deadline: Instant::now() + self.timeout,
+        }
+    }
+
+    /// Why no call may go out before the first waiting record's deadline (the rate limit, or
+    /// a 429's `Retry-After`), if so.
+    fn rate_limited(&self, queue: &VecDeque<Waiting>) -> Option<String> {
+        let first_deadline = queue.iter().map(|w| w.deadline).min()?;
+        let next_start = self.rest.next_start();
+        if next_start < first_deadline {
+            return None;
+        }
+        let wait = next_start.saturating_duration_since(Instant::now());
+        Some(format!(
+            "the Mews REST rate limit allows no request for {} (429 Retry-After or rate_limit)",
+            humantime::format_duration(Duration::from_secs(wait.as_secs().max(1)))
+        ))
+    }
+
+    /// A call came back: its round settled with details, or without them (an outage starts
+    /// or goes on).
+    async fn fetched(&self, st: &mut State, fetched: Fetched) -> Result<(), Stop> {
+        let round = std::mem::take(&mut st.round);
+        match fetched {
+            Ok(found) => {
+                if let Some(out) = st.outage.take() {
+                    self.health.set(None);
+                    tracing::info!(was = %out.reason, "the Mews REST API answers again: DeviceCommand records are enriched again; healing those that went without");
+                    st.heal_at = Some(Instant::now());
                 }
-                () = sleep_until(next_deadline.unwrap_or_else(Instant::now)), if next_deadline.is_some() => {
-                    let reason = format!(
-                        "no answer from commands/getAllByIds within enrich.timeout ({})",
-                        humantime::format_duration(self.timeout)
-                    );
-                    // Everything waiting goes on now; the call in flight stays as the probe.
-                    let mut out = outage.take().unwrap_or_else(|| self.outage(reason.clone(), None));
-                    let waiting: Vec<Waiting> = round.drain(..).chain(queue.drain(..)).collect();
-                    let settled = self.fail_all(waiting, &reason, &mut out.probe_ids);
-                    outage = Some(out);
-                    if self.settle(settled).await.is_err() {
-                        break;
-                    }
-                }
-                () = sleep_until(probe_at.unwrap_or_else(Instant::now)), if probe_at.is_some() && call.is_none() => {
-                    if let Some(out) = &mut outage {
+                self.settle(self.found(round, &found)).await
+            }
+            Err(err) => {
+                let reason = format!("commands/getAllByIds failed: {err}");
+                let mut out = match st.outage.take() {
+                    Some(mut out) => {
                         out.probe_at = Instant::now() + out.backoff.next_delay();
-                        call = Some(self.spawn_fetch(out.probe_ids.clone()));
+                        tracing::debug!(error = %err, retry_in = ?out.probe_at.saturating_duration_since(Instant::now()), "Mews REST API still failing");
+                        out
                     }
-                }
-                joined = join(&mut heal), if heal.is_some() => {
-                    heal = None;
-                    match joined {
-                        Ok(Ok(0)) => {}
-                        Ok(Ok(n)) => {
-                            tracing::info!(commands = n, "commands that went out without details and are still active were journaled again with them (unless the catch-up already had)");
-                            heal_at = Some(Instant::now() + HEAL_EVERY);
-                        }
-                        Ok(Err(err)) => {
-                            tracing::debug!(error = %err, "healing failed; trying again later");
-                            heal_at = Some(Instant::now() + HEAL_EVERY);
-                        }
-                        Err(err) => tracing::error!(error = %err, "the healing task failed"),
-                    }
-                }
-                () = sleep_until(heal_at.unwrap_or_else(Instant::now)), if heal_at.is_some() && heal.is_none() && outage.is_none() && !finishing => {
-                    heal_at = None;
-                    heal = Some(tokio::spawn(self.heal_task()));
-                }
+                    None => self.outage(reason.clone(), Some(&err)),
+                };
+                let settled = self.fail_all(round, &reason, &mut out.probe_ids);
+                st.outage = Some(out);
+                self.settle(settled).await
             }
         }
-        if let Some(task) = call {
-            task.abort();
-        }
-        if let Some(task) = heal {
-            task.abort();
-        }
+    }
+
+    /// A record's deadline passed: everything waiting goes on now without details; the call
+    /// in flight stays as the probe.
+    async fn timed_out(&self, st: &mut State) -> Result<(), Stop> {
+        let reason = format!(
+            "no answer from commands/getAllByIds within enrich.timeout ({})",
+            humantime::format_duration(self.timeout)
+        );
+        let mut out = st
+            .outage
+            .take()
+            .unwrap_or_else(|| self.outage(reason.clone(), None));
+        let waiting: Vec<Waiting> = st.round.drain(..).chain(st.queue.drain(..)).collect();
+        let settled = self.fail_all(waiting, &reason, &mut out.probe_ids);
+        st.outage = Some(out);
+        self.settle(settled).await
     }
 
     /// Starts an outage: logged once, first probe soon, the reader told.
     fn outage(&self, reason: String, err: Option<&RestError>) -> Outage {
         self.health.set(Some(&reason));
-        let mut backoff = Backoff::new(PROBE_MIN, PROBE_MAX);
+        let mut backoff = schedules::ENRICH_PROBE.backoff();
         let delay = backoff.next_delay();
         match err {
             Some(err) => {
@@ -335,13 +375,13 @@ impl Enricher {
             .collect()
     }
 
-    async fn settle(&self, settled: Vec<Settle>) -> Result<(), ()> {
+    async fn settle(&self, settled: Vec<Settle>) -> Result<(), Stop> {
         let failed = settled
             .iter()
             .filter(|s| s.record.enrich_error.is_some())
             .count();
         Stats::add(&self.stats.enrich_failed, failed as u64);
-        self.journal.settle(settled).await.map_err(|_| ())
+        self.journal.settle(settled).await.map_err(|_| Stop)
     }
 
     fn spawn_fetch(&self, ids: Vec<String>) -> JoinHandle<Fetched> {
@@ -356,6 +396,28 @@ impl Enricher {
             Arc::clone(&self.property),
         );
         async move { heal(&rest, &journal, &property).await }
+    }
+}
+
+/// How a healing pass ended: logged; when the next one starts.
+fn healed(joined: Result<Result<usize, String>, tokio::task::JoinError>) -> Option<Instant> {
+    match joined {
+        Ok(Ok(0)) => None,
+        Ok(Ok(n)) => {
+            tracing::info!(
+                commands = n,
+                "commands that went out without details and are still active were journaled again with them (unless the catch-up already had)"
+            );
+            Some(Instant::now() + HEAL_EVERY)
+        }
+        Ok(Err(err)) => {
+            tracing::debug!(error = %err, "healing failed; trying again later");
+            Some(Instant::now() + HEAL_EVERY)
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "the healing task failed");
+            None
+        }
     }
 }
 

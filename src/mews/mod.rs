@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 pub use catch_up::CatchUpJob;
-pub use client::{Answer, Rest, RestError, RestSetup, http_client};
+pub use client::{Rest, RestError, RestSetup, http_client};
 pub use enrich::Enricher;
 pub use limiter::Limiter;
 

@@ -7,22 +7,18 @@
 //! applied once.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Rest, RestError, parse_commands};
-use crate::backoff::Backoff;
 use crate::journal::Journal;
 use crate::journal::commands::{Answered, MewsAnswer, Outgoing};
 use crate::record::format_time;
+use crate::retry::schedules;
 use crate::stats::Stats;
-
-/// Waits while Mews refuses the property's tokens (401): the next try, growing to the cap.
-const REFUSED_MIN: Duration = Duration::from_secs(5);
-const REFUSED_MAX: Duration = Duration::from_secs(300);
 
 /// One property's updater.
 pub struct Updater {
@@ -38,7 +34,7 @@ impl Updater {
     /// Sends the property's updates (`inbox`, from [`Journal::claim_updates`]) until `stop`;
     /// what is not answered then stays in the outbox for the next start.
     pub async fn run(self, mut inbox: mpsc::UnboundedReceiver<Outgoing>, stop: CancellationToken) {
-        let mut refused = Backoff::new(REFUSED_MIN, REFUSED_MAX);
+        let mut refused = schedules::UPDATE_REFUSED.backoff();
         loop {
             let outgoing = tokio::select! {
                 () = stop.cancelled() => return,

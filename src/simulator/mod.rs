@@ -118,6 +118,43 @@ pub async fn serve(
     serve_hotel(listener, config, hotel, shutdown).await
 }
 
+/// Why `mews-relay simulate` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    /// The address is taken or not ours.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// `--listen`
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("simulator failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// `mews-relay simulate`: binds `listen`, says where everything is, and [`serve`]s until
+/// `shutdown`.
+pub async fn serve_on(
+    listen: std::net::SocketAddr,
+    config: SimulatorConfig,
+    shutdown: CancellationToken,
+) -> Result<(), SimulateError> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| SimulateError::Listen {
+            addr: listen,
+            source,
+        })?;
+    tracing::info!(
+        "simulator listening on ws://{listen}{WS_PATH} (REST API: api_url = \"http://{listen}\"; new key commands: POST http://{listen}{SIM_COMMANDS_PATH})"
+    );
+    serve(listener, config, shutdown)
+        .await
+        .map_err(SimulateError::Serve)
+}
+
 /// The same with a hotel the caller holds (tests create commands and reservations in it).
 pub async fn serve_hotel(
     listener: TcpListener,

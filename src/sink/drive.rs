@@ -10,17 +10,14 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::SinkSettings;
 use super::dead_letter::{DeadLetters, Reason};
 use super::{AnySink, Filter, Redactor, Sink};
-use crate::backoff::Backoff;
-use crate::config::SinkSettings;
+use crate::failures::FailureLog;
 use crate::journal::commands::Ack;
 use crate::journal::{Journal, StoredRecord};
+use crate::retry::{Backoff, schedules};
 use crate::stats::Stats;
-
-/// Retry delays of a failing sink.
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// How the app steers a running sink.
 #[derive(Clone)]
@@ -49,8 +46,13 @@ struct Driver {
     cursor: u64,
     shed: watch::Receiver<u64>,
     dead: DeadLetters,
-    trouble: Trouble,
+    /// A run of failed reads or deliveries, logged once.
+    failures: FailureLog,
     redact: Redactor,
+    /// Retries of failed journal reads (the sinks' schedule).
+    reading: Backoff,
+    /// Retries of failed deliveries (the sink's own schedule).
+    backoff: Backoff,
 }
 
 /// Runs one sink until drained or aborted.
@@ -62,148 +64,199 @@ pub async fn drive(settings: SinkSettings, sink: AnySink, journal: Journal, ctl:
         shed: journal.shed_signal(&settings.name),
         dead: DeadLetters::new(&ctl.state_dir, &settings.name),
         name: settings.name,
-        sink,
         journal,
         ctl,
-        trouble: Trouble::default(),
+        failures: FailureLog::default(),
         redact: Redactor::new(&settings.redact),
+        reading: schedules::SINK.backoff(),
+        backoff: sink.retry_policy().backoff(),
+        sink,
     };
     driver.run().instrument(span).await
 }
 
-/// What happened while waiting for or delivering records.
+/// What to do after a step of the loop.
 enum Step {
+    /// Go round again.
     Continue,
+    /// Drained, or the journal is gone: close the sink and end.
     Stop,
+    /// The grace period is over: end now.
+    Abort,
 }
 
 impl Driver {
     async fn run(mut self) {
         // Only settled records are visible (enrichment holds the rest back, in order).
         let mut committed = self.journal.visible();
-        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
         tracing::debug!(cursor = self.cursor, "sink started");
         loop {
-            if self.ctl.reopen.has_changed().unwrap_or(false) {
-                self.ctl.reopen.borrow_and_update();
-                self.reopen().await;
-            }
-            let shed_to = *self.shed.borrow_and_update();
-            if shed_to > self.cursor {
-                if let Step::Stop = self.shed_until(shed_to).await {
-                    break;
-                }
-                continue;
-            }
-            let last = *committed.borrow_and_update();
-            self.note_lag(last);
-            if last <= self.cursor {
-                if self.ctl.drain.is_cancelled() {
-                    break;
-                }
-                let due = self.sink.due();
-                tokio::select! {
-                    () = self.ctl.abort.cancelled() => break,
-                    () = self.ctl.drain.cancelled() => {}
-                    changed = committed.changed() => if changed.is_err() { break },
-                    Ok(()) = self.ctl.reopen.changed() => self.reopen().await,
-                    Ok(()) = self.shed.changed() => {}
-                    () = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
-                        if let Err(err) = self.sink.on_due().await {
-                            tracing::warn!(error = %err, "housekeeping failed");
-                        }
-                    }
-                }
-                continue;
-            }
-            let batch = match self
-                .journal
-                .read_after(self.cursor, self.sink.batch_limit())
-                .await
-            {
-                Ok(batch) if !batch.is_empty() => batch,
-                Ok(_) => {
-                    tracing::error!(
-                        cursor = self.cursor,
-                        last,
-                        "the journal holds no records after the cursor; skipping to the end"
-                    );
-                    self.cursor = last;
-                    continue;
-                }
-                Err(err) => {
-                    let delay = backoff.next_delay();
-                    self.trouble.failed("cannot read the journal", &err, delay);
-                    tokio::select! {
-                        () = self.ctl.abort.cancelled() => break,
-                        () = sleep(delay) => continue,
-                    }
-                }
-            };
-            let mut batch = batch;
-            if !self.redact.is_empty() {
-                for record in &mut batch {
-                    if let Some(masked) = self.redact.apply(record) {
-                        *record = masked;
-                    }
-                }
-            }
-            let records: Vec<&StoredRecord> =
-                batch.iter().filter(|r| self.filter.matches(r)).collect();
-            let mut acks = Vec::new();
-            while !records.is_empty() {
-                let result = tokio::select! {
-                    () = self.ctl.abort.cancelled() => return,
-                    // The journal is full and wants this sink to shed: stop trying these.
-                    Ok(()) = self.shed.changed() => break,
-                    result = self.sink.write(&records) => result,
-                };
-                match result {
-                    Ok(()) => {
-                        let dead = self.sink.take_dead_lettered();
-                        if self.ctl.received_after.as_deref() == Some(self.name.as_str()) {
-                            acks = pending_commands(&records, &dead);
-                        }
-                        let n = (records.len() - dead.len()) as u64;
-                        self.ctl.stats.sink(&self.name, |s| s.delivered += n);
-                        backoff.reset();
-                        self.trouble.recovered();
-                        break;
-                    }
-                    Err(err) => {
-                        self.ctl.stats.sink(&self.name, |s| s.retries += 1);
-                        let delay = backoff.next_delay();
-                        self.trouble.failed(
-                            "cannot deliver; retrying (other sinks and the WebSocket are not affected)",
-                            &err,
-                            delay,
-                        );
-                        tokio::select! {
-                            () = self.ctl.abort.cancelled() => return,
-                            Ok(()) = self.shed.changed() => break,
-                            () = sleep(delay) => {}
-                        }
-                    }
-                }
-            }
-            if *self.shed.borrow() > self.cursor {
-                continue; // shed first; what was not delivered is dead-lettered there
-            }
-            let to = batch.last().map_or(self.cursor, |r| r.seq);
-            self.cursor = to;
-            if self
-                .journal
-                .advance_acking(&self.name, to, acks)
-                .await
-                .is_err()
-            {
-                break;
+            match self.step(&mut committed).await {
+                Step::Continue => {}
+                Step::Stop => break,
+                Step::Abort => return,
             }
         }
         if let Err(err) = self.sink.close().await {
             tracing::warn!(error = %err, "closing failed");
         }
         tracing::debug!(cursor = self.cursor, "sink stopped");
+    }
+
+    /// Reopens, sheds, waits, or delivers the next batch: whichever is due.
+    async fn step(&mut self, committed: &mut watch::Receiver<u64>) -> Step {
+        if self.ctl.reopen.has_changed().unwrap_or(false) {
+            self.ctl.reopen.borrow_and_update();
+            self.reopen().await;
+        }
+        let shed_to = *self.shed.borrow_and_update();
+        if shed_to > self.cursor {
+            return self.shed_until(shed_to).await;
+        }
+        let last = *committed.borrow_and_update();
+        self.note_lag(last);
+        if last <= self.cursor {
+            return self.wait(committed).await;
+        }
+        match self.read(last).await {
+            Ok(batch) => self.deliver(batch).await,
+            Err(step) => step,
+        }
+    }
+
+    /// Nothing to deliver: waits for records, the drain, a reopen, a shed, or housekeeping.
+    async fn wait(&mut self, committed: &mut watch::Receiver<u64>) -> Step {
+        if self.ctl.drain.is_cancelled() {
+            return Step::Stop;
+        }
+        let due = self.sink.due();
+        tokio::select! {
+            () = self.ctl.abort.cancelled() => return Step::Stop,
+            () = self.ctl.drain.cancelled() => {}
+            changed = committed.changed() => if changed.is_err() { return Step::Stop },
+            Ok(()) = self.ctl.reopen.changed() => self.reopen().await,
+            Ok(()) = self.shed.changed() => {}
+            () = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                if let Err(err) = self.sink.on_due().await {
+                    tracing::warn!(error = %err, "housekeeping failed");
+                }
+            }
+        }
+        Step::Continue
+    }
+
+    /// The next batch after the cursor, redacted for this sink; `last` is the last visible seq.
+    async fn read(&mut self, last: u64) -> Result<Vec<StoredRecord>, Step> {
+        match self
+            .journal
+            .read_after(self.cursor, self.sink.batch_limit())
+            .await
+        {
+            Ok(batch) if !batch.is_empty() => Ok(self.redacted(batch)),
+            Ok(_) => {
+                tracing::error!(
+                    cursor = self.cursor,
+                    last,
+                    "the journal holds no records after the cursor; skipping to the end"
+                );
+                self.cursor = last;
+                Err(Step::Continue)
+            }
+            Err(err) => {
+                let delay = self.reading.next_delay();
+                self.failed("cannot read the journal", &err, delay);
+                tokio::select! {
+                    () = self.ctl.abort.cancelled() => Err(Step::Stop),
+                    () = sleep(delay) => Err(Step::Continue),
+                }
+            }
+        }
+    }
+
+    /// `batch` with this sink's `redact` paths masked.
+    fn redacted(&self, mut batch: Vec<StoredRecord>) -> Vec<StoredRecord> {
+        if !self.redact.is_empty() {
+            for record in &mut batch {
+                if let Some(masked) = self.redact.apply(record) {
+                    *record = masked;
+                }
+            }
+        }
+        batch
+    }
+
+    /// Delivers the batch's records that pass the filter, then moves the cursor past it
+    /// (unless the journal asked to shed meanwhile: shedding comes first).
+    async fn deliver(&mut self, batch: Vec<StoredRecord>) -> Step {
+        let records: Vec<&StoredRecord> = batch.iter().filter(|r| self.filter.matches(r)).collect();
+        let acks = match self.write(&records).await {
+            Ok(acks) => acks,
+            Err(step) => return step,
+        };
+        if *self.shed.borrow() > self.cursor {
+            return Step::Continue; // what was not delivered is dead-lettered there
+        }
+        let to = batch.last().map_or(self.cursor, |r| r.seq);
+        self.cursor = to;
+        match self.journal.advance_acking(&self.name, to, acks).await {
+            Ok(()) => Step::Continue,
+            Err(_) => Step::Stop,
+        }
+    }
+
+    /// Writes `records` until the sink takes them, retrying on its schedule; returns what
+    /// `received_after` acknowledges. Stops trying when the journal asks this sink to shed.
+    async fn write(&mut self, records: &[&StoredRecord]) -> Result<Vec<Ack>, Step> {
+        while !records.is_empty() {
+            let result = tokio::select! {
+                () = self.ctl.abort.cancelled() => return Err(Step::Abort),
+                // The journal is full and wants this sink to shed: stop trying these.
+                Ok(()) = self.shed.changed() => break,
+                result = self.sink.write(records) => result,
+            };
+            let Err(err) = result else {
+                let dead = self.sink.take_dead_lettered();
+                let n = (records.len() - dead.len()) as u64;
+                self.ctl.stats.sink(&self.name, |s| s.delivered += n);
+                self.backoff.reset();
+                self.reading.reset();
+                self.recovered();
+                if self.ctl.received_after.as_deref() == Some(self.name.as_str()) {
+                    return Ok(pending_commands(records, &dead));
+                }
+                break;
+            };
+            self.ctl.stats.sink(&self.name, |s| s.retries += 1);
+            let delay = self.sink.retry_delay(&mut self.backoff);
+            self.failed(
+                "cannot deliver; retrying (other sinks and the WebSocket are not affected)",
+                &err,
+                delay,
+            );
+            tokio::select! {
+                () = self.ctl.abort.cancelled() => return Err(Step::Abort),
+                Ok(()) = self.shed.changed() => break,
+                () = sleep(delay) => {}
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// Logs a failure: the first of a run, or of a new kind, as an error; the rest at debug.
+    fn failed(&mut self, what: &str, err: &dyn std::fmt::Display, retry_in: Duration) {
+        if self.failures.failed(what).is_news() {
+            tracing::error!(error = %err, ?retry_in, "{what}");
+        } else {
+            let failures = self.failures.count();
+            tracing::debug!(error = %err, ?retry_in, failures, "{what}");
+        }
+    }
+
+    /// Logs the end of a run of failures.
+    fn recovered(&mut self) {
+        if let Some(failures) = self.failures.recovered() {
+            tracing::info!(failures, "delivering again");
+        }
     }
 
     /// How far behind the journal this sink is, for `/metrics` and `/readyz`.
@@ -296,28 +349,4 @@ fn pending_commands(records: &[&StoredRecord], dead: &[u64]) -> Vec<Ack> {
             })
         })
         .collect()
-}
-
-/// Logs a run of failures once at its start and once at its end.
-#[derive(Default)]
-struct Trouble {
-    failures: u64,
-}
-
-impl Trouble {
-    fn failed(&mut self, what: &str, err: &dyn std::fmt::Display, retry_in: Duration) {
-        self.failures += 1;
-        if self.failures == 1 {
-            tracing::error!(error = %err, ?retry_in, "{what}");
-        } else {
-            tracing::debug!(error = %err, ?retry_in, failures = self.failures, "{what}");
-        }
-    }
-
-    fn recovered(&mut self) {
-        if self.failures > 0 {
-            tracing::info!(failures = self.failures, "delivering again");
-            self.failures = 0;
-        }
-    }
 }

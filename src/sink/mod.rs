@@ -1,38 +1,55 @@
 //! Sinks: each runs its own task, reads committed records after its cursor, delivers them and
 //! moves the cursor. A slow or failing sink only ever delays itself.
+//!
+//! A sink type is one folder: its settings (the `[[sink]]` keys of its type, as read and as
+//! checked, with their defaults) and the sink itself. The keys every sink has (`name`, `type`,
+//! `events`, `properties`, `redact`) are read once, in `settings`. A new type adds its folder,
+//! a `mod` line and a line in the registry below (CONTRIBUTING.md, "Adding a sink").
 
 pub mod dead_letter;
 mod drive;
+mod redact;
+mod registry;
+mod settings;
+
 mod file;
 mod http;
 mod nats;
-mod redact;
 mod stdout;
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::io;
-use std::path::Path;
-use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{SinkKind, SinkSettings};
 use crate::journal::StoredRecord;
-use crate::stats::Stats;
+use crate::retry::{Backoff, RetryPolicy, schedules};
 
-pub use drive::{SinkControl, drive};
-pub use file::FileSink;
-pub use http::HttpSink;
-pub use nats::NatsSink;
-pub use redact::Redactor;
-pub use stdout::WriterSink;
+pub(crate) use drive::{SinkControl, drive};
+pub use file::{FileSettings, Fsync};
+pub use http::HttpSettings;
+pub use nats::{NatsAuth, NatsSettings};
+pub(crate) use redact::Redactor;
+pub use settings::SinkSettings;
+pub(crate) use settings::validate;
+pub use stdout::StdoutSettings;
+
+use settings::Filter;
+
+// The registry: one line per sink type, `"type" => Variant(its settings)`.
+registry::sink_types! {
+    "stdout" => Stdout(stdout::StdoutSettings),
+    "file" => File(file::FileSettings),
+    "http" => Http(http::HttpSettings),
+    "nats" => Nats(nats::NatsSettings),
+}
 
 /// Records read from the journal per batch, unless a sink asks for fewer.
 pub(crate) const BATCH: usize = 4096;
 
 /// What every sink does.
-pub trait Sink {
+pub(crate) trait Sink {
     /// Delivers the records (in order); `Ok` means the cursor may move past them.
     fn write(&mut self, records: &[&StoredRecord]) -> impl Future<Output = io::Result<()>> + Send;
 
@@ -40,6 +57,18 @@ pub trait Sink {
     /// are not acknowledged to Mews as received).
     fn take_dead_lettered(&mut self) -> Vec<u64> {
         Vec::new()
+    }
+
+    /// The schedule on which a failed [`Sink::write`] is retried (by the drive loop, the one
+    /// retry loop of every sink).
+    fn retry_policy(&self) -> RetryPolicy {
+        schedules::SINK
+    }
+
+    /// The wait before retrying a failed [`Sink::write`]: the schedule's next step, unless the
+    /// sink knows better (a server's `Retry-After`, a deadline of its own).
+    fn retry_delay(&mut self, backoff: &mut Backoff) -> Duration {
+        backoff.next_delay()
     }
 
     /// At most this many records per [`Sink::write`]; the cursor moves after each.
@@ -68,118 +97,10 @@ pub trait Sink {
     }
 }
 
-/// The closed set of sinks.
-pub enum AnySink {
-    /// `type = "stdout"`
-    Stdout(WriterSink<tokio::io::Stdout>),
-    /// `type = "file"`
-    File(FileSink),
-    /// `type = "http"`
-    Http(Box<HttpSink>),
-    /// `type = "nats"`
-    Nats(Box<NatsSink>),
-}
-
-/// Runs `$body` with `$sink` bound to whichever sink `$any` holds.
-macro_rules! each {
-    ($any:expr, $sink:ident => $body:expr) => {
-        match $any {
-            AnySink::Stdout($sink) => $body,
-            AnySink::File($sink) => $body,
-            AnySink::Http($sink) => $body,
-            AnySink::Nats($sink) => $body,
-        }
-    };
-}
-
-impl Sink for AnySink {
-    async fn write(&mut self, records: &[&StoredRecord]) -> io::Result<()> {
-        each!(self, s => s.write(records).await)
-    }
-    fn batch_limit(&self) -> usize {
-        each!(self, s => s.batch_limit())
-    }
-    fn take_dead_lettered(&mut self) -> Vec<u64> {
-        each!(self, s => s.take_dead_lettered())
-    }
-    fn due(&self) -> Option<Instant> {
-        each!(self, s => s.due())
-    }
-    async fn on_due(&mut self) -> io::Result<()> {
-        each!(self, s => s.on_due().await)
-    }
-    async fn reopen(&mut self) -> io::Result<()> {
-        each!(self, s => s.reopen().await)
-    }
-    async fn close(&mut self) -> io::Result<()> {
-        each!(self, s => s.close().await)
-    }
-}
-
 /// A sink failed to start.
 #[derive(Debug, thiserror::Error)]
 #[error("sink \"{name}\": {source}")]
 pub struct BuildError {
     name: String,
     source: io::Error,
-}
-
-impl SinkSettings {
-    /// Opens the sink's output; the only way to get a running sink. Dead letters go under
-    /// `state_dir`.
-    pub async fn build(&self, state_dir: &Path, stats: &Arc<Stats>) -> Result<AnySink, BuildError> {
-        let err = |source| BuildError {
-            name: self.name.clone(),
-            source,
-        };
-        Ok(match &self.kind {
-            SinkKind::Stdout => AnySink::Stdout(WriterSink::new(tokio::io::stdout())),
-            SinkKind::File {
-                path,
-                fsync,
-                fsync_interval,
-            } => AnySink::File(
-                FileSink::open(path, *fsync, *fsync_interval)
-                    .await
-                    .map_err(err)?,
-            ),
-            SinkKind::Http(http) => AnySink::Http(Box::new(
-                HttpSink::new(&self.name, http, state_dir, Arc::clone(stats)).map_err(err)?,
-            )),
-            SinkKind::Nats(nats) => AnySink::Nats(Box::new(
-                NatsSink::new(&self.name, nats).await.map_err(err)?,
-            )),
-        })
-    }
-
-    fn filter(&self) -> Filter {
-        Filter {
-            sink: self.name.clone(),
-            events: self.events.iter().cloned().collect(),
-            properties: self.properties.iter().cloned().collect(),
-        }
-    }
-}
-
-/// `events` and `properties` of a sink; empty sets let everything through. A replayed dead
-/// letter passes only its own sink.
-struct Filter {
-    sink: String,
-    events: HashSet<String>,
-    properties: HashSet<String>,
-}
-
-impl Filter {
-    fn matches(&self, record: &StoredRecord) -> bool {
-        record
-            .only_sink
-            .as_ref()
-            .is_none_or(|only| *only == self.sink)
-            && (self.events.is_empty()
-                || record
-                    .kind
-                    .as_ref()
-                    .is_some_and(|k| self.events.contains(k)))
-            && (self.properties.is_empty() || self.properties.contains(&record.property))
-    }
 }

@@ -85,8 +85,8 @@ fn mask(value: &mut Value, path: &[String]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::stdout::test_record as record;
     use super::*;
+    use crate::sink::stdout::test_record as record;
 
     #[test]
     fn configured_paths_are_masked_and_nothing_else() {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::backoff::Backoff;
 use crate::config::{CatchUp, Connection, Property, Settings};
+use crate::failures::FailureLog;
 use crate::journal::Journal;
 use crate::mews::{CatchUpJob, Rest};
 use crate::rejects::Rejects;
@@ -110,8 +110,8 @@ impl Source {
     }
 
     async fn reconnect_loop(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(self.connection.backoff_min, self.connection.backoff_max);
-        let mut failures = Failures::default();
+        let mut backoff = self.connection.backoff.backoff();
+        let mut failures = FailureLog::default();
         self.stats.set_link(&self.name, Link::Connecting);
         loop {
             let outcome = self.session(&shutdown).await;
@@ -144,12 +144,12 @@ impl Source {
                         .map(|f| (u16::from(f.code), f.reason.to_string()))
                         .unwrap_or((1006, String::new()));
                     tracing::warn!(code, reason = %reason, up_for = ?outcome.connected_for, "connection closed by the server; reconnecting");
-                    failures.clear();
+                    failures.recovered();
                     backoff.next_delay()
                 }
                 Err(SessionError::Rejected(status)) => {
                     let delay = backoff.at_cap();
-                    if failures.changed(format!("rejected {status}")) {
+                    if failures.failed(&format!("rejected {status}")).is_news() {
                         tracing::error!(
                             status = status.as_u16(),
                             retry_in = ?delay,
@@ -159,7 +159,7 @@ impl Source {
                     } else {
                         tracing::debug!(
                             status = status.as_u16(),
-                            attempts = failures.count,
+                            attempts = failures.count(),
                             "upgrade still rejected"
                         );
                     }
@@ -169,11 +169,11 @@ impl Source {
                     let delay = backoff.next_delay();
                     if outcome.connected_for.is_some() {
                         tracing::warn!(error = %err, up_for = ?outcome.connected_for, retry_in = ?delay, "connection lost; reconnecting");
-                        failures.clear();
-                    } else if failures.changed(kind_of(&err)) {
+                        failures.recovered();
+                    } else if failures.failed(&kind_of(&err)).is_news() {
                         tracing::warn!(error = %err, retry_in = ?delay, "cannot connect; retrying");
                     } else {
-                        tracing::debug!(error = %err, attempts = failures.count, retry_in = ?delay, "still cannot connect");
+                        tracing::debug!(error = %err, attempts = failures.count(), retry_in = ?delay, "still cannot connect");
                     }
                     delay
                 }
@@ -194,27 +194,5 @@ fn kind_of(err: &SessionError) -> String {
             let text = other.to_string();
             text.split(':').next().unwrap_or_default().to_owned()
         }
-    }
-}
-
-/// Consecutive failed attempts and the kind of the last one.
-#[derive(Default)]
-struct Failures {
-    last: Option<String>,
-    count: u64,
-}
-
-impl Failures {
-    /// Counts a failure; true when its kind differs from the previous one.
-    fn changed(&mut self, kind: String) -> bool {
-        self.count += 1;
-        let changed = self.last.as_deref() != Some(kind.as_str());
-        self.last = Some(kind);
-        changed
-    }
-
-    fn clear(&mut self) {
-        self.last = None;
-        self.count = 0;
     }
 }

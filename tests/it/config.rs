@@ -76,7 +76,7 @@ fn values_defaults_and_token_files_are_applied() {
     );
     assert_eq!(s.properties[0].access_token.expose(), ACCESS_TOKEN);
     assert_eq!(
-        s.connection.backoff_max,
+        s.connection.backoff.max(),
         std::time::Duration::from_secs(120)
     );
     assert_eq!(s.connection.max_message_size, 2 << 20);

@@ -25,6 +25,7 @@ mod receiver;
 mod reconnect;
 mod rest;
 mod shutdown;
+mod signals;
 mod sim_rest;
 mod simulator;
 mod soak;

@@ -169,7 +169,10 @@ async fn sighup_reloads_a_changed_sink_list_and_refuses_an_invalid_one() {
         dir.path(),
         "relay",
     );
-    server.next().await.send(&commands(0, 5)).await;
+    // Held open: dropped, it would make the relay reconnect, and that reconnect could be taken
+    // for the one the reload makes.
+    let mut first = server.next().await;
+    first.send(&commands(0, 5)).await;
     wait_for_lines(&a, 5).await;
 
     write(&format!("{}\n{}", file_sink(&a), file_sink(&b)));

@@ -365,6 +365,11 @@ impl Relay {
         }
     }
 
+    /// Whether `run` has not returned yet.
+    pub fn is_running(&self) -> bool {
+        !self.handle.is_finished()
+    }
+
     /// Waits for `run` to return on its own (e.g. a start-up error).
     pub async fn ended(self) -> Result<(), AppError> {
         timeout(WAIT, self.handle)
@@ -402,6 +407,25 @@ pub async fn wait_for_lines(path: &Path, n: usize) -> Vec<Value> {
                 path.display(),
                 lines.len()
             );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until `count()` reaches `target`, failing only when it stops growing for `WAIT`: for
+/// a wait whose length is the machine's speed (a debug build beside other builds), not the
+/// relay's behaviour.
+pub async fn wait_for_progress(what: &str, target: u64, mut count: impl FnMut() -> u64) {
+    let (mut last, mut since) = (count(), Instant::now());
+    loop {
+        let now = count();
+        if now >= target {
+            return;
+        }
+        if now > last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() > WAIT {
+            panic!("timed out waiting until {what}: no progress in {WAIT:?}, at {now} of {target}");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -1,11 +1,41 @@
-//! A sink that writes JSON lines to any async writer; `stdout` is this over standard output.
+//! `type = "stdout"`: one JSON line per record on standard output, through [`WriterSink`],
+//! which writes to any async writer.
 
 use std::io;
 
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::Sink;
+use super::registry::{At, BuildEnv, SinkType};
+use crate::config::ConfigError;
 use crate::journal::StoredRecord;
+
+/// `type = "stdout"` has no keys of its own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutFile {}
+
+/// `type = "stdout"`: nothing to set besides the shared keys.
+#[derive(Debug, Clone, Serialize)]
+pub struct StdoutSettings {}
+
+impl SinkType for StdoutSettings {
+    type File = StdoutFile;
+    type Sink = WriterSink<tokio::io::Stdout>;
+
+    fn validate(_file: StdoutFile, _at: &At<'_>) -> Result<Self, ConfigError> {
+        Ok(StdoutSettings {})
+    }
+
+    fn default_name(&self) -> String {
+        "stdout".into()
+    }
+
+    async fn build(&self, _env: &BuildEnv<'_>) -> io::Result<Self::Sink> {
+        Ok(WriterSink::new(tokio::io::stdout()))
+    }
+}
 
 /// Writes each record as one line to `W`, flushing after every batch.
 pub struct WriterSink<W> {
@@ -23,6 +53,7 @@ impl<W: AsyncWrite + Unpin + Send> WriterSink<W> {
     }
 
     /// The writer, e.g. a `Vec<u8>` in a test.
+    #[cfg(test)]
     pub fn into_inner(self) -> W {
         self.writer
     }

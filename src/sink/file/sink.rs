@@ -1,5 +1,5 @@
-//! A sink that appends JSON lines to a file, with a chosen fsync policy and reopen for logrotate.
-//! The file is never opened through a symbolic link, is created 0600 (directories 0700), and
+//! The file sink: appends JSON lines, with a chosen fsync policy and reopen for logrotate. The
+//! file is never opened through a symbolic link, is created 0600 (directories 0700), and
 //! only what this sink wrote is ever cut back.
 
 use std::io::{self, Read, Seek, Write};
@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::Sink;
-use super::stdout::join_lines;
-use crate::config::Fsync;
+use super::Fsync;
 use crate::journal::StoredRecord;
+use crate::sink::Sink;
+use crate::sink::stdout::join_lines;
 
 /// Writes up to this size go straight to the page cache from the sink's task (microseconds);
 /// larger ones, fsync and opening run on the blocking pool.
@@ -223,8 +223,8 @@ impl Sink for FileSink {
 
 #[cfg(test)]
 mod tests {
-    use super::super::stdout::test_record;
     use super::*;
+    use crate::sink::stdout::test_record;
 
     #[tokio::test]
     async fn appends_lines_and_reopens_a_rotated_file() {
@@ -264,8 +264,8 @@ mod tests {
 
 #[cfg(test)]
 mod repair_tests {
-    use super::super::stdout::test_record;
     use super::*;
+    use crate::sink::stdout::test_record;
 
     #[tokio::test]
     async fn a_last_line_the_relay_did_not_write_is_never_cut() {

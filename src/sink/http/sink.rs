@@ -1,5 +1,7 @@
-//! A sink that POSTs records to an HTTP endpoint: retried with backoff (and `Retry-After`) until
-//! delivered, dead-lettered on a non-retryable answer or after `give_up_after`.
+//! The HTTP sink: POSTs records to an endpoint. A failed request is an error the drive loop
+//! retries (after the server's `Retry-After`, else on the sink's `retry_min`..`retry_max`
+//! schedule); a non-retryable answer, or a batch still failing after `give_up_after`, is
+//! dead-lettered.
 
 use std::io;
 use std::path::Path;
@@ -10,12 +12,12 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 use tokio::time::Instant;
 
-use super::Sink;
-use super::dead_letter::{DeadLetters, Reason};
-use crate::backoff::Backoff;
-use crate::config::HttpSettings;
+use super::HttpSettings;
 use crate::httpx::{describe, retry_after};
 use crate::journal::StoredRecord;
+use crate::retry::{Backoff, RetryPolicy};
+use crate::sink::Sink;
+use crate::sink::dead_letter::{DeadLetters, Reason};
 use crate::stats::Stats;
 
 /// Bytes of a response body kept with a dead letter.
@@ -33,6 +35,20 @@ pub struct HttpSink {
     stats: Arc<Stats>,
     /// Seqs dead-lettered by the current write.
     dead_lettered: Vec<u64>,
+    /// The batch whose requests keep failing, while they do.
+    failing: Option<Failing>,
+}
+
+/// A batch that failed and is being retried.
+struct Failing {
+    /// Its first record.
+    first_seq: u64,
+    /// When its first attempt started: `give_up_after` counts from here.
+    since: Instant,
+    /// Attempts so far.
+    attempts: u32,
+    /// The server's `Retry-After` on the last attempt.
+    after: Option<Duration>,
 }
 
 /// What one request came to.
@@ -91,10 +107,11 @@ impl HttpSink {
             name: name.to_owned(),
             stats,
             dead_lettered: Vec::new(),
+            failing: None,
         })
     }
 
-    /// Sends one request until it is delivered or dead-lettered.
+    /// Sends one request: delivered, dead-lettered, or an error to retry.
     async fn deliver(&mut self, records: &[&StoredRecord]) -> io::Result<()> {
         let body = body(records);
         let key = match records {
@@ -103,64 +120,60 @@ impl HttpSink {
             [] => return Ok(()),
         };
         let started = Instant::now();
-        let mut backoff = Backoff::new(self.settings.retry_min, self.settings.retry_max);
-        let mut failures = 0u32;
-        loop {
-            match self.send(&body, &key).await {
-                Outcome::Delivered => {
-                    if failures > 0 {
-                        tracing::info!(failures, "endpoint accepts records again");
-                    }
-                    return Ok(());
+        let first_seq = records[0].seq;
+        match self.send(&body, &key).await {
+            Outcome::Delivered => {
+                self.failing = None;
+                Ok(())
+            }
+            Outcome::Refused { status, excerpt } => {
+                self.failing = None;
+                tracing::warn!(
+                    status = status.as_u16(),
+                    response = %crate::rejects::sample(&excerpt),
+                    records = records.len(),
+                    file = %self.dead.path().display(),
+                    "the endpoint refused records; they are dead-lettered and the sink goes on"
+                );
+                let text = format!("HTTP {status}");
+                let reason = Reason {
+                    text: &text,
+                    status: Some(status.as_u16()),
+                    response: Some(&excerpt),
+                };
+                self.dead_letter(records, &reason)
+            }
+            Outcome::Retry { reason, after } => {
+                let failing = match &mut self.failing {
+                    Some(failing) if failing.first_seq == first_seq => failing,
+                    _ => self.failing.insert(Failing {
+                        first_seq,
+                        since: started,
+                        attempts: 0,
+                        after: None,
+                    }),
+                };
+                failing.attempts += 1;
+                failing.after = after;
+                if failing.since.elapsed() < self.settings.give_up_after {
+                    return Err(io::Error::other(reason));
                 }
-                Outcome::Refused { status, excerpt } => {
-                    tracing::warn!(
-                        status = status.as_u16(),
-                        response = %crate::rejects::sample(&excerpt),
-                        records = records.len(),
-                        file = %self.dead.path().display(),
-                        "the endpoint refused records; they are dead-lettered and the sink goes on"
-                    );
-                    let text = format!("HTTP {status}");
-                    let reason = Reason {
-                        text: &text,
-                        status: Some(status.as_u16()),
-                        response: Some(&excerpt),
-                    };
-                    return self.dead_letter(records, &reason);
-                }
-                Outcome::Retry { reason, after } => {
-                    failures += 1;
-                    self.stats.sink(&self.name, |s| s.retries += 1);
-                    let elapsed = started.elapsed();
-                    if elapsed >= self.settings.give_up_after {
-                        tracing::error!(
-                            error = %reason,
-                            records = records.len(),
-                            give_up_after = ?self.settings.give_up_after,
-                            file = %self.dead.path().display(),
-                            "still failing after give_up_after: records dead-lettered"
-                        );
-                        let text = format!("gave up after {failures} attempts: {reason}");
-                        return self.dead_letter(
-                            records,
-                            &Reason {
-                                text: &text,
-                                status: None,
-                                response: None,
-                            },
-                        );
-                    }
-                    let delay = after
-                        .unwrap_or_else(|| backoff.next_delay())
-                        .min(self.settings.give_up_after - elapsed);
-                    if failures == 1 {
-                        tracing::error!(error = %reason, retry_in = ?delay, "cannot deliver; retrying (other sinks and the WebSocket are not affected)");
-                    } else {
-                        tracing::debug!(error = %reason, retry_in = ?delay, failures, "still cannot deliver");
-                    }
-                    tokio::time::sleep(delay).await;
-                }
+                let attempts = failing.attempts;
+                self.failing = None;
+                tracing::error!(
+                    error = %reason,
+                    records = records.len(),
+                    give_up_after = ?self.settings.give_up_after,
+                    file = %self.dead.path().display(),
+                    "still failing after give_up_after: records dead-lettered"
+                );
+                let text = format!("gave up after {attempts} attempts: {reason}");
+                let reason = Reason {
+                    text: &text,
+                    status: None,
+                    response: None,
+                };
+                self.dead_letter(records, &reason)
             }
         }
     }
@@ -252,6 +265,25 @@ impl Sink for HttpSink {
 
     fn take_dead_lettered(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.dead_lettered)
+    }
+
+    fn retry_policy(&self) -> RetryPolicy {
+        self.settings.retry
+    }
+
+    /// The server's `Retry-After`, else the schedule's next step; never past `give_up_after`.
+    fn retry_delay(&mut self, backoff: &mut Backoff) -> Duration {
+        let Some(failing) = &self.failing else {
+            return backoff.next_delay();
+        };
+        let left = self
+            .settings
+            .give_up_after
+            .saturating_sub(failing.since.elapsed());
+        failing
+            .after
+            .unwrap_or_else(|| backoff.next_delay())
+            .min(left)
     }
 
     async fn write(&mut self, records: &[&StoredRecord]) -> io::Result<()> {

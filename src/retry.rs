@@ -1,6 +1,109 @@
-//! Retry delays: capped exponential backoff with full jitter, as a pure iterator.
+//! Retries: a [`RetryPolicy`] (capped exponential backoff with full jitter, checked once when
+//! made), the [`schedules`] the relay uses, and [`Backoff`], the running state drawn from a
+//! policy: a pure iterator of delays.
 
 use std::time::Duration;
+
+/// A retry schedule from `min` (the first delay, above zero) to `max` (the largest, at least
+/// `min`), checked when made: whoever holds one cannot hold an invalid one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    min: Duration,
+    max: Duration,
+}
+
+/// Why a [`RetryPolicy`] cannot be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidPolicy {
+    /// A zero first delay would retry in a hot loop.
+    #[error("the first delay must be longer than zero")]
+    ZeroMin,
+    /// The first delay is larger than the largest.
+    #[error("the first delay ({min:?}) is larger than the largest ({max:?})")]
+    MinAboveMax {
+        /// The first delay.
+        min: Duration,
+        /// The largest.
+        max: Duration,
+    },
+}
+
+impl RetryPolicy {
+    /// A policy from `min` to `max`, or why not.
+    pub fn try_new(min: Duration, max: Duration) -> Result<Self, InvalidPolicy> {
+        if min.is_zero() {
+            Err(InvalidPolicy::ZeroMin)
+        } else if min > max {
+            Err(InvalidPolicy::MinAboveMax { min, max })
+        } else {
+            Ok(RetryPolicy { min, max })
+        }
+    }
+
+    /// A built-in policy, checked when the crate compiles.
+    const fn fixed(min: Duration, max: Duration) -> Self {
+        assert!(!min.is_zero() && min.as_nanos() <= max.as_nanos());
+        RetryPolicy { min, max }
+    }
+
+    /// The first delay.
+    pub fn min(&self) -> Duration {
+        self.min
+    }
+
+    /// The largest delay.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+
+    /// A fresh schedule of delays under this policy.
+    pub fn backoff(&self) -> Backoff {
+        self.backoff_with_rng(fastrand::Rng::new())
+    }
+
+    /// The same with a seeded generator, for tests.
+    pub fn backoff_with_rng(&self, rng: fastrand::Rng) -> Backoff {
+        Backoff {
+            min: self.min,
+            max: self.max,
+            attempt: 0,
+            rng,
+        }
+    }
+}
+
+/// The relay's own retry schedules, in one place. Two more come from the config:
+/// `[connection] backoff_min`/`backoff_max` (reconnects) and an HTTP sink's
+/// `retry_min`/`retry_max`.
+pub mod schedules {
+    use std::time::Duration;
+
+    use super::RetryPolicy;
+
+    const fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    const fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// A sink that failed to deliver (its driver retries the batch), or that cannot read the
+    /// journal.
+    pub const SINK: RetryPolicy = RetryPolicy::fixed(ms(100), secs(30));
+    /// A Mews REST request that failed in a way worth retrying (5xx, 408, lost connection).
+    pub const REST: RetryPolicy = RetryPolicy::fixed(ms(250), secs(30));
+    /// A 429 without `Retry-After`: waits that only grow ([`super::Backoff::next_growing`]);
+    /// Mews says to "fall back to an exponential backoff strategy", and "Pausing for a fixed
+    /// amount of time is never recommended".
+    pub const REST_THROTTLED: RetryPolicy = RetryPolicy::fixed(ms(500), secs(30));
+    /// A catch-up step that failed, while the connection lasts.
+    pub const CATCH_UP: RetryPolicy = RetryPolicy::fixed(secs(1), secs(60));
+    /// Probes of a REST API that fails enrichment.
+    pub const ENRICH_PROBE: RetryPolicy = RetryPolicy::fixed(secs(1), secs(30));
+    /// A command update while Mews refuses the property's tokens (401).
+    pub const UPDATE_REFUSED: RetryPolicy = RetryPolicy::fixed(secs(5), secs(300));
+}
 
 /// Delays for attempt n (from 0) are drawn uniformly from `[min, min(max, min * 2^(n+1))]`:
 /// even the first retry is jittered, so connections dropped together (a Mews restart, a
@@ -14,21 +117,6 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// A schedule from `min` to `max` (`min <= max`, both checked by config validation).
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Self::with_rng(min, max, fastrand::Rng::new())
-    }
-
-    /// The same with a seeded generator, for tests.
-    pub fn with_rng(min: Duration, max: Duration, rng: fastrand::Rng) -> Self {
-        Backoff {
-            min,
-            max: max.max(min),
-            attempt: 0,
-            rng,
-        }
-    }
-
     /// The ceiling of the current step: `min * 2^(attempt+1)`, capped at `max`.
     fn ceiling(&self) -> Duration {
         let factor = 1u32
@@ -92,7 +180,9 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn schedule(seed: u64) -> Backoff {
-        Backoff::with_rng(500 * MS, 60_000 * MS, fastrand::Rng::with_seed(seed))
+        RetryPolicy::try_new(500 * MS, 60_000 * MS)
+            .unwrap()
+            .backoff_with_rng(fastrand::Rng::with_seed(seed))
     }
 
     #[test]
@@ -179,8 +269,27 @@ mod tests {
     }
 
     #[test]
+    fn policies_are_checked_when_made() {
+        assert_eq!(
+            RetryPolicy::try_new(Duration::ZERO, MS),
+            Err(InvalidPolicy::ZeroMin)
+        );
+        assert_eq!(
+            RetryPolicy::try_new(2 * MS, MS),
+            Err(InvalidPolicy::MinAboveMax {
+                min: 2 * MS,
+                max: MS
+            })
+        );
+        let policy = RetryPolicy::try_new(MS, 2 * MS).unwrap();
+        assert_eq!((policy.min(), policy.max()), (MS, 2 * MS));
+    }
+
+    #[test]
     fn equal_min_and_max_give_a_fixed_delay() {
-        let mut b = Backoff::with_rng(MS, MS, fastrand::Rng::with_seed(0));
+        let mut b = RetryPolicy::try_new(MS, MS)
+            .unwrap()
+            .backoff_with_rng(fastrand::Rng::with_seed(0));
         assert_eq!(b.next_delay(), MS);
         assert_eq!(b.next_delay(), MS);
     }

@@ -1,5 +1,5 @@
-//! A sink that publishes records into a NATS JetStream stream, each with `Nats-Msg-Id` set to
-//! the record key so the stream drops a redelivery; the cursor moves only after the acks.
+//! The NATS sink: publishes records into a JetStream stream, each with `Nats-Msg-Id` set to the
+//! record key so the stream drops a redelivery; the cursor moves only after the acks.
 
 use std::collections::VecDeque;
 use std::io;
@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use async_nats::jetstream::{self, context::PublishAckFuture, stream};
 use async_nats::{ConnectOptions, Event, HeaderMap};
 
-use super::Sink;
-use crate::config::{NatsAuth, NatsSettings};
+use super::{NatsAuth, NatsSettings};
+use crate::failures::FailureLog;
 use crate::journal::StoredRecord;
+use crate::sink::Sink;
 
 /// Records per write (the cursor moves after each).
 const BATCH: usize = 1024;
@@ -27,15 +28,15 @@ impl NatsSink {
     /// Connects in the background: a server that is down now is retried, not fatal.
     pub async fn new(name: &str, settings: &NatsSettings) -> io::Result<Self> {
         let sink_name: Arc<str> = Arc::from(name);
-        // The connection's state, so each change is logged once, not each reconnect attempt.
-        let last = Arc::new(Mutex::new(String::from("connecting")));
+        // The connection's troubles, so each change is logged once, not each reconnect attempt.
+        let log = Arc::new(Mutex::new(FailureLog::default()));
         let mut options = ConnectOptions::new()
             .name(concat!("mews-relay ", env!("CARGO_PKG_VERSION")))
             .retry_on_initial_connect()
             .max_reconnects(None)
             .event_callback(move |event| {
-                let (sink, last) = (Arc::clone(&sink_name), Arc::clone(&last));
-                async move { log_event(&sink, &last, &event) }
+                let (sink, log) = (Arc::clone(&sink_name), Arc::clone(&log));
+                async move { log_event(&sink, &log, &event) }
             });
         options = match &settings.auth {
             NatsAuth::None => options,
@@ -119,35 +120,37 @@ impl NatsSink {
     }
 }
 
-/// Logs a connection event when the state changes.
-fn log_event(sink: &str, last: &Mutex<String>, event: &Event) {
+/// Logs a connection event: a connect, and each change of trouble once.
+fn log_event(sink: &str, log: &Mutex<FailureLog>, event: &Event) {
+    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+    if let Event::Connected = event {
+        log.recovered();
+        return tracing::info!(sink, "NATS connected");
+    }
     let state = match event {
         Event::ClientError(err) => format!("error: {err}"),
         Event::ServerError(err) => format!("server error: {err}"),
         other => other.to_string(),
     };
-    let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
-    if *last == state {
+    if !log.failed(&state).is_news() {
         return tracing::debug!(sink, event = %state, "NATS event again");
     }
-    *last = state;
     match event {
-        Event::Connected => tracing::info!(sink, "NATS connected"),
         Event::Disconnected => tracing::warn!(
             sink,
             "NATS disconnected; reconnecting (records wait in the journal)"
         ),
-        Event::ClientError(_) | Event::ServerError(_) if last.contains("authorization") => {
+        Event::ClientError(_) | Event::ServerError(_) if state.contains("authorization") => {
             tracing::error!(
                 sink,
-                error = %last,
+                error = %state,
                 "NATS refused the credentials: check the sink's user/password, token, nkey_seed_file or creds_file; retrying"
             )
         }
         Event::ClientError(_) | Event::ServerError(_) => {
-            tracing::error!(sink, error = %last, "NATS connection error; retrying")
+            tracing::error!(sink, error = %state, "NATS connection error; retrying")
         }
-        _ => tracing::debug!(sink, event = %last, "NATS event"),
+        _ => tracing::debug!(sink, event = %state, "NATS event"),
     }
 }
 
@@ -233,7 +236,7 @@ mod tests {
 
     #[test]
     fn subjects_replace_characters_nats_does_not_allow() {
-        let mut record = super::super::stdout::test_record("{}");
+        let mut record = crate::sink::stdout::test_record("{}");
         record.property = "old town".into();
         record.kind = Some("Odd.Type*>".into());
         assert_eq!(

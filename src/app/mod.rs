@@ -1,0 +1,158 @@
+//! The running relay: open the journal, start the sinks and one source per property (`start`),
+//! supervise them, and on shutdown stop the sources, drain the sinks within the grace period
+//! (`running`). Signals (`signals`) steer it through a [`Control`].
+
+mod running;
+pub mod signals;
+mod start;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::journal::JournalError;
+use crate::sink::BuildError;
+use crate::stats::Stats;
+
+/// How the outside (signals, a test) steers a running relay.
+#[derive(Clone)]
+pub struct Control {
+    /// Cancel to shut down: sources stop, sinks drain, `run` returns.
+    pub shutdown: CancellationToken,
+    /// Bump to make file sinks reopen their files (SIGHUP).
+    pub reopen: watch::Receiver<u64>,
+    /// A new, validated config to switch to (SIGHUP).
+    pub reload: watch::Receiver<Option<Arc<Settings>>>,
+}
+
+/// The sending side of [`Control`].
+#[derive(Clone)]
+pub struct ControlHandle {
+    /// Bump to reopen files.
+    pub reopen: watch::Sender<u64>,
+    /// Send a config to reload.
+    pub reload: watch::Sender<Option<Arc<Settings>>>,
+}
+
+impl Control {
+    /// A control and the handle that steers it.
+    pub fn new() -> (Control, ControlHandle) {
+        let (reopen_tx, reopen) = watch::channel(0);
+        let (reload_tx, reload) = watch::channel(None);
+        (
+            Control {
+                shutdown: CancellationToken::new(),
+                reopen,
+                reload,
+            },
+            ControlHandle {
+                reopen: reopen_tx,
+                reload: reload_tx,
+            },
+        )
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one (systemd's default soft limit is 1,024);
+/// listeners fit their connection caps to what it is afterwards. Logged.
+pub fn raise_descriptor_limit() {
+    crate::listener::fds::raise_limit_logged();
+}
+
+impl Control {
+    /// Shuts down after `after` (`demo --duration`).
+    pub fn stop_after(&self, after: std::time::Duration) {
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            shutdown.cancel();
+        });
+    }
+}
+
+/// Why the relay could not start or did not end cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The journal could not be opened.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// A sink could not open its output.
+    #[error(transparent)]
+    Sink(#[from] BuildError),
+    /// The state directory could not be created.
+    #[error("cannot create the state directory {path}: {source}; check state.dir and its permissions", path = .path.display())]
+    StateDir {
+        /// `state.dir`.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS configuration could not be built.
+    #[error("TLS set-up failed: {0}; check connection.ca_file")]
+    Tls(#[from] rustls::Error),
+    /// The webhook listener could not start.
+    #[error(transparent)]
+    Ingress(#[from] crate::ingress::IngressError),
+    /// The local API listener could not start.
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
+    /// The metrics listener could not start.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
+    /// The Mews REST client could not be built.
+    #[error("Mews REST client: {0}")]
+    Rest(crate::mews::RestError),
+    /// A listener handed over by the caller could not be used.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A task ended on its own (a bug); the relay stopped so that systemd restarts it.
+    #[error("the {0} task stopped unexpectedly")]
+    TaskEnded(&'static str),
+}
+
+/// Runs the relay until `control.shutdown` is cancelled.
+pub async fn run(settings: Settings, control: Control) -> Result<(), AppError> {
+    run_with_stats(settings, control, Arc::new(Stats::default())).await
+}
+
+/// How one run of the relay ended.
+pub(crate) enum Ended {
+    /// `control.shutdown`: the relay stopped.
+    Stopped,
+    /// A new config arrived; everything stopped to start again with it.
+    Reload(Arc<Settings>),
+}
+
+/// [`run`], with counters the caller can read. A reload stops everything (sources first, sinks
+/// drained) and starts again with the new config; a config that then fails to start gives way
+/// to the previous one.
+pub async fn run_with_stats(
+    settings: Settings,
+    mut control: Control,
+    stats: Arc<Stats>,
+) -> Result<(), AppError> {
+    let mut current = Arc::new(settings);
+    let mut previous: Option<Arc<Settings>> = None;
+    loop {
+        let run = match start::start(&current, &control, Arc::clone(&stats)).await {
+            Ok(running) => running.supervise(&current, &mut control).await,
+            Err(err) => Err(err),
+        };
+        match run {
+            Ok(Ended::Stopped) => return Ok(()),
+            Ok(Ended::Reload(next)) => {
+                previous = Some(std::mem::replace(&mut current, next));
+                tracing::info!("configuration reloaded; starting again");
+            }
+            Err(err) => match previous.take() {
+                Some(old) if !matches!(err, AppError::TaskEnded(_)) => {
+                    tracing::error!(error = %err, "the reloaded configuration cannot start; going back to the previous one");
+                    current = old;
+                }
+                _ => return Err(err),
+            },
+        }
+    }
+}

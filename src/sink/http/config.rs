@@ -1,0 +1,244 @@
+//! The keys of `type = "http"`: the endpoint, headers, timeouts, retries, batching and TLS.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::Uri;
+use serde::{Deserialize, Serialize};
+
+use super::HttpSink;
+use crate::config::ConfigError;
+use crate::config::shared::{ClientTls, is_cookie_safe, read_secret};
+use crate::config::value::{Dur, human, pick, policy_keys, redacted_url};
+use crate::retry::RetryPolicy;
+use crate::secret::Secret;
+use crate::sink::registry::{At, BuildEnv, SinkType};
+
+/// Defaults of `type = "http"`.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// `timeout`
+    pub const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+    /// `retry_min`
+    pub const HTTP_RETRY_MIN: Duration = Duration::from_secs(1);
+    /// `retry_max`
+    pub const HTTP_RETRY_MAX: Duration = Duration::from_secs(60);
+    /// `give_up_after`
+    pub const HTTP_GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
+    /// `batch_max`: one record per request.
+    pub const HTTP_BATCH_MAX: u64 = 1;
+}
+
+/// The table as serde reads it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSinkFile {
+    url: String,
+    method: Option<String>,
+    headers: Option<BTreeMap<String, String>>,
+    headers_file: Option<PathBuf>,
+    timeout: Option<Dur>,
+    batch_max: Option<u64>,
+    ca_file: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    retry_min: Option<Dur>,
+    retry_max: Option<Dur>,
+    give_up_after: Option<Dur>,
+}
+
+/// `type = "http"`
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpSettings {
+    /// The endpoint (`check` shows it without user info and query, which may hold secrets).
+    #[serde(serialize_with = "redacted_url")]
+    pub url: String,
+    /// `POST`, `PUT` or `PATCH`.
+    pub method: String,
+    /// Extra request headers; values are secrets (they often hold bearer tokens).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, Secret>,
+    /// Limit for one request, connect to last byte.
+    #[serde(with = "human")]
+    pub timeout: Duration,
+    /// 1: the body is one record; more: a JSON array of up to this many.
+    pub batch_max: usize,
+    /// Retry delays: `retry_min`, the first, to `retry_max`, the largest.
+    #[serde(flatten, serialize_with = "retry_keys")]
+    pub retry: RetryPolicy,
+    /// A record still failing after this long is dead-lettered.
+    #[serde(with = "human")]
+    pub give_up_after: Duration,
+    /// Extra CA and client certificate.
+    #[serde(flatten)]
+    pub tls: ClientTls,
+}
+
+impl SinkType for HttpSettings {
+    type File = HttpSinkFile;
+    type Sink = HttpSink;
+
+    fn validate(file: HttpSinkFile, at: &At<'_>) -> Result<Self, ConfigError> {
+        url(at, &file.url)?;
+        let method = file
+            .method
+            .unwrap_or_else(|| "POST".into())
+            .to_ascii_uppercase();
+        if !matches!(method.as_str(), "POST" | "PUT" | "PATCH") {
+            return Err(at.err(
+                "method",
+                format!(r#""{method}" cannot carry a body; use "POST", "PUT" or "PATCH""#),
+            ));
+        }
+        let headers = headers(at, file.headers, file.headers_file.as_deref())?;
+        let timeout = pick(file.timeout, defaults::HTTP_TIMEOUT);
+        let retry_min = pick(file.retry_min, defaults::HTTP_RETRY_MIN);
+        let retry_max = pick(file.retry_max, defaults::HTTP_RETRY_MAX);
+        let give_up_after = pick(file.give_up_after, defaults::HTTP_GIVE_UP_AFTER);
+        for (key, value) in [
+            ("timeout", timeout),
+            ("retry_min", retry_min),
+            ("retry_max", retry_max),
+            ("give_up_after", give_up_after),
+        ] {
+            if value.is_zero() {
+                return Err(at.err(key, "must be longer than zero"));
+            }
+        }
+        let retry = RetryPolicy::try_new(retry_min, retry_max).map_err(|_| {
+            at.err(
+                "retry_min",
+                "is larger than retry_max; make retry_min <= retry_max",
+            )
+        })?;
+        let batch_max = file.batch_max.unwrap_or(defaults::HTTP_BATCH_MAX);
+        if !(1..=10_000).contains(&batch_max) {
+            return Err(at.err(
+                "batch_max",
+                "must be between 1 (one record per request) and 10000",
+            ));
+        }
+        let tls = ClientTls::read(
+            at.ctx,
+            at.prefix,
+            file.ca_file,
+            file.client_cert,
+            file.client_key,
+        )?;
+        Ok(HttpSettings {
+            url: file.url,
+            method,
+            headers,
+            timeout,
+            batch_max: batch_max as usize,
+            retry,
+            give_up_after,
+            tls,
+        })
+    }
+
+    /// `http:<host>/<path>`, without user info and query, which may hold secrets.
+    fn default_name(&self) -> String {
+        let Ok(uri) = self.url.parse::<Uri>() else {
+            return "http".into();
+        };
+        format!(
+            "http:{}{}",
+            uri.authority()
+                .map_or("", |a| a.as_str().rsplit('@').next().unwrap_or_default()),
+            uri.path()
+        )
+    }
+
+    async fn build(&self, env: &BuildEnv<'_>) -> io::Result<HttpSink> {
+        HttpSink::new(
+            env.name,
+            self,
+            env.state_dir,
+            std::sync::Arc::clone(env.stats),
+        )
+    }
+}
+
+/// `retry` as the file writes it: `retry_min` and `retry_max`.
+fn retry_keys<S: serde::Serializer>(policy: &RetryPolicy, s: S) -> Result<S::Ok, S::Error> {
+    policy_keys(policy, ("retry_min", "retry_max"), s)
+}
+
+/// `url`: an http:// or https:// URL with a host.
+fn url(at: &At<'_>, url: &str) -> Result<Uri, ConfigError> {
+    let uri: Uri = url.parse().map_err(|err| {
+        at.err(
+            "url",
+            format!(r#"is not a URL ({err}); write it like "https://keys.example.com/mews""#),
+        )
+    })?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
+        return Err(at.err(
+            "url",
+            r#"must be an http:// or https:// URL with a host, like "https://keys.example.com/mews""#,
+        ));
+    }
+    Ok(uri)
+}
+
+/// `headers` and the lines of `headers_file` ("Name: value"), values kept as secrets.
+fn headers(
+    at: &At<'_>,
+    inline: Option<BTreeMap<String, String>>,
+    file: Option<&std::path::Path>,
+) -> Result<BTreeMap<String, Secret>, ConfigError> {
+    let mut headers: BTreeMap<String, Secret> = inline
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, value)| (name, Secret::new(value)))
+        .collect();
+    if let Some(path) = file {
+        let text = read_secret(at.ctx, &at.key("headers_file"), path)?;
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        {
+            let Some((name, value)) = line.split_once(':') else {
+                return Err(at.err(
+                    "headers_file",
+                    format!(
+                        "line {} of {} is not \"Name: value\"; write one header per line",
+                        n + 1,
+                        path.display()
+                    ),
+                ));
+            };
+            headers.insert(name.trim().to_owned(), Secret::new(value.trim()));
+        }
+    }
+    for (name, value) in &headers {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(at.err("headers", format!(r#""{name}" is not a valid header name"#)));
+        }
+        if value
+            .expose()
+            .chars()
+            .any(|c| !(is_cookie_safe(c) || c == ' ' || c == ',' || c == ';' || c == '"'))
+        {
+            return Err(at.err(
+                "headers",
+                format!(r#"the value of "{name}" holds characters a header cannot carry"#),
+            ));
+        }
+        if matches!(
+            name.to_ascii_lowercase().as_str(),
+            "idempotency-key" | "content-type" | "content-length" | "host"
+        ) {
+            return Err(at.err(
+                "headers",
+                format!(r#""{name}" is set by mews-relay; remove it"#),
+            ));
+        }
+    }
+    Ok(headers)
+}
