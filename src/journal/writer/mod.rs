@@ -22,7 +22,8 @@ use trouble::Outage;
 pub(super) const QUEUE: usize = 4096;
 /// At most this many records in one transaction.
 const MAX_BATCH_RECORDS: usize = 16_384;
-/// Cursor-only commits skip fsync; this long after one, a durable commit follows.
+/// Cursor moves (and the state of records appended without a state transaction) are stored
+/// at the latest this long after they happened, in one durable transaction.
 const CURSOR_SYNC_AFTER: Duration = Duration::from_secs(1);
 /// This often the writer checks that the path still holds its journal file (one `stat`), and
 /// while commits fail, whether one would be stored again (see [`Store::probe`]).
@@ -104,9 +105,22 @@ pub struct JournalWriter {
     /// Whether DeviceCommand records are tracked for the command loop.
     track_commands: bool,
     last_seq: u64,
+    /// Bytes in the log (what the disk holds, delivered records included until pruned).
     stored_bytes: u64,
+    /// Bytes appended by each commit, with its last seq: what the slowest sink has not passed
+    /// yet adds up to what `max_bytes` limits.
+    appended: std::collections::VecDeque<(u64, u64)>,
     max_bytes: u64,
+    /// Every sink's cursor as it reported it.
     cursors: HashMap<String, u64>,
+    /// The cursors as last stored durably: records are removed only behind these.
+    synced: HashMap<String, u64>,
+    /// Cursors moved or records appended since the last durable state transaction.
+    unsynced: bool,
+    /// The records just committed, for sinks that keep up (shared with every handle).
+    tail: Arc<super::tail::Tail>,
+    /// Where records were last pruned (shared: readers never see records up to it).
+    pruned: Arc<std::sync::atomic::AtomicU64>,
     pruned_to: u64,
     shed: HashMap<String, watch::Sender<u64>>,
     shed_to: u64,
@@ -128,6 +142,8 @@ pub(super) struct Setup {
     pub max_bytes: u64,
     pub shed: HashMap<String, watch::Sender<u64>>,
     pub stats: Arc<Stats>,
+    pub tail: Arc<super::tail::Tail>,
+    pub pruned: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Default)]
@@ -186,14 +202,8 @@ impl Batch {
         }
     }
 
-    /// Whether the batch writes anything.
+    /// Whether the batch writes anything (bare cursor moves wait for the next sync).
     fn writes(&self) -> bool {
-        !self.cursors.is_empty() || self.durable()
-    }
-
-    /// Whether the commit must be durable (anything but bare cursor moves: an acknowledged
-    /// command must not be queued again after a crash).
-    fn durable(&self) -> bool {
         !(self.records.is_empty()
             && self.flushes.is_empty()
             && self.marks.is_empty()
@@ -202,6 +212,12 @@ impl Batch {
             && self.acks.is_empty()
             && self.requests.is_empty()
             && self.answered.is_empty())
+    }
+
+    /// Whether the cursors must be stored durably with this commit: a flush asks for it, and an
+    /// acknowledged command must not be queued again after a crash.
+    fn sync(&self) -> bool {
+        !self.flushes.is_empty() || !self.acks.is_empty()
     }
 }
 
@@ -237,9 +253,17 @@ impl JournalWriter {
             track_commands: false,
             last_seq: setup.opened.last_seq,
             stored_bytes: setup.opened.stored_bytes,
+            appended: std::collections::VecDeque::from([(
+                setup.opened.last_seq,
+                setup.opened.stored_bytes,
+            )]),
             max_bytes: setup.max_bytes,
+            synced: setup.opened.cursors.clone(),
             cursors: setup.opened.cursors,
-            pruned_to: 0,
+            unsynced: false,
+            tail: setup.tail,
+            pruned_to: setup.pruned.load(std::sync::atomic::Ordering::Acquire),
+            pruned: setup.pruned,
             shed: setup.shed,
             shed_to: 0,
             stats: setup.stats,
@@ -292,14 +316,22 @@ impl JournalWriter {
             }
             let pings = std::mem::take(&mut batch.pings);
             let claims = std::mem::take(&mut batch.claims);
-            if batch.writes() {
-                let durable = batch.durable();
-                self.commit(batch, durable).await;
-                if durable {
-                    sync_at = None;
-                } else if sync_at.is_none() {
-                    sync_at = Some(tokio::time::Instant::now() + CURSOR_SYNC_AFTER);
+            for (name, seq) in std::mem::take(&mut batch.cursors) {
+                if let Some(at) = self.cursors.get_mut(&name)
+                    && seq > *at
+                {
+                    *at = seq;
+                    self.unsynced = true;
                 }
+            }
+            if batch.writes() {
+                let sync = batch.sync();
+                self.commit(batch, sync).await;
+            }
+            if !self.unsynced {
+                sync_at = None;
+            } else if sync_at.is_none() {
+                sync_at = Some(tokio::time::Instant::now() + CURSOR_SYNC_AFTER);
             }
             for op in claims {
                 self.claim_or_release(op).await;
@@ -308,7 +340,7 @@ impl JournalWriter {
                 let _ = ping.send(());
             }
         }
-        if sync_at.is_some() {
+        if self.unsynced {
             self.commit(Batch::default(), true).await;
         }
         self.put_back_if_gone().await;
@@ -372,7 +404,7 @@ impl JournalWriter {
     /// until it is back under 90 % of the limit.
     async fn shed_oldest(&mut self) {
         let min = self.min_cursor();
-        let excess = self.stored_bytes - self.max_bytes / 10 * 9;
+        let excess = self.live_bytes() - self.max_bytes / 10 * 9;
         let store = Arc::clone(&self.store);
         let target =
             match tokio::task::spawn_blocking(move || store.seq_covering(min, excess)).await {
@@ -385,6 +417,7 @@ impl JournalWriter {
             return; // already under way
         }
         self.shed_to = target;
+        let live = self.live_bytes();
         let lagging: Vec<&str> = self
             .cursors
             .iter()
@@ -392,7 +425,7 @@ impl JournalWriter {
             .map(|(name, _)| name.as_str())
             .collect();
         tracing::error!(
-            stored_bytes = self.stored_bytes,
+            stored_bytes = live,
             max_bytes = self.max_bytes,
             up_to_seq = target,
             sinks = ?lagging,
@@ -405,6 +438,15 @@ impl JournalWriter {
         }
     }
 
+    /// Bytes of the records the slowest sink has not passed (per commit, so a little more).
+    fn live_bytes(&mut self) -> u64 {
+        let min = self.min_cursor();
+        while self.appended.front().is_some_and(|(last, _)| *last <= min) {
+            self.appended.pop_front();
+        }
+        self.appended.iter().map(|(_, bytes)| bytes).sum()
+    }
+
     /// Where the slowest sink stands (the last seq when there is no sink).
     fn min_cursor(&self) -> u64 {
         self.cursors
@@ -414,17 +456,18 @@ impl JournalWriter {
             .unwrap_or(self.last_seq)
     }
 
+    /// Records every sink has passed by its durably stored cursor may go.
     fn prune_target(&self) -> Option<u64> {
-        let min = self.min_cursor().min(self.visible_seq());
+        let synced = self.synced.values().copied().min().unwrap_or(self.last_seq);
+        let min = synced.min(self.visible_seq());
         (min > self.pruned_to).then_some(min)
     }
 
-    async fn commit(&mut self, batch: Batch, durable: bool) {
+    async fn commit(&mut self, batch: Batch, sync: bool) {
         let Batch {
             records,
             unwaited,
             waiters,
-            cursors,
             flushes,
             marks,
             mark_waiters,
@@ -436,11 +479,6 @@ impl JournalWriter {
             ..
         } = batch;
         let (requests, replies): (Vec<Request>, Vec<_>) = requests.into_iter().unzip();
-        for (name, seq) in &cursors {
-            if let Some(at) = self.cursors.get_mut(name) {
-                *at = (*at).max(*seq);
-            }
-        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -466,9 +504,9 @@ impl JournalWriter {
             .collect();
         let commit = Commit {
             entries: records,
-            cursors: cursors.into_iter().collect(),
+            cursors: self.cursors.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             prune_to: self.prune_target(),
-            durable,
+            sync,
             marks,
             seen: Seen {
                 now,
@@ -542,7 +580,7 @@ impl JournalWriter {
             return Some((Err(JournalError::Gone(problem.to_string())), commit));
         }
         let store = Arc::clone(&self.store);
-        let at = (self.last_seq, self.stored_bytes);
+        let at = self.last_seq;
         let work = move || {
             let result = store.commit(at, &commit);
             (result, commit)
@@ -578,8 +616,16 @@ impl JournalWriter {
             seq,
             bytes,
             dropped,
+            fresh,
+            cursors_synced,
             ..
         } = committed;
+        if cursors_synced {
+            self.synced = commit.cursors.iter().cloned().collect();
+            self.unsynced = self.synced != self.cursors;
+        } else if !fresh.is_empty() {
+            self.unsynced = true; // their state (`applied_seq`) follows with the next sync
+        }
         let count = commit.entries.len() as u64 - dropped.len() as u64;
         if !dropped.is_empty() {
             Stats::add(&self.stats.duplicates_dropped, dropped.len() as u64);
@@ -587,6 +633,10 @@ impl JournalWriter {
                 records = dropped.len(),
                 "dropped records already journaled (live vs catch-up)"
             );
+        }
+        if !fresh.is_empty() {
+            let appended: usize = fresh.iter().map(|r| r.json.len() + 64).sum();
+            self.appended.push_back((seq, appended as u64));
         }
         self.stored_bytes = bytes;
         self.stats
@@ -623,9 +673,17 @@ impl JournalWriter {
         for settle in &settled {
             self.pending.remove(&settle.seq);
         }
+        self.tail.push(fresh);
+        if !commit.settled.is_empty() {
+            let journal_id = self.tail.journal_id();
+            self.tail.replace(commit.settled.iter().map(|settled| {
+                value::decode(journal_id, settled.seq, settled.value.clone().into())
+            }));
+        }
         self.last_seq = seq;
         if let Some(to) = commit.prune_to {
             self.pruned_to = to;
+            self.pruned.store(to, std::sync::atomic::Ordering::Release);
         }
         Stats::add(&self.stats.records_committed, count);
         if count > 0 {
@@ -641,7 +699,7 @@ impl JournalWriter {
             let before = dropped.iter().filter(|&&i| i < upto).count();
             let _ = waiter.send(Ok(first + (upto - before) as u64));
         }
-        if self.stored_bytes > self.max_bytes {
+        if self.live_bytes() > self.max_bytes {
             self.shed_oldest().await;
         }
     }
