@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use redb::{Durability, ReadableDatabase, ReadableTable};
+use redb::{Durability, ReadableTable};
 
 use super::super::JournalError;
 use super::super::commands::{
@@ -93,12 +93,17 @@ pub(in crate::journal) struct Committed {
     pub fresh: Vec<StoredRecord>,
     /// The cursors were stored durably.
     pub cursors_synced: bool,
+    /// The records are stored, but the state transaction after them failed: what it carried
+    /// besides their effects (settles, marks, requests, acknowledgements, cursors) is not.
+    pub state_error: Option<JournalError>,
 }
 
 impl Store {
-    /// Runs one commit: entries get seqs after `last_seq`. Nothing is half done: the log
-    /// append is all or nothing, and a failed state transaction after it is replayed from the
-    /// log when the journal opens again (the error is reported now).
+    /// Runs one commit: entries get seqs after `last_seq`. The state transaction is prepared
+    /// first, the records appended to the log (durably), then the transaction committed: a
+    /// failed append leaves nothing behind; a failed state commit after it leaves records that
+    /// are stored (their effects are applied with the next transaction, or replayed from the
+    /// log at the next open) and reports the rest of the state as not stored.
     pub fn commit(&self, last_seq: u64, commit: &Commit) -> Result<Committed, JournalError> {
         #[cfg(test)]
         if self
@@ -122,187 +127,204 @@ impl Store {
                 self.db()?
             }
         };
-        let dropped = self.duplicates(&db, commit)?;
-        let (frames, fresh) = self.append(last_seq, commit, &dropped)?;
-        let seq = last_seq + fresh.len() as u64;
+        let err = |e: redb::Error| storage(&self.path, e);
+        let mut unapplied = self.unapplied.lock().unwrap_or_else(|p| p.into_inner());
+        let txn = if needs_state(commit) || !unapplied.is_empty() {
+            let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
+            let durable = commit.sync || needs_durable_state(commit);
+            if !durable {
+                txn.set_durability(Durability::None)
+                    .map_err(|e| err(e.into()))?;
+            }
+            Some((txn, durable))
+        } else {
+            None
+        };
+        let dropped = match &txn {
+            Some((txn, _)) => duplicates(txn, commit).map_err(err)?,
+            None => Vec::new(),
+        };
+        let encoded = encode(last_seq, commit, &dropped);
+        let seq = last_seq + encoded.spans.len() as u64;
         let mut out = Committed {
             seq,
             bytes: 0,
             dropped,
             queued: Vec::new(),
             outcomes: Vec::new(),
-            fresh,
+            fresh: Vec::new(),
             cursors_synced: false,
+            state_error: None,
         };
-        if needs_state(commit, &frames) {
-            let durable = commit.sync || needs_durable_state(commit);
-            self.state(&db, seq, commit, &frames, durable, &mut out)?;
-            out.cursors_synced = durable;
+        if let Some((txn, _)) = &txn {
+            let earlier = std::mem::take(&mut *unapplied);
+            let frames: Vec<Frame> = earlier
+                .into_iter()
+                .chain(encoded.effects.iter().cloned())
+                .collect();
+            self.state(txn, seq, commit, &frames, &mut out)
+                .map_err(err)?;
         }
-        if let Some(to) = commit.prune_to {
-            self.log.prune(to).map_err(|err| self.io(err))?;
+        if !encoded.spans.is_empty() {
+            // A failure here drops the prepared transaction: nothing of this commit remains.
+            self.log
+                .append(&encoded.buf, last_seq + 1, seq, &encoded.marks)
+                .map_err(|io| self.io(io))?;
         }
+        if let Some((txn, durable)) = txn {
+            match txn.commit() {
+                Ok(()) => out.cursors_synced = durable,
+                Err(e) => {
+                    // The records are stored; their effects go with the next transaction.
+                    unapplied.extend(encoded.effects.iter().cloned());
+                    out.state_error = Some(err(e.into()));
+                }
+            }
+        }
+        drop(unapplied);
+        if let (Some(to), None) = (commit.prune_to, &out.state_error) {
+            self.log.prune(to).map_err(|io| self.io(io))?;
+        }
+        let buf = Bytes::from(encoded.buf);
+        out.fresh = encoded
+            .spans
+            .into_iter()
+            .map(|(seq, from, to)| value::decode(self.journal_id, seq, buf.slice(from..to)))
+            .collect();
         out.bytes = self.log.bytes();
         Ok(out)
     }
 
-    /// Indexes of entries whose dedupe key was journaled within the window (or earlier in
-    /// this commit).
-    fn duplicates(&self, db: &redb::Database, commit: &Commit) -> Result<Vec<usize>, JournalError> {
-        let keyed: Vec<(usize, &str)> = commit
-            .entries
-            .iter()
-            .enumerate()
-            .filter_map(|(i, entry)| match entry {
-                Entry::Record(Record {
-                    dedupe: Some(key), ..
-                }) => Some((i, key.as_str())),
-                _ => None,
-            })
-            .collect();
-        if keyed.is_empty() {
-            return Ok(Vec::new());
-        }
-        let txn = db.begin_read().map_err(|e| storage(&self.path, e))?;
-        let seen = txn.open_table(SEEN).map_err(|e| storage(&self.path, e))?;
-        let Seen { now, window, .. } = commit.seen;
-        let mut here = HashSet::new();
-        let mut dropped = Vec::new();
-        for (i, key) in keyed {
-            let recent = seen
-                .get(key)
-                .map_err(|e| storage(&self.path, e))?
-                .is_some_and(|first| now.saturating_sub(first.value()) < window);
-            if recent || !here.insert(key) {
-                dropped.push(i);
-            }
-        }
-        Ok(dropped)
-    }
-
-    /// Encodes the kept entries into frames and appends them to the log durably. Returns the
-    /// frames (for their effects) and the records as sinks read them.
-    fn append(
-        &self,
-        last_seq: u64,
-        commit: &Commit,
-        dropped: &[usize],
-    ) -> Result<(Vec<Frame>, Vec<StoredRecord>), JournalError> {
-        let mut buf = Vec::with_capacity(commit.entries.len() * 512);
-        let mut marks = Vec::new();
-        let mut spans = Vec::with_capacity(commit.entries.len());
-        let mut effects_of = Vec::new();
-        let mut seq = last_seq;
-        let mut since_mark = usize::MAX;
-        for (i, entry) in commit.entries.iter().enumerate() {
-            if dropped.contains(&i) {
-                continue;
-            }
-            seq += 1;
-            if since_mark >= MARK_EVERY {
-                marks.push((seq, buf.len() as u64));
-                since_mark = 0;
-            }
-            let start = buf.len();
-            let effects = effects(entry);
-            let mut value_at = 0;
-            segment::encode(&mut buf, seq, &effects, |out| {
-                value_at = out.len();
-                value::encode(seq, entry, out);
-            });
-            since_mark += buf.len() - start;
-            spans.push((seq, value_at, buf.len()));
-            if effects.pending || effects.dedupe.is_some() || effects.heal.is_some() {
-                effects_of.push(Frame {
-                    seq,
-                    flags: if effects.pending { segment::PENDING } else { 0 },
-                    dedupe: effects.dedupe.map(str::to_owned),
-                    heal: effects.heal.map(str::to_owned),
-                    value: Vec::new(),
-                    offset: 0,
-                    size: 0,
-                });
-            }
-        }
-        if spans.is_empty() {
-            return Ok((effects_of, Vec::new()));
-        }
-        self.log
-            .append(&buf, last_seq + 1, seq, &marks)
-            .map_err(|err| self.io(err))?;
-        let buf = Bytes::from(buf);
-        let fresh = spans
-            .into_iter()
-            .map(|(seq, from, to)| value::decode(self.journal_id, seq, buf.slice(from..to)))
-            .collect();
-        Ok((effects_of, fresh))
-    }
-
-    /// The state transaction: record effects, settles, heal keys, marks, cursors, the command
-    /// loop, `applied_seq`, and the clean-ups.
+    /// The state transaction's content: record effects, settles, heal keys, marks, cursors,
+    /// the command loop, `applied_seq`, and the clean-ups.
     fn state(
         &self,
-        db: &redb::Database,
+        txn: &redb::WriteTransaction,
         seq: u64,
         commit: &Commit,
         frames: &[Frame],
-        durable: bool,
         out: &mut Committed,
-    ) -> Result<(), JournalError> {
-        let err = |e: redb::Error| storage(&self.path, e);
-        let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
-        if !durable {
-            txn.set_durability(Durability::None)
-                .map_err(|e| err(e.into()))?;
-        }
+    ) -> Result<(), redb::Error> {
         let now = commit.seen.now;
-        apply(&txn, frames, now).map_err(err)?;
-        settle(&txn, commit, now).map_err(err)?;
-        {
-            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
-            if commit.commands.track && !out.fresh.is_empty() || !commit.commands.is_empty() {
-                let kept = commit
-                    .entries
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| !out.dropped.contains(i))
-                    .map(|(_, entry)| entry);
-                (out.queued, out.outcomes) =
-                    command_work(&txn, &mut meta, commit, kept).map_err(err)?;
-            }
-            meta.insert(LAST_SEQ, seq).map_err(|e| err(e.into()))?;
-            meta.insert(APPLIED_SEQ, seq).map_err(|e| err(e.into()))?;
-            let mut cursors = txn.open_table(CURSORS).map_err(|e| err(e.into()))?;
-            for (name, at) in &commit.cursors {
-                cursors
-                    .insert(name.as_str(), *at)
-                    .map_err(|e| err(e.into()))?;
-            }
-            if !commit.marks.is_empty() {
-                let mut marks = txn.open_table(MARKS).map_err(|e| err(e.into()))?;
-                for (name, at) in &commit.marks {
-                    marks
-                        .insert(name.as_str(), *at)
-                        .map_err(|e| err(e.into()))?;
-                }
-            }
-            if let Some(before) = commit.seen.forget_before {
-                let mut seen = txn.open_table(SEEN).map_err(|e| err(e.into()))?;
-                seen.retain(|_, first| first >= before)
-                    .map_err(|e| err(e.into()))?;
-                let mut heal = txn.open_table(HEAL).map_err(|e| err(e.into()))?;
-                heal.retain(|_, first| first >= before)
-                    .map_err(|e| err(e.into()))?;
-            }
-            if let Some(to) = commit.prune_to {
-                let mut settled = txn.open_table(SETTLED).map_err(|e| err(e.into()))?;
-                settled
-                    .retain(|seq, _| seq > to)
-                    .map_err(|e| err(e.into()))?;
+        apply(txn, frames, now)?;
+        settle(txn, commit, now)?;
+        let mut meta = txn.open_table(META)?;
+        if commit.commands.track || !commit.commands.is_empty() {
+            let kept = commit
+                .entries
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !out.dropped.contains(i))
+                .map(|(_, entry)| entry);
+            (out.queued, out.outcomes) = command_work(txn, &mut meta, commit, kept)?;
+        }
+        meta.insert(LAST_SEQ, seq)?;
+        meta.insert(APPLIED_SEQ, seq)?;
+        let mut cursors = txn.open_table(CURSORS)?;
+        for (name, at) in &commit.cursors {
+            cursors.insert(name.as_str(), *at)?;
+        }
+        if !commit.marks.is_empty() {
+            let mut marks = txn.open_table(MARKS)?;
+            for (name, at) in &commit.marks {
+                marks.insert(name.as_str(), *at)?;
             }
         }
-        txn.commit().map_err(|e| err(e.into()))
+        if let Some(before) = commit.seen.forget_before {
+            txn.open_table(SEEN)?.retain(|_, first| first >= before)?;
+            txn.open_table(HEAL)?.retain(|_, first| first >= before)?;
+        }
+        if let Some(to) = commit.prune_to {
+            txn.open_table(SETTLED)?.retain(|seq, _| seq > to)?;
+        }
+        Ok(())
     }
+}
+
+/// A commit's frames, ready to append.
+struct Encoded {
+    buf: Vec<u8>,
+    /// (seq, offset in `buf`) of some frames, for reads to start from.
+    marks: Vec<(u64, u64)>,
+    /// Each record: its seq and where its value is in `buf`.
+    spans: Vec<(u64, usize, usize)>,
+    /// The frames with effects on the state (pending, dedupe key, heal key).
+    effects: Vec<Frame>,
+}
+
+/// Encodes the kept entries into frames.
+fn encode(last_seq: u64, commit: &Commit, dropped: &[usize]) -> Encoded {
+    let mut out = Encoded {
+        buf: Vec::with_capacity(commit.entries.len() * 512),
+        marks: Vec::new(),
+        spans: Vec::with_capacity(commit.entries.len()),
+        effects: Vec::new(),
+    };
+    let mut seq = last_seq;
+    let mut since_mark = usize::MAX;
+    for (i, entry) in commit.entries.iter().enumerate() {
+        if dropped.contains(&i) {
+            continue;
+        }
+        seq += 1;
+        if since_mark >= MARK_EVERY {
+            out.marks.push((seq, out.buf.len() as u64));
+            since_mark = 0;
+        }
+        let start = out.buf.len();
+        let effects = effects(entry);
+        let mut value_at = 0;
+        segment::encode(&mut out.buf, seq, &effects, |buf| {
+            value_at = buf.len();
+            value::encode(seq, entry, buf);
+        });
+        since_mark += out.buf.len() - start;
+        out.spans.push((seq, value_at, out.buf.len()));
+        if effects.pending || effects.dedupe.is_some() || effects.heal.is_some() {
+            out.effects.push(Frame {
+                seq,
+                flags: if effects.pending { segment::PENDING } else { 0 },
+                dedupe: effects.dedupe.map(str::to_owned),
+                heal: effects.heal.map(str::to_owned),
+                value: Vec::new(),
+                offset: 0,
+                size: 0,
+            });
+        }
+    }
+    out
+}
+
+/// Indexes of entries whose dedupe key was journaled within the window (or earlier in this
+/// commit).
+fn duplicates(txn: &redb::WriteTransaction, commit: &Commit) -> Result<Vec<usize>, redb::Error> {
+    let keyed: Vec<(usize, &str)> = commit
+        .entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, entry)| match entry {
+            Entry::Record(Record {
+                dedupe: Some(key), ..
+            }) => Some((i, key.as_str())),
+            _ => None,
+        })
+        .collect();
+    if keyed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let seen = txn.open_table(SEEN)?;
+    let Seen { now, window, .. } = commit.seen;
+    let mut here = HashSet::new();
+    let mut dropped = Vec::new();
+    for (i, key) in keyed {
+        let recent = seen
+            .get(key)?
+            .is_some_and(|first| now.saturating_sub(first.value()) < window);
+        if recent || !here.insert(key) {
+            dropped.push(i);
+        }
+    }
+    Ok(dropped)
 }
 
 /// What a record's frame carries for its state: pending, its dedupe key, its heal key.
@@ -321,9 +343,11 @@ fn effects(entry: &Entry) -> Effects<'_> {
 }
 
 /// Whether a commit changes any state (else the log append is all it does).
-fn needs_state(commit: &Commit, frames: &[Frame]) -> bool {
-    !frames.is_empty()
-        || commit.sync
+fn needs_state(commit: &Commit) -> bool {
+    commit.entries.iter().any(|entry| {
+        let effects = effects(entry);
+        effects.pending || effects.dedupe.is_some() || effects.heal.is_some()
+    }) || commit.sync
         || needs_durable_state(commit)
         || commit.prune_to.is_some()
         || commit.seen.forget_before.is_some()

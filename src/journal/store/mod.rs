@@ -81,6 +81,9 @@ pub(super) struct Store {
     held: std::fs::File,
     /// Which file the relay opened (device, inode).
     identity: Identity,
+    /// Effects of records stored in the log whose state transaction failed: applied with the
+    /// next one.
+    unapplied: std::sync::Mutex<Vec<segment::Frame>>,
     /// Tests: this many next commits fail as if the disk were full.
     #[cfg(test)]
     pub fail_commits: std::sync::atomic::AtomicU32,
@@ -194,6 +197,7 @@ impl Store {
             log,
             held,
             identity,
+            unapplied: std::sync::Mutex::new(Vec::new()),
             #[cfg(test)]
             fail_commits: std::sync::atomic::AtomicU32::new(0),
         };
@@ -425,4 +429,152 @@ fn register_sinks(
         table.remove(name.as_str()).map_err(|e| storage(path, e))?;
     }
     Ok(cursors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::commit::{CommandWork, Commit, Seen};
+    use super::*;
+    use crate::journal::value::Entry;
+    use crate::record::{Enrich, Origin, Record};
+    use serde_json::value::RawValue;
+
+    fn record(id: &str, enrich: Enrich, dedupe: Option<&str>) -> Record {
+        Record {
+            property: Arc::from("p"),
+            origin: Origin::Websocket,
+            received_at: "t".into(),
+            kind: Some("DeviceCommand".into()),
+            id: Some(id.into()),
+            state: Some("Pending".into()),
+            event: RawValue::from_string(format!(r#"{{"Id":"{id}"}}"#)).unwrap(),
+            command: None,
+            enterprise_id: None,
+            integration_id: None,
+            enrich_error: None,
+            dedupe: dedupe.map(str::to_owned),
+            enrich,
+        }
+    }
+
+    fn commit_of(entries: Vec<Entry>) -> Commit {
+        Commit {
+            entries,
+            cursors: Vec::new(),
+            prune_to: None,
+            sync: false,
+            marks: Vec::new(),
+            seen: Seen {
+                now: 1_000,
+                window: 3_600,
+                forget_before: None,
+            },
+            settled: Vec::new(),
+            unheal: Vec::new(),
+            commands: CommandWork::default(),
+        }
+    }
+
+    /// A crash after a record reached the log but before its state transaction: opening the
+    /// journal again replays what the frame carries (held for enrichment, its dedupe key).
+    #[test]
+    fn effects_a_crash_left_unapplied_are_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let sinks = ["s".to_owned()];
+        let (store, opened) = Store::open(&path, &sinks, 1 << 30).unwrap();
+        let done = store
+            .commit(
+                opened.last_seq,
+                &commit_of(vec![Entry::Record(record("a", Enrich::None, None))]),
+            )
+            .unwrap();
+        assert_eq!(done.seq, 1);
+        // The crash: the next record's frame is in the log, its state transaction never ran.
+        let pending = Entry::Record(record("b", Enrich::Pending, Some("key-b")));
+        let mut frame = Vec::new();
+        let effects = segment::Effects {
+            pending: true,
+            dedupe: Some("key-b"),
+            heal: None,
+        };
+        segment::encode(&mut frame, 2, &effects, |out| {
+            value::encode(2, &pending, out)
+        });
+        store.log.append(&frame, 2, 2, &[(2, 0)]).unwrap();
+        drop(store);
+
+        let (store, opened) = Store::open(&path, &sinks, 1 << 30).unwrap();
+        assert_eq!(opened.last_seq, 2);
+        assert_eq!(opened.pending.len(), 1, "held back for enrichment again");
+        assert_eq!(opened.pending[0].seq, 2);
+        let again = store
+            .commit(
+                2,
+                &commit_of(vec![Entry::Record(record(
+                    "b",
+                    Enrich::None,
+                    Some("key-b"),
+                ))]),
+            )
+            .unwrap();
+        assert_eq!(again.dropped, [0], "its dedupe key was replayed");
+        let read = store.read_after(0, 2, 10).unwrap();
+        assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    /// A journal of format 1 (records in redb) opens: its records move into the log with their
+    /// seqs, a record held for enrichment stays held, cursors stay, seqs go on.
+    #[test]
+    fn a_version_1_journal_is_moved_into_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut records = txn.open_table(RECORDS).unwrap();
+                for seq in 1..=3u64 {
+                    let mut value = Vec::new();
+                    let entry = Entry::Record(record(&format!("v1-{seq}"), Enrich::None, None));
+                    value::encode(seq, &entry, &mut value);
+                    records.insert(seq, value.as_slice()).unwrap();
+                }
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert(LAST_SEQ, 3).unwrap();
+                meta.insert(JOURNAL_ID, 0xab).unwrap();
+                txn.open_table(CURSORS).unwrap().insert("s", 1).unwrap();
+                txn.open_table(PENDING).unwrap().insert(3, 1).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let sinks = ["s".to_owned()];
+        let (store, opened) = Store::open(&path, &sinks, 1 << 30).unwrap();
+        assert_eq!(opened.last_seq, 3);
+        assert_eq!(opened.cursors["s"], 1);
+        assert_eq!(opened.journal_id, 0xab);
+        assert_eq!(
+            opened.pending.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [3]
+        );
+        let read = store.read_after(1, 3, 10).unwrap();
+        assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3]);
+        assert!(String::from_utf8_lossy(&read[0].json).contains("v1-2"));
+        let db = store.db().unwrap();
+        let txn = db.begin_read().unwrap();
+        assert!(txn.open_table(RECORDS).is_err(), "the old table is gone");
+        drop(txn);
+        drop(db);
+        let next = store
+            .commit(
+                3,
+                &commit_of(vec![Entry::Record(record("v2", Enrich::None, None))]),
+            )
+            .unwrap();
+        assert_eq!(next.seq, 4);
+        drop(store);
+        let (store, opened) = Store::open(&path, &sinks, 1 << 30).unwrap();
+        assert_eq!(opened.last_seq, 4);
+        assert_eq!(store.read_after(0, 4, 10).unwrap().len(), 4);
+    }
 }

@@ -529,6 +529,36 @@ impl JournalWriter {
             return;
         };
         let outcome = match result {
+            Ok(mut committed) if committed.state_error.is_some() => {
+                // The records are stored; the rest of the commit is not.
+                let err = committed.state_error.take().unwrap_or(JournalError::Closed);
+                let message = err.to_string();
+                tracing::error!(error = %err, "the journal's state could not be written after its records were: settles, marks, requests and acknowledgements of this commit go again; check free space on the state directory");
+                self.stats.journal.set_writes(Some(message.clone()));
+                for reply in replies {
+                    let _ = reply.send(Err(JournalError::Write(message.clone())));
+                }
+                for done in mark_waiters {
+                    let _ = done.send(Err(JournalError::Write(message.clone())));
+                }
+                let refused = std::mem::take(&mut committed.queued);
+                drop(refused);
+                for settle in settled.iter() {
+                    self.route(Note {
+                        seq: settle.seq,
+                        record: Record {
+                            command: None,
+                            enrich_error: None,
+                            ..settle.record.clone()
+                        },
+                    });
+                }
+                let mut commit = commit;
+                commit.settled.clear();
+                self.committed_ok(commit, committed, waiters, Vec::new())
+                    .await;
+                Err(message)
+            }
             Ok(mut committed) => {
                 for (reply, outcome) in replies.into_iter().zip(committed.outcomes.drain(..)) {
                     let _ = reply.send(Ok(outcome));
