@@ -404,6 +404,19 @@ impl Log {
         }
     }
 
+    /// Whether `bytes` more would fit in a segment now: a file of that size written and synced
+    /// in the log folder, then removed.
+    pub fn probe(&self, bytes: usize) -> io::Result<()> {
+        let path = self.dir.join("probe.tmp");
+        let _ = std::fs::remove_file(&path);
+        let result = files::create_new(&path).and_then(|file| {
+            file.write_all_at(&vec![0u8; bytes], 0)?;
+            file.sync_data()
+        });
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
     /// Each segment's path and read handle (to copy back a deleted one).
     pub fn files(&self) -> Vec<(PathBuf, Arc<File>)> {
         self.segments

@@ -368,9 +368,11 @@ impl Store {
         }
     }
 
-    /// Whether a commit of about [`PROBE_BYTES`] would be stored now: written durably, then
-    /// removed again. Run while commits fail, to notice that the disk has room again.
+    /// Whether a commit of about [`PROBE_BYTES`] would be stored now, in redb and in the log:
+    /// written durably, then removed again. Run while commits fail, to notice that the disk
+    /// has room again.
     pub fn probe(&self) -> Result<(), JournalError> {
+        self.log.probe(PROBE_BYTES).map_err(|err| self.io(err))?;
         let db = match self.db() {
             Ok(db) => db,
             Err(_) => {

@@ -287,7 +287,32 @@ impl JournalWriter {
     }
 
     /// Commits until every handle is gone.
-    pub async fn run(mut self) {
+    /// Runs the writer on a thread of its own (commits block in `fdatasync`; on its own thread
+    /// they hold up no other task and need no hand-off), until every handle is gone.
+    pub async fn run(self) {
+        let (done_tx, done_rx) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(runtime) => runtime.block_on(self.serve()),
+                    Err(err) => tracing::error!(error = %err, "cannot start the journal writer"),
+                }
+                let _ = done_tx.send(());
+            });
+        match thread {
+            Ok(_) => {
+                let _ = done_rx.await;
+            }
+            Err(err) => tracing::error!(error = %err, "cannot start the journal writer's thread"),
+        }
+    }
+
+    /// The writer's loop: group commits, cursor syncs, checks of the journal file.
+    async fn serve(mut self) {
         let mut sync_at: Option<tokio::time::Instant> = None;
         let mut check = tokio::time::interval(CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -609,25 +634,17 @@ impl JournalWriter {
         if let Some(problem) = self.stats.journal.file_problem() {
             return Some((Err(JournalError::Gone(problem.to_string())), commit));
         }
+        // The writer has its own thread: the commit runs right here.
         let store = Arc::clone(&self.store);
         let at = self.last_seq;
-        let work = move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
             let result = store.commit(at, &commit);
             (result, commit)
-        };
-        // On the multi-threaded runtime the writer's own thread runs the commit (its other
-        // tasks move to another thread meanwhile): no hand-off and wake-up on the way back.
-        let result = if tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::MultiThread
-        {
-            Ok(tokio::task::block_in_place(work))
-        } else {
-            tokio::task::spawn_blocking(work).await
-        };
+        }));
         match result {
             Ok(pair) => Some(pair),
-            Err(join) => {
-                tracing::error!(error = %join, "journal commit panicked");
+            Err(_) => {
+                tracing::error!("journal commit panicked");
                 None
             }
         }
@@ -684,9 +701,10 @@ impl JournalWriter {
             Entry::Record(r) => Some((&*r.property, r.kind.as_deref(), r.origin)),
             Entry::Replay(_) => None,
         }));
-        if !commit.entries.is_empty() {
+        // A commit that fits is no proof of room (the last free blocks may take a small one):
+        // during an outage only the probe says writes work again (see `trouble::check`).
+        if !commit.entries.is_empty() && self.outage.is_none() {
             self.writes_work();
-            self.outage = None;
         }
         let first = seq - count;
         for (at, entry) in (first + 1..).zip(kept()) {
