@@ -8,7 +8,9 @@ mod claims;
 pub mod commands;
 mod file;
 mod health;
+mod log;
 mod store;
+mod tail;
 mod value;
 mod writer;
 
@@ -75,6 +77,10 @@ pub struct Journal {
     cursors: Arc<HashMap<String, u64>>,
     shed: Arc<HashMap<String, watch::Receiver<u64>>>,
     journal_id: u64,
+    tail: Arc<tail::Tail>,
+    /// Every sink has passed the records up to here: they are gone (or about to go) and never
+    /// read again.
+    pruned: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Journal {
@@ -93,7 +99,7 @@ impl Journal {
                 "cannot create the state directory: {err}; check state.dir and its permissions"
             ),
         })?;
-        let (store, opened) = Store::open(&dir.join(FILE_NAME), sinks)?;
+        let (store, opened) = Store::open(&dir.join(FILE_NAME), sinks, max_bytes)?;
         let store = Arc::new(store);
         let (ops_tx, ops_rx) = mpsc::channel(writer::QUEUE);
         let (committed_tx, committed_rx) = watch::channel(opened.last_seq);
@@ -107,7 +113,13 @@ impl Journal {
                 ((name.clone(), tx), (name.clone(), rx))
             })
             .unzip();
+        let tail = Arc::new(tail::Tail::new(opened.journal_id));
+        let pruned = Arc::new(std::sync::atomic::AtomicU64::new(
+            opened.cursors.values().copied().min().unwrap_or(0),
+        ));
         let journal = Journal {
+            pruned: Arc::clone(&pruned),
+            tail: Arc::clone(&tail),
             store: Arc::clone(&store),
             ops: ops_tx,
             committed: committed_rx,
@@ -125,6 +137,8 @@ impl Journal {
             max_bytes,
             shed: shed_tx,
             stats,
+            tail,
+            pruned,
         });
         Ok((journal, writer))
     }
@@ -320,8 +334,14 @@ impl Journal {
         max: usize,
     ) -> Result<Vec<StoredRecord>, JournalError> {
         let upto = *self.visible.borrow();
-        // A sink that keeps up reads a few records the writer has just committed: they are in
-        // redb's cache, and a hop to the blocking pool would cost more than the read itself.
+        let after = after.max(self.pruned.load(std::sync::atomic::Ordering::Acquire));
+        if after >= upto {
+            return Ok(Vec::new());
+        }
+        // A sink that keeps up reads what the writer has just committed, from memory.
+        if let Some(records) = self.tail.read(after, upto, max) {
+            return Ok(records);
+        }
         if upto.saturating_sub(after) <= INLINE_READ as u64 {
             return self.store.read_after(after, upto, max.min(INLINE_READ));
         }

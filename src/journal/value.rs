@@ -1,5 +1,7 @@
 //! What a journal entry holds on disk, and the record a sink reads back.
 
+use bytes::Bytes;
+
 use crate::record::Record;
 
 /// A committed record as a sink reads it.
@@ -17,8 +19,8 @@ pub struct StoredRecord {
     pub replay_key: Option<String>,
     /// Set for a replayed dead letter: only this sink delivers it.
     pub only_sink: Option<String>,
-    /// The record's JSON line, without the newline.
-    pub json: Vec<u8>,
+    /// The record's JSON line, without the newline (shared, cheap to clone).
+    pub json: Bytes,
 }
 
 impl StoredRecord {
@@ -93,8 +95,9 @@ fn put(out: &mut Vec<u8>, field: Option<&str>) {
     }
 }
 
-/// Reads an entry back; a damaged value yields empty fields rather than a panic.
-pub(super) fn decode(journal_id: u64, seq: u64, value: &[u8]) -> StoredRecord {
+/// Reads an entry back; a damaged value yields empty fields rather than a panic. The JSON
+/// shares `value`'s bytes.
+pub(super) fn decode(journal_id: u64, seq: u64, value: Bytes) -> StoredRecord {
     let mut at = 0;
     let mut take = || -> Option<String> {
         let len = value.get(at..at + 2)?;
@@ -119,7 +122,7 @@ pub(super) fn decode(journal_id: u64, seq: u64, value: &[u8]) -> StoredRecord {
         journal_id,
         replay_key,
         only_sink,
-        json: value.get(at..).unwrap_or_default().to_vec(),
+        json: value.slice(at.min(value.len())..),
     }
 }
 
@@ -149,7 +152,7 @@ mod tests {
             };
             let mut buf = Vec::new();
             encode(3, &Entry::Record(record), &mut buf);
-            let stored = decode(0xab, 3, &buf);
+            let stored = decode(0xab, 3, buf.into());
             assert_eq!(stored.property, "old-town");
             assert_eq!(stored.kind, kind);
             assert_eq!(stored.key(), "00000000000000ab-3");
@@ -165,18 +168,18 @@ mod tests {
         };
         let mut buf = Vec::new();
         encode(9, &Entry::Replay(replay), &mut buf);
-        let stored = decode(0xab, 9, &buf);
+        let stored = decode(0xab, 9, buf.into());
         assert_eq!(
             (stored.seq, stored.key().as_str()),
             (9, "00000000000000ab-3")
         );
         assert_eq!(stored.only_sink.as_deref(), Some("hooks"));
-        assert_eq!(stored.json, br#"{"seq":3}"#);
+        assert_eq!(&stored.json[..], br#"{"seq":3}"#);
     }
 
     #[test]
     fn a_damaged_value_does_not_panic() {
-        let stored = decode(1, 1, &[5, 0, b'a']);
+        let stored = decode(1, 1, Bytes::from_static(&[5, 0, b'a']));
         assert_eq!(stored.property, "a");
         assert!(stored.json.is_empty());
     }

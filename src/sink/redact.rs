@@ -56,7 +56,7 @@ impl Redactor {
         }
         let json = serde_json::to_vec(&value).ok()?;
         Some(StoredRecord {
-            json,
+            json: json.into(),
             ..record.clone()
         })
     }
@@ -97,7 +97,7 @@ mod tests {
             ))
             .unwrap();
         assert_eq!(
-            String::from_utf8(out.json).unwrap(),
+            String::from_utf8(out.json.to_vec()).unwrap(),
             r#"{"seq":1,"command":{"Data":{"Email":"***","LastName":"Novak","Telephone":"***"}},"event":{"Email":"keep"}}"#
         );
     }

@@ -22,7 +22,8 @@ use trouble::Outage;
 pub(super) const QUEUE: usize = 4096;
 /// At most this many records in one transaction.
 const MAX_BATCH_RECORDS: usize = 16_384;
-/// Cursor-only commits skip fsync; this long after one, a durable commit follows.
+/// Cursor moves (and the state of records appended without a state transaction) are stored
+/// at the latest this long after they happened, in one durable transaction.
 const CURSOR_SYNC_AFTER: Duration = Duration::from_secs(1);
 /// This often the writer checks that the path still holds its journal file (one `stat`), and
 /// while commits fail, whether one would be stored again (see [`Store::probe`]).
@@ -104,9 +105,22 @@ pub struct JournalWriter {
     /// Whether DeviceCommand records are tracked for the command loop.
     track_commands: bool,
     last_seq: u64,
+    /// Bytes in the log (what the disk holds, delivered records included until pruned).
     stored_bytes: u64,
+    /// Bytes appended by each commit, with its last seq: what the slowest sink has not passed
+    /// yet adds up to what `max_bytes` limits.
+    appended: std::collections::VecDeque<(u64, u64)>,
     max_bytes: u64,
+    /// Every sink's cursor as it reported it.
     cursors: HashMap<String, u64>,
+    /// The cursors as last stored durably: records are removed only behind these.
+    synced: HashMap<String, u64>,
+    /// Cursors moved or records appended since the last durable state transaction.
+    unsynced: bool,
+    /// The records just committed, for sinks that keep up (shared with every handle).
+    tail: Arc<super::tail::Tail>,
+    /// Where records were last pruned (shared: readers never see records up to it).
+    pruned: Arc<std::sync::atomic::AtomicU64>,
     pruned_to: u64,
     shed: HashMap<String, watch::Sender<u64>>,
     shed_to: u64,
@@ -128,6 +142,8 @@ pub(super) struct Setup {
     pub max_bytes: u64,
     pub shed: HashMap<String, watch::Sender<u64>>,
     pub stats: Arc<Stats>,
+    pub tail: Arc<super::tail::Tail>,
+    pub pruned: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Default)]
@@ -186,14 +202,8 @@ impl Batch {
         }
     }
 
-    /// Whether the batch writes anything.
+    /// Whether the batch writes anything (bare cursor moves wait for the next sync).
     fn writes(&self) -> bool {
-        !self.cursors.is_empty() || self.durable()
-    }
-
-    /// Whether the commit must be durable (anything but bare cursor moves: an acknowledged
-    /// command must not be queued again after a crash).
-    fn durable(&self) -> bool {
         !(self.records.is_empty()
             && self.flushes.is_empty()
             && self.marks.is_empty()
@@ -202,6 +212,12 @@ impl Batch {
             && self.acks.is_empty()
             && self.requests.is_empty()
             && self.answered.is_empty())
+    }
+
+    /// Whether the cursors must be stored durably with this commit: a flush asks for it, and an
+    /// acknowledged command must not be queued again after a crash.
+    fn sync(&self) -> bool {
+        !self.flushes.is_empty() || !self.acks.is_empty()
     }
 }
 
@@ -237,9 +253,17 @@ impl JournalWriter {
             track_commands: false,
             last_seq: setup.opened.last_seq,
             stored_bytes: setup.opened.stored_bytes,
+            appended: std::collections::VecDeque::from([(
+                setup.opened.last_seq,
+                setup.opened.stored_bytes,
+            )]),
             max_bytes: setup.max_bytes,
+            synced: setup.opened.cursors.clone(),
             cursors: setup.opened.cursors,
-            pruned_to: 0,
+            unsynced: false,
+            tail: setup.tail,
+            pruned_to: setup.pruned.load(std::sync::atomic::Ordering::Acquire),
+            pruned: setup.pruned,
             shed: setup.shed,
             shed_to: 0,
             stats: setup.stats,
@@ -263,7 +287,32 @@ impl JournalWriter {
     }
 
     /// Commits until every handle is gone.
-    pub async fn run(mut self) {
+    /// Runs the writer on a thread of its own (commits block in `fdatasync`; on its own thread
+    /// they hold up no other task and need no hand-off), until every handle is gone.
+    pub async fn run(self) {
+        let (done_tx, done_rx) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(runtime) => runtime.block_on(self.serve()),
+                    Err(err) => tracing::error!(error = %err, "cannot start the journal writer"),
+                }
+                let _ = done_tx.send(());
+            });
+        match thread {
+            Ok(_) => {
+                let _ = done_rx.await;
+            }
+            Err(err) => tracing::error!(error = %err, "cannot start the journal writer's thread"),
+        }
+    }
+
+    /// The writer's loop: group commits, cursor syncs, checks of the journal file.
+    async fn serve(mut self) {
         let mut sync_at: Option<tokio::time::Instant> = None;
         let mut check = tokio::time::interval(CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -292,14 +341,22 @@ impl JournalWriter {
             }
             let pings = std::mem::take(&mut batch.pings);
             let claims = std::mem::take(&mut batch.claims);
-            if batch.writes() {
-                let durable = batch.durable();
-                self.commit(batch, durable).await;
-                if durable {
-                    sync_at = None;
-                } else if sync_at.is_none() {
-                    sync_at = Some(tokio::time::Instant::now() + CURSOR_SYNC_AFTER);
+            for (name, seq) in std::mem::take(&mut batch.cursors) {
+                if let Some(at) = self.cursors.get_mut(&name)
+                    && seq > *at
+                {
+                    *at = seq;
+                    self.unsynced = true;
                 }
+            }
+            if batch.writes() {
+                let sync = batch.sync();
+                self.commit(batch, sync).await;
+            }
+            if !self.unsynced {
+                sync_at = None;
+            } else if sync_at.is_none() {
+                sync_at = Some(tokio::time::Instant::now() + CURSOR_SYNC_AFTER);
             }
             for op in claims {
                 self.claim_or_release(op).await;
@@ -308,7 +365,7 @@ impl JournalWriter {
                 let _ = ping.send(());
             }
         }
-        if sync_at.is_some() {
+        if self.unsynced {
             self.commit(Batch::default(), true).await;
         }
         self.put_back_if_gone().await;
@@ -372,7 +429,7 @@ impl JournalWriter {
     /// until it is back under 90 % of the limit.
     async fn shed_oldest(&mut self) {
         let min = self.min_cursor();
-        let excess = self.stored_bytes - self.max_bytes / 10 * 9;
+        let excess = self.live_bytes() - self.max_bytes / 10 * 9;
         let store = Arc::clone(&self.store);
         let target =
             match tokio::task::spawn_blocking(move || store.seq_covering(min, excess)).await {
@@ -385,6 +442,7 @@ impl JournalWriter {
             return; // already under way
         }
         self.shed_to = target;
+        let live = self.live_bytes();
         let lagging: Vec<&str> = self
             .cursors
             .iter()
@@ -392,7 +450,7 @@ impl JournalWriter {
             .map(|(name, _)| name.as_str())
             .collect();
         tracing::error!(
-            stored_bytes = self.stored_bytes,
+            stored_bytes = live,
             max_bytes = self.max_bytes,
             up_to_seq = target,
             sinks = ?lagging,
@@ -405,6 +463,15 @@ impl JournalWriter {
         }
     }
 
+    /// Bytes of the records the slowest sink has not passed (per commit, so a little more).
+    fn live_bytes(&mut self) -> u64 {
+        let min = self.min_cursor();
+        while self.appended.front().is_some_and(|(last, _)| *last <= min) {
+            self.appended.pop_front();
+        }
+        self.appended.iter().map(|(_, bytes)| bytes).sum()
+    }
+
     /// Where the slowest sink stands (the last seq when there is no sink).
     fn min_cursor(&self) -> u64 {
         self.cursors
@@ -414,17 +481,18 @@ impl JournalWriter {
             .unwrap_or(self.last_seq)
     }
 
+    /// Records every sink has passed by its durably stored cursor may go.
     fn prune_target(&self) -> Option<u64> {
-        let min = self.min_cursor().min(self.visible_seq());
+        let synced = self.synced.values().copied().min().unwrap_or(self.last_seq);
+        let min = synced.min(self.visible_seq());
         (min > self.pruned_to).then_some(min)
     }
 
-    async fn commit(&mut self, batch: Batch, durable: bool) {
+    async fn commit(&mut self, batch: Batch, sync: bool) {
         let Batch {
             records,
             unwaited,
             waiters,
-            cursors,
             flushes,
             marks,
             mark_waiters,
@@ -436,11 +504,6 @@ impl JournalWriter {
             ..
         } = batch;
         let (requests, replies): (Vec<Request>, Vec<_>) = requests.into_iter().unzip();
-        for (name, seq) in &cursors {
-            if let Some(at) = self.cursors.get_mut(name) {
-                *at = (*at).max(*seq);
-            }
-        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -466,9 +529,9 @@ impl JournalWriter {
             .collect();
         let commit = Commit {
             entries: records,
-            cursors: cursors.into_iter().collect(),
+            cursors: self.cursors.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             prune_to: self.prune_target(),
-            durable,
+            sync,
             marks,
             seen: Seen {
                 now,
@@ -491,6 +554,36 @@ impl JournalWriter {
             return;
         };
         let outcome = match result {
+            Ok(mut committed) if committed.state_error.is_some() => {
+                // The records are stored; the rest of the commit is not.
+                let err = committed.state_error.take().unwrap_or(JournalError::Closed);
+                let message = err.to_string();
+                tracing::error!(error = %err, "the journal's state could not be written after its records were: settles, marks, requests and acknowledgements of this commit go again; check free space on the state directory");
+                self.stats.journal.set_writes(Some(message.clone()));
+                for reply in replies {
+                    let _ = reply.send(Err(JournalError::Write(message.clone())));
+                }
+                for done in mark_waiters {
+                    let _ = done.send(Err(JournalError::Write(message.clone())));
+                }
+                let refused = std::mem::take(&mut committed.queued);
+                drop(refused);
+                for settle in settled.iter() {
+                    self.route(Note {
+                        seq: settle.seq,
+                        record: Record {
+                            command: None,
+                            enrich_error: None,
+                            ..settle.record.clone()
+                        },
+                    });
+                }
+                let mut commit = commit;
+                commit.settled.clear();
+                self.committed_ok(commit, committed, waiters, Vec::new())
+                    .await;
+                Err(message)
+            }
             Ok(mut committed) => {
                 for (reply, outcome) in replies.into_iter().zip(committed.outcomes.drain(..)) {
                     let _ = reply.send(Ok(outcome));
@@ -541,25 +634,17 @@ impl JournalWriter {
         if let Some(problem) = self.stats.journal.file_problem() {
             return Some((Err(JournalError::Gone(problem.to_string())), commit));
         }
+        // The writer has its own thread: the commit runs right here.
         let store = Arc::clone(&self.store);
-        let at = (self.last_seq, self.stored_bytes);
-        let work = move || {
+        let at = self.last_seq;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
             let result = store.commit(at, &commit);
             (result, commit)
-        };
-        // On the multi-threaded runtime the writer's own thread runs the commit (its other
-        // tasks move to another thread meanwhile): no hand-off and wake-up on the way back.
-        let result = if tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::MultiThread
-        {
-            Ok(tokio::task::block_in_place(work))
-        } else {
-            tokio::task::spawn_blocking(work).await
-        };
+        }));
         match result {
             Ok(pair) => Some(pair),
-            Err(join) => {
-                tracing::error!(error = %join, "journal commit panicked");
+            Err(_) => {
+                tracing::error!("journal commit panicked");
                 None
             }
         }
@@ -578,8 +663,16 @@ impl JournalWriter {
             seq,
             bytes,
             dropped,
+            fresh,
+            cursors_synced,
             ..
         } = committed;
+        if cursors_synced {
+            self.synced = commit.cursors.iter().cloned().collect();
+            self.unsynced = self.synced != self.cursors;
+        } else if !fresh.is_empty() {
+            self.unsynced = true; // their state (`applied_seq`) follows with the next sync
+        }
         let count = commit.entries.len() as u64 - dropped.len() as u64;
         if !dropped.is_empty() {
             Stats::add(&self.stats.duplicates_dropped, dropped.len() as u64);
@@ -587,6 +680,10 @@ impl JournalWriter {
                 records = dropped.len(),
                 "dropped records already journaled (live vs catch-up)"
             );
+        }
+        if !fresh.is_empty() {
+            let appended: usize = fresh.iter().map(|r| r.json.len() + 64).sum();
+            self.appended.push_back((seq, appended as u64));
         }
         self.stored_bytes = bytes;
         self.stats
@@ -604,9 +701,10 @@ impl JournalWriter {
             Entry::Record(r) => Some((&*r.property, r.kind.as_deref(), r.origin)),
             Entry::Replay(_) => None,
         }));
-        if !commit.entries.is_empty() {
+        // A commit that fits is no proof of room (the last free blocks may take a small one):
+        // during an outage only the probe says writes work again (see `trouble::check`).
+        if !commit.entries.is_empty() && self.outage.is_none() {
             self.writes_work();
-            self.outage = None;
         }
         let first = seq - count;
         for (at, entry) in (first + 1..).zip(kept()) {
@@ -623,9 +721,17 @@ impl JournalWriter {
         for settle in &settled {
             self.pending.remove(&settle.seq);
         }
+        self.tail.push(fresh);
+        if !commit.settled.is_empty() {
+            let journal_id = self.tail.journal_id();
+            self.tail.replace(commit.settled.iter().map(|settled| {
+                value::decode(journal_id, settled.seq, settled.value.clone().into())
+            }));
+        }
         self.last_seq = seq;
         if let Some(to) = commit.prune_to {
             self.pruned_to = to;
+            self.pruned.store(to, std::sync::atomic::Ordering::Release);
         }
         Stats::add(&self.stats.records_committed, count);
         if count > 0 {
@@ -641,7 +747,7 @@ impl JournalWriter {
             let before = dropped.iter().filter(|&&i| i < upto).count();
             let _ = waiter.send(Ok(first + (upto - before) as u64));
         }
-        if self.stored_bytes > self.max_bytes {
+        if self.live_bytes() > self.max_bytes {
             self.shed_oldest().await;
         }
     }

@@ -145,7 +145,10 @@ impl JournalWriter {
         if fine && self.stats.journal.writes_failing() {
             let store = Arc::clone(&self.store);
             match tokio::task::spawn_blocking(move || store.probe()).await {
-                Ok(Ok(())) => self.writes_work(),
+                Ok(Ok(())) => {
+                    self.writes_work();
+                    self.outage = None;
+                }
                 Ok(Err(err)) => {
                     tracing::debug!(error = %err, "the journal still cannot be written");
                     self.reopen_after(&err).await;

@@ -231,7 +231,7 @@ impl HttpSink {
 /// One record as the body, or a JSON array of several.
 fn body(records: &[&StoredRecord]) -> Vec<u8> {
     if let [one] = records {
-        return one.json.clone();
+        return one.json.to_vec();
     }
     let mut out = Vec::with_capacity(records.iter().map(|r| r.json.len() + 1).sum::<usize>() + 2);
     out.push(b'[');
@@ -308,7 +308,7 @@ mod tests {
             journal_id: 0,
             replay_key: None,
             only_sink: None,
-            json: format!(r#"{{"seq":{seq}}}"#).into_bytes(),
+            json: format!(r#"{{"seq":{seq}}}"#).into_bytes().into(),
         };
         let (a, b) = (record(1), record(2));
         assert_eq!(body(&[&a]), br#"{"seq":1}"#);

@@ -217,7 +217,7 @@ impl Sink for NatsSink {
                 .publish_with_headers(
                     subject(&self.settings.subject, record),
                     headers,
-                    record.json.clone().into(),
+                    record.json.clone(),
                 )
                 .await
                 .map_err(|err| io::Error::other(format!("cannot publish: {err}")))?;

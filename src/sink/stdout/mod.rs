@@ -90,7 +90,7 @@ pub(super) fn test_record(json: &str) -> StoredRecord {
         journal_id: 0,
         replay_key: None,
         only_sink: None,
-        json: json.as_bytes().to_vec(),
+        json: json.as_bytes().to_vec().into(),
     }
 }
 
