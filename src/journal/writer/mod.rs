@@ -702,9 +702,14 @@ impl JournalWriter {
             Entry::Replay(_) => None,
         }));
         // A commit that fits is no proof of room (the last free blocks may take a small one):
-        // during an outage only the probe says writes work again (see `trouble::check`).
-        if !commit.entries.is_empty() && self.outage.is_none() {
-            self.writes_work();
+        // during an outage the probe decides that writes work again.
+        if !commit.entries.is_empty() {
+            if self.outage.is_none() {
+                self.writes_work();
+            } else if self.store.probe().is_ok() {
+                self.writes_work();
+                self.outage = None;
+            }
         }
         let first = seq - count;
         for (at, entry) in (first + 1..).zip(kept()) {
