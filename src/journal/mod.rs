@@ -67,6 +67,9 @@ pub enum JournalError {
     Closed,
 }
 
+/// Each sink's position, moved by the sink itself and read by the writer when it stores them.
+pub(crate) type Positions = Arc<HashMap<String, std::sync::atomic::AtomicU64>>;
+
 /// A handle to the journal; cheap to clone.
 #[derive(Clone)]
 pub struct Journal {
@@ -75,6 +78,7 @@ pub struct Journal {
     committed: watch::Receiver<u64>,
     visible: watch::Receiver<u64>,
     cursors: Arc<HashMap<String, u64>>,
+    positions: Positions,
     shed: Arc<HashMap<String, watch::Receiver<u64>>>,
     journal_id: u64,
     tail: Arc<tail::Tail>,
@@ -114,6 +118,13 @@ impl Journal {
             })
             .unzip();
         let tail = Arc::new(tail::Tail::new(opened.journal_id));
+        let positions: Positions = Arc::new(
+            opened
+                .cursors
+                .iter()
+                .map(|(name, at)| (name.clone(), std::sync::atomic::AtomicU64::new(*at)))
+                .collect(),
+        );
         let pruned = Arc::new(std::sync::atomic::AtomicU64::new(
             opened.cursors.values().copied().min().unwrap_or(0),
         ));
@@ -125,6 +136,7 @@ impl Journal {
             committed: committed_rx,
             visible: visible_rx,
             cursors: Arc::new(opened.cursors.clone()),
+            positions: Arc::clone(&positions),
             shed: Arc::new(shed_rx),
             journal_id: opened.journal_id,
         };
@@ -139,6 +151,7 @@ impl Journal {
             stats,
             tail,
             pruned,
+            positions,
         });
         Ok((journal, writer))
     }
@@ -256,8 +269,15 @@ impl Journal {
         seq: u64,
         acks: Vec<commands::Ack>,
     ) -> Result<(), JournalError> {
+        if let Some(at) = self.positions.get(sink) {
+            at.fetch_max(seq, std::sync::atomic::Ordering::AcqRel);
+        }
+        if acks.is_empty() {
+            // Stored with the next sync, within a second: no message, no wake-up.
+            return Ok(());
+        }
         self.ops
-            .send(Op::Cursor(sink.to_owned(), seq, acks))
+            .send(Op::Acks(acks))
             .await
             .map_err(|_| JournalError::Closed)
     }
