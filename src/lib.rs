@@ -14,7 +14,7 @@
 //!                 │           │
 //!        cursor "stdout"   cursor "file:…"     (each sink its own task and cursor)
 //!                 ▼           ▼
-//!            sink::WriterSink  sink::FileSink  sink::HttpSink (→ dead letters)
+//!            sink::StdoutSink  sink::FileSink  sink::HttpSink (→ dead letters)
 //! ```
 //!
 //! The WebSocket reader never waits on a sink: the journal is the only hand-off. `app::run`

@@ -1,5 +1,8 @@
 //! What a journal entry holds on disk, and the record a sink reads back.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::record::Record;
@@ -9,10 +12,10 @@ use crate::record::Record;
 pub struct StoredRecord {
     /// Its position in the journal.
     pub seq: u64,
-    /// The property it belongs to (for filters).
-    pub property: String,
-    /// The event `Type` (for filters).
-    pub kind: Option<String>,
+    /// The property it belongs to (for filters); shared by the records of a read.
+    pub property: Arc<str>,
+    /// The event `Type` (for filters); shared by the records of a read.
+    pub kind: Option<Arc<str>>,
     /// The journal's id (for [`StoredRecord::key`]).
     pub journal_id: u64,
     /// The original key of a replayed dead letter.
@@ -95,11 +98,29 @@ fn put(out: &mut Vec<u8>, field: Option<&str>) {
     }
 }
 
+/// The property names and event types of the records read together, each allocated once per
+/// read rather than once per record (a batch has a few of each).
+#[derive(Default)]
+pub(super) struct Names {
+    known: HashMap<Box<[u8]>, Arc<str>>,
+}
+
+impl Names {
+    fn get(&mut self, bytes: &[u8]) -> Arc<str> {
+        if let Some(name) = self.known.get(bytes) {
+            return Arc::clone(name);
+        }
+        let name: Arc<str> = Arc::from(String::from_utf8_lossy(bytes));
+        self.known.insert(bytes.into(), Arc::clone(&name));
+        name
+    }
+}
+
 /// Reads an entry back; a damaged value yields empty fields rather than a panic. The JSON
 /// shares `value`'s bytes.
-pub(super) fn decode(journal_id: u64, seq: u64, value: Bytes) -> StoredRecord {
+pub(super) fn decode(journal_id: u64, seq: u64, value: Bytes, names: &mut Names) -> StoredRecord {
     let mut at = 0;
-    let mut take = || -> Option<String> {
+    let mut take = |name: Option<&mut Names>| -> Option<Result<Arc<str>, String>> {
         let len = value.get(at..at + 2)?;
         let len = u16::from_le_bytes([len[0], len[1]]);
         at += 2;
@@ -107,14 +128,19 @@ pub(super) fn decode(journal_id: u64, seq: u64, value: Bytes) -> StoredRecord {
             return None;
         }
         let end = (at + len as usize).min(value.len());
-        let text = String::from_utf8_lossy(value.get(at..end)?).into_owned();
+        let bytes = value.get(at..end)?;
         at = end;
-        Some(text)
+        Some(match name {
+            Some(names) => Ok(names.get(bytes)),
+            None => Err(String::from_utf8_lossy(bytes).into_owned()),
+        })
     };
-    let property = take().unwrap_or_default();
-    let kind = take();
-    let replay_key = take();
-    let only_sink = take();
+    let property = take(Some(names))
+        .and_then(Result::ok)
+        .unwrap_or_else(|| Arc::from(""));
+    let kind = take(Some(names)).and_then(Result::ok);
+    let replay_key = take(None).and_then(Result::err);
+    let only_sink = take(None).and_then(Result::err);
     StoredRecord {
         seq,
         property,
@@ -152,9 +178,9 @@ mod tests {
             };
             let mut buf = Vec::new();
             encode(3, &Entry::Record(record), &mut buf);
-            let stored = decode(0xab, 3, buf.into());
-            assert_eq!(stored.property, "old-town");
-            assert_eq!(stored.kind, kind);
+            let stored = decode(0xab, 3, buf.into(), &mut Names::default());
+            assert_eq!(&*stored.property, "old-town");
+            assert_eq!(stored.kind.as_deref(), kind.as_deref());
             assert_eq!(stored.key(), "00000000000000ab-3");
             assert_eq!(stored.only_sink, None);
             assert!(stored.json.starts_with(br#"{"seq":3,"#));
@@ -168,7 +194,7 @@ mod tests {
         };
         let mut buf = Vec::new();
         encode(9, &Entry::Replay(replay), &mut buf);
-        let stored = decode(0xab, 9, buf.into());
+        let stored = decode(0xab, 9, buf.into(), &mut Names::default());
         assert_eq!(
             (stored.seq, stored.key().as_str()),
             (9, "00000000000000ab-3")
@@ -179,8 +205,13 @@ mod tests {
 
     #[test]
     fn a_damaged_value_does_not_panic() {
-        let stored = decode(1, 1, Bytes::from_static(&[5, 0, b'a']));
-        assert_eq!(stored.property, "a");
+        let stored = decode(
+            1,
+            1,
+            Bytes::from_static(&[5, 0, b'a']),
+            &mut Names::default(),
+        );
+        assert_eq!(&*stored.property, "a");
         assert!(stored.json.is_empty());
     }
 }

@@ -344,7 +344,7 @@ fn pending_commands(records: &[&StoredRecord], dead: &[u64]) -> Vec<Ack> {
         .filter_map(|r| {
             let head: Head = serde_json::from_slice(&r.json).ok()?;
             (head.state.as_deref() == Some("Pending")).then_some(Ack {
-                property: r.property.clone(),
+                property: r.property.to_string(),
                 command: head.id?,
             })
         })

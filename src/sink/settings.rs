@@ -238,8 +238,9 @@ impl Filter {
                 || record
                     .kind
                     .as_ref()
-                    .is_some_and(|k| self.events.contains(k)))
-            && (self.properties.is_empty() || self.properties.contains(&record.property))
+                    .is_some_and(|k| self.events.iter().any(|e| **e == **k)))
+            && (self.properties.is_empty()
+                || self.properties.iter().any(|p| **p == *record.property))
     }
 }
 

@@ -186,10 +186,13 @@ impl Store {
             self.log.prune(to).map_err(|io| self.io(io))?;
         }
         let buf = Bytes::from(encoded.buf);
+        let mut names = value::Names::default();
         out.fresh = encoded
             .spans
             .into_iter()
-            .map(|(seq, from, to)| value::decode(self.journal_id, seq, buf.slice(from..to)))
+            .map(|(seq, from, to)| {
+                value::decode(self.journal_id, seq, buf.slice(from..to), &mut names)
+            })
             .collect();
         out.bytes = self.log.bytes();
         Ok(out)

@@ -172,12 +172,18 @@ impl Store {
                 seqs
             };
             let mut pending = Vec::with_capacity(pending_seqs.len());
+            let mut names = value::Names::default();
             for seq in pending_seqs {
                 let frames = log
                     .read(seq - 1, seq, 1)
                     .map_err(|err| log_error(&log_dir, err))?;
                 if let Some(frame) = frames.into_iter().find(|f| f.seq == seq) {
-                    pending.push(value::decode(journal_id, seq, Bytes::from(frame.value)));
+                    pending.push(value::decode(
+                        journal_id,
+                        seq,
+                        Bytes::from(frame.value),
+                        &mut names,
+                    ));
                 }
             }
             Opened {
@@ -249,11 +255,12 @@ impl Store {
                 }
             }
         }
+        let mut names = value::Names::default();
         Ok(frames
             .into_iter()
             .map(|frame| {
                 let value = finals.remove(&frame.seq).unwrap_or(frame.value);
-                value::decode(self.journal_id, frame.seq, Bytes::from(value))
+                value::decode(self.journal_id, frame.seq, Bytes::from(value), &mut names)
             })
             .collect())
     }

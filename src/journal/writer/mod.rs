@@ -226,7 +226,7 @@ impl JournalWriter {
         let mut pending = std::collections::BTreeMap::new();
         let mut notes = Vec::new();
         for stored in setup.opened.pending {
-            let property: Arc<str> = Arc::from(stored.property.as_str());
+            let property: Arc<str> = Arc::clone(&stored.property);
             pending.insert(stored.seq, property);
             match Record::from_json(&stored.json) {
                 Some(record) => notes.push(Note {
@@ -316,6 +316,7 @@ impl JournalWriter {
         let mut check = tokio::time::interval(CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         check.reset();
+        let mut last_batch = 0;
         loop {
             let first = tokio::select! {
                 op = self.ops.recv() => op,
@@ -331,7 +332,11 @@ impl JournalWriter {
                 }
             };
             let Some(first) = first else { break };
-            let mut batch = Batch::default();
+            // As many slots as the last batch had records: a burst grows the vector once.
+            let mut batch = Batch {
+                records: Vec::with_capacity(last_batch),
+                ..Batch::default()
+            };
             batch.add(first);
             while batch.records.len() < MAX_BATCH_RECORDS && batch.claims.is_empty() {
                 match self.ops.try_recv() {
@@ -339,6 +344,7 @@ impl JournalWriter {
                     Err(_) => break,
                 }
             }
+            last_batch = batch.records.len();
             let pings = std::mem::take(&mut batch.pings);
             let claims = std::mem::take(&mut batch.claims);
             if batch.writes() {
@@ -730,8 +736,14 @@ impl JournalWriter {
         self.tail.push(fresh);
         if !commit.settled.is_empty() {
             let journal_id = self.tail.journal_id();
+            let mut names = value::Names::default();
             self.tail.replace(commit.settled.iter().map(|settled| {
-                value::decode(journal_id, settled.seq, settled.value.clone().into())
+                value::decode(
+                    journal_id,
+                    settled.seq,
+                    settled.value.clone().into(),
+                    &mut names,
+                )
             }));
         }
         self.last_seq = seq;

@@ -1,15 +1,17 @@
-//! `type = "stdout"`: one JSON line per record on standard output, through [`WriterSink`],
-//! which writes to any async writer.
+//! `type = "stdout"`: one JSON line per record on standard output, through [`StdoutSink`],
+//! which writes from its own task where that cannot block (see [`out`]).
+
+mod out;
 
 use std::io;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::Sink;
 use super::registry::{At, BuildEnv, SinkType};
 use crate::config::ConfigError;
 use crate::journal::StoredRecord;
+pub use out::Stdout;
 
 /// `type = "stdout"` has no keys of its own.
 #[derive(Debug, Deserialize)]
@@ -22,7 +24,7 @@ pub struct StdoutSettings {}
 
 impl SinkType for StdoutSettings {
     type File = StdoutFile;
-    type Sink = WriterSink<tokio::io::Stdout>;
+    type Sink = StdoutSink;
 
     fn validate(_file: StdoutFile, _at: &At<'_>) -> Result<Self, ConfigError> {
         Ok(StdoutSettings {})
@@ -33,29 +35,23 @@ impl SinkType for StdoutSettings {
     }
 
     async fn build(&self, _env: &BuildEnv<'_>) -> io::Result<Self::Sink> {
-        Ok(WriterSink::new(tokio::io::stdout()))
+        Ok(StdoutSink::new(Stdout::open()?))
     }
 }
 
-/// Writes each record as one line to `W`, flushing after every batch.
-pub struct WriterSink<W> {
-    writer: W,
+/// Writes each record as one line to standard output, one write per batch.
+pub struct StdoutSink {
+    out: Stdout,
     buf: Vec<u8>,
 }
 
-impl<W: AsyncWrite + Unpin + Send> WriterSink<W> {
-    /// A sink over `writer`.
-    pub fn new(writer: W) -> Self {
-        WriterSink {
-            writer,
+impl StdoutSink {
+    /// A sink over `out`.
+    pub fn new(out: Stdout) -> Self {
+        StdoutSink {
+            out,
             buf: Vec::with_capacity(64 * 1024),
         }
-    }
-
-    /// The writer, e.g. a `Vec<u8>` in a test.
-    #[cfg(test)]
-    pub fn into_inner(self) -> W {
-        self.writer
     }
 }
 
@@ -68,15 +64,14 @@ pub(super) fn join_lines(records: &[&StoredRecord], buf: &mut Vec<u8>) {
     }
 }
 
-impl<W: AsyncWrite + Unpin + Send> Sink for WriterSink<W> {
+impl Sink for StdoutSink {
     async fn write(&mut self, records: &[&StoredRecord]) -> io::Result<()> {
         join_lines(records, &mut self.buf);
-        self.writer.write_all(&self.buf).await?;
-        self.writer.flush().await
+        self.out.write_all(&self.buf).await
     }
 
     async fn close(&mut self) -> io::Result<()> {
-        self.writer.flush().await
+        self.out.flush()
     }
 }
 
@@ -100,7 +95,9 @@ mod tests {
 
     #[tokio::test]
     async fn writes_one_line_per_record() {
-        let mut sink = WriterSink::new(Vec::new());
+        use std::io::Read;
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let mut sink = StdoutSink::new(Stdout::from_fd(writer.into()));
         let (a, b, c) = (
             test_record(r#"{"seq":1}"#),
             test_record(r#"{"seq":2}"#),
@@ -108,9 +105,9 @@ mod tests {
         );
         sink.write(&[&a, &b]).await.unwrap();
         sink.write(&[&c]).await.unwrap();
-        assert_eq!(
-            sink.into_inner(),
-            b"{\"seq\":1}\n{\"seq\":2}\n{\"seq\":3}\n"
-        );
+        drop(sink);
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"{\"seq\":1}\n{\"seq\":2}\n{\"seq\":3}\n");
     }
 }
