@@ -3,9 +3,10 @@
 //! all listeners, and refusal logs that a flood cannot multiply.
 //!
 //! ```text
-//! accept (only while under the cap) ─▶ TLS within header_timeout ─▶ hyper HTTP/1.1
-//!   request head within header_timeout ─▶ handler: Gate::admits, then read_body (max, budget,
-//!   body_timeout) ─▶ answer ─▶ idle at most idle_timeout ─▶ next head …
+//! kernel queue (LISTEN_BACKLOG) ─▶ accept (only while under the cap) ─▶ TLS within
+//!   header_timeout ─▶ hyper HTTP/1.1 request head within header_timeout ─▶ handler:
+//!   Gate::admits, then read_body (max, budget, body_timeout) ─▶ answer ─▶ idle at most
+//!   idle_timeout ─▶ next head …
 //! ```
 
 mod deadline;
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::either::Either;
@@ -32,6 +33,13 @@ pub use request::{BodyBudget, Gate, read_body, refuse};
 use crate::stats::Stats;
 use deadline::{Clock, Deadline};
 
+/// Connections the kernel queues for a listener beyond those it holds (`max_connections`): a
+/// burst waits there until a slot frees. Linux lowers it to `net.core.somaxconn` (4,096 by
+/// default since 5.4). The default of std and mio (128) is too small for a burst: once the
+/// queue is full the kernel drops new SYNs, answers others with SYN cookies, and drops the
+/// handshake's last ACK; the client's next segment then fails the cookie check and is reset,
+/// so the connection is refused without an answer the relay could give or count.
+pub const LISTEN_BACKLOG: u32 = 1024;
 /// Largest request head (request line and headers) a listener reads.
 pub const MAX_HEAD: usize = 16 * 1024;
 /// After an accept error (e.g. no descriptor left), the listener waits this long.
@@ -48,7 +56,7 @@ pub struct Bounds {
     pub body_timeout: Duration,
     /// Between requests at most this.
     pub idle_timeout: Duration,
-    /// Connections held at once; more wait in the kernel's accept queue.
+    /// Connections held at once; up to [`LISTEN_BACKLOG`] more wait in the kernel's queue.
     pub max_connections: usize,
     /// Bodies being read, shared by all listeners.
     pub budget: BodyBudget,
@@ -81,7 +89,7 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds `addr`; `name` labels its logs and metrics.
+    /// Binds `addr` with a queue of [`LISTEN_BACKLOG`]; `name` labels its logs and metrics.
     pub async fn bind(
         name: &'static str,
         addr: SocketAddr,
@@ -89,7 +97,7 @@ impl Listener {
         bounds: Bounds,
         stats: Arc<Stats>,
     ) -> std::io::Result<Listener> {
-        let tcp = TcpListener::bind(addr).await?;
+        let tcp = listen(addr)?;
         Ok(Listener {
             tcp,
             tls,
@@ -190,6 +198,19 @@ impl Listener {
         connections.abort_all();
         self.refusals.summarize();
     }
+}
+
+/// A listening socket on `addr` (SO_REUSEADDR, as `TcpListener::bind` sets it) whose kernel
+/// queue holds [`LISTEN_BACKLOG`] connections.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// What one connection's task needs.

@@ -50,7 +50,7 @@ pub fn raise_own_fd_limit(need: u64) -> bool {
 }
 
 /// Reads the answer's status code; None when the connection closed (or reset) without one.
-async fn status_of(read: &mut (impl AsyncReadExt + Unpin)) -> Option<u16> {
+pub async fn status_of(read: &mut (impl AsyncReadExt + Unpin)) -> Option<u16> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n") && head.len() < 256 {

@@ -2,6 +2,7 @@
 //! descriptor flood, a flood of refusals. Each one bounded (issue 18).
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -54,7 +55,8 @@ pub fn counter(page: &str, name: &str) -> u64 {
 
 /// 1,000 connections POST with a wrong Token and announce a 1 MiB body, send all of it but the
 /// last byte and stall: each is refused (401) without its body being read, and the relay's
-/// peak RSS stays under 100 MB (before: every body was read whole first, ~1 GB).
+/// peak RSS stays under 100 MB (before: every body was read whole first, ~1 GB). The burst
+/// fits the listener's kernel queue (1,024) even when the relay accepts none of it at first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_tokens_with_stalled_bodies_cost_no_memory() {
     if !raise_own_fd_limit(1_500) {
@@ -103,6 +105,74 @@ async fn wrong_tokens_with_stalled_bodies_cost_no_memory() {
     );
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.wait().await, Some(0));
+}
+
+/// A burst of 500 connections to a listener that holds its `max_connections` (8) waits in the
+/// kernel's queue: every connect completes while the relay accepts nothing, and once the held
+/// connections close each queued one is answered 401 and counted (before: the queue held 128;
+/// the other connects had their SYNs dropped and could not complete while the listener was
+/// full, and under a burst a connection completed by a SYN cookie was reset unanswered and
+/// uncounted when it sent its request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_max_connections_waits_in_the_kernel_queue() {
+    const BURST: usize = 500;
+    if !raise_own_fd_limit(1_500) {
+        return eprintln!("the descriptor limit is below 1,500; skipping");
+    }
+    let (hooks, metrics) = (free_port(), free_port());
+    let limits = "[listeners]\nmax_connections = 8\nheader_timeout = \"60s\"\n";
+    let h = Harness::start_with(|c| listeners(c, hooks, metrics, limits)).await;
+    listening(hooks).await;
+    let stats = std::sync::Arc::clone(&h.relay.stats);
+    let full = move || {
+        stats
+            .listener_refusals()
+            .iter()
+            .any(|((l, r), n)| *l == "webhooks" && *r == "full" && *n > 0)
+    };
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(TcpStream::connect(hooks).await.unwrap());
+    }
+    wait_until("the webhook listener holds max_connections", full).await;
+
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..BURST {
+        burst.spawn(async move { tokio::time::timeout(WAIT, TcpStream::connect(hooks)).await });
+    }
+    let mut queued = Vec::with_capacity(BURST);
+    while let Some(res) = burst.join_next().await {
+        if let Ok(Ok(tcp)) = res.unwrap() {
+            queued.push(tcp);
+        }
+    }
+    assert_eq!(
+        queued.len(),
+        BURST,
+        "connections established while the listener was full (the rest were not queued)"
+    );
+
+    let wrong = "POST /mews/webhooks?Token=wh-0123456789abcdef0124 HTTP/1.1\r\nHost: relay\r\nContent-Length: 0\r\n\r\n";
+    let mut answers = tokio::task::JoinSet::new();
+    for mut tcp in queued {
+        answers.spawn(async move {
+            tcp.write_all(wrong.as_bytes()).await.ok()?;
+            tokio::time::timeout(WAIT, status_of(&mut tcp)).await.ok()?
+        });
+    }
+    drop(held);
+    let mut statuses = std::collections::BTreeMap::<Option<u16>, usize>::new();
+    while let Some(status) = answers.join_next().await {
+        *statuses.entry(status.unwrap()).or_default() += 1;
+    }
+    assert_eq!(
+        statuses,
+        [(Some(401), BURST)].into(),
+        "every queued connection is answered"
+    );
+    let refused = h.relay.stats.webhooks_refused.load(Ordering::Relaxed);
+    assert_eq!(refused, BURST as u64, "and counted");
+    h.relay.stop().await;
 }
 
 /// A client that sends nothing, one that sends a header byte at a time, one that idles after
