@@ -67,6 +67,16 @@ pub enum JournalError {
     Closed,
 }
 
+/// Where a sink the journal took on while open starts, and its shed signal (see
+/// [`Journal::shed_signal`]).
+#[derive(Debug)]
+pub struct SinkStart {
+    /// The last seq it has passed.
+    pub cursor: u64,
+    /// Raised when it should dead-letter its records up to the seq given.
+    pub shed: watch::Receiver<u64>,
+}
+
 /// A handle to the journal; cheap to clone.
 #[derive(Clone)]
 pub struct Journal {
@@ -358,6 +368,23 @@ impl Journal {
             Some(rx) => rx.clone(),
             None => watch::channel(0).1,
         }
+    }
+
+    /// Makes `sinks` the journal's sinks while it is open (a reload that adds or removes
+    /// sinks): as at open, a sink new to it starts after its last committed record (stored
+    /// durably before this returns), and the position of one no longer listed is dropped, so
+    /// it holds no record back. Returns where each new sink starts; the handles' own
+    /// [`Journal::cursor`] and [`Journal::shed_signal`] still answer as at open.
+    pub async fn set_sinks(
+        &self,
+        sinks: Vec<String>,
+    ) -> Result<HashMap<String, SinkStart>, JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(Op::Sinks(sinks, tx))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)?
     }
 
     /// A catch-up mark (unix milliseconds), if one was ever set.

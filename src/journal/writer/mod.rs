@@ -83,7 +83,12 @@ pub(super) enum Op {
     Ping(oneshot::Sender<()>),
     /// Sets a catch-up mark, durably.
     Mark(String, u64, oneshot::Sender<Result<(), JournalError>>),
+    /// These are the sinks from now on (a reload): new ones start after the last record.
+    Sinks(Vec<String>, oneshot::Sender<SinksSet>),
 }
+
+/// Where each sink new to the journal starts, or why the sinks could not be set.
+pub(super) type SinksSet = Result<HashMap<String, super::SinkStart>, JournalError>;
 
 /// Dedupe keys older than the window are forgotten this often.
 const FORGET_EVERY: Duration = Duration::from_secs(600);
@@ -190,7 +195,7 @@ impl Batch {
             Op::Request(request, reply) => self.requests.push((request, reply)),
             Op::Answered(answered) => self.answered.push(answered),
             Op::Settle(settled) => self.settled.extend(settled),
-            op @ (Op::Claim(..) | Op::ReleaseUnclaimed(..) | Op::ClaimUpdates(..)) => {
+            op @ (Op::Claim(..) | Op::ReleaseUnclaimed(..) | Op::ClaimUpdates(..) | Op::Sinks(..)) => {
                 self.claims.push(op)
             }
             Op::Flush(done) => self.flushes.push(done),
@@ -414,8 +419,33 @@ impl JournalWriter {
                 }
                 let _ = done.send(());
             }
+            Op::Sinks(names, reply) => {
+                let _ = reply.send(self.set_sinks(names));
+            }
             _ => {}
         }
+    }
+
+    /// Makes `names` the sinks: a new one starts after the last committed record (stored
+    /// durably first, as at open); one no longer listed holds nothing back any more.
+    fn set_sinks(&mut self, names: Vec<String>) -> SinksSet {
+        let stored = self.store.set_sinks(&names, self.last_seq)?;
+        self.cursors.retain(|name, _| names.contains(name));
+        self.synced.retain(|name, _| names.contains(name));
+        self.shed.retain(|name, _| names.contains(name));
+        let mut started = HashMap::new();
+        for name in names {
+            if self.cursors.contains_key(&name) {
+                continue;
+            }
+            let cursor = stored.get(&name).copied().unwrap_or(self.last_seq);
+            self.cursors.insert(name.clone(), cursor);
+            self.synced.insert(name.clone(), cursor);
+            let (tx, shed) = watch::channel(0);
+            self.shed.insert(name.clone(), tx);
+            started.insert(name, super::SinkStart { cursor, shed });
+        }
+        Ok(started)
     }
 
     /// The last seq sinks may read.

@@ -17,7 +17,7 @@ use crate::journal::StoredRecord;
 pub struct StdoutFile {}
 
 /// `type = "stdout"`: nothing to set besides the shared keys.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StdoutSettings {}
 
 impl SinkType for StdoutSettings {
