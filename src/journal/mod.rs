@@ -9,6 +9,7 @@ pub mod commands;
 mod file;
 mod health;
 mod log;
+mod positions;
 mod store;
 mod tail;
 mod value;
@@ -27,6 +28,7 @@ pub use health::{FileProblem, JournalHealth};
 pub use value::{Entry, Replay, StoredRecord, record_key};
 pub use writer::{JournalWriter, Note, Settle};
 
+pub(crate) use positions::Positions;
 use store::Store;
 use writer::{Append, Op};
 
@@ -85,6 +87,7 @@ pub struct Journal {
     committed: watch::Receiver<u64>,
     visible: watch::Receiver<u64>,
     cursors: Arc<HashMap<String, u64>>,
+    positions: Positions,
     shed: Arc<HashMap<String, watch::Receiver<u64>>>,
     journal_id: u64,
     tail: Arc<tail::Tail>,
@@ -124,6 +127,7 @@ impl Journal {
             })
             .unzip();
         let tail = Arc::new(tail::Tail::new(opened.journal_id));
+        let positions = Positions::new(&opened.cursors);
         let pruned = Arc::new(std::sync::atomic::AtomicU64::new(
             opened.cursors.values().copied().min().unwrap_or(0),
         ));
@@ -135,6 +139,7 @@ impl Journal {
             committed: committed_rx,
             visible: visible_rx,
             cursors: Arc::new(opened.cursors.clone()),
+            positions: positions.clone(),
             shed: Arc::new(shed_rx),
             journal_id: opened.journal_id,
         };
@@ -149,6 +154,7 @@ impl Journal {
             stats,
             tail,
             pruned,
+            positions,
         });
         Ok((journal, writer))
     }
@@ -266,8 +272,13 @@ impl Journal {
         seq: u64,
         acks: Vec<commands::Ack>,
     ) -> Result<(), JournalError> {
+        self.positions.advance(sink, seq);
+        if acks.is_empty() {
+            // Stored with the next sync, within a second: no message, no wake-up.
+            return Ok(());
+        }
         self.ops
-            .send(Op::Cursor(sink.to_owned(), seq, acks))
+            .send(Op::Acks(acks))
             .await
             .map_err(|_| JournalError::Closed)
     }

@@ -184,8 +184,11 @@ async fn latencies(
 
 /// The REST API never answers, `enrich.timeout = "500ms"`: the first DeviceCommand waits for
 /// the timeout, then the outage is known and records of every type go on at once — the median
-/// latency of a mixed stream stays under 20 ms (on a busy machine: within the latency of a
-/// stream that never touches enrichment, measured first by the same relay), none near 500 ms.
+/// latency of a mixed stream stays under 100 ms, a fifth of the timeout a held record would
+/// wait (on a busy machine: within three times the latency of a stream that never touches
+/// enrichment, measured first by the same relay), none near 500 ms. (The median bound was
+/// 20 ms, or twice the control: under two CPU hogs and a build the load changed between the
+/// two measurements, 8 ms then 28 ms, with nothing held.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_first_timeout_records_are_not_held_while_rest_is_down() {
     let gate = RestGate::start(None).await;
@@ -220,7 +223,7 @@ async fn after_the_first_timeout_records_are_not_held_while_rest_is_down() {
     let mixed: Vec<(String, String)> = (0..60).map(mixed).collect();
     let after = latencies(&mut conn, &out, &mixed).await;
     let median = after[after.len() / 2];
-    let bound = Duration::from_millis(20).max(floor * 2 + Duration::from_millis(5));
+    let bound = Duration::from_millis(100).max(floor * 3);
     assert!(
         median < bound,
         "median {median:?} (bound {bound:?}, control median {floor:?}), all: {after:?}"

@@ -172,8 +172,10 @@ async fn batches_are_arrays_in_order_and_the_cursor_moves_per_batch() {
     relay.stop().await;
 }
 
-/// With the HTTP endpoint hanging, a file sink on the same relay still gets each record
-/// within 100 ms of its arrival.
+/// With the HTTP endpoint hanging, a file sink on the same relay still gets each record at
+/// once: within 1 s of its arrival, where waiting on the endpoint would take its 30 s request
+/// timeout. (The bound was 100 ms; on a busy machine a record took 219 ms through a debug
+/// build, not held by anything.)
 #[tokio::test]
 async fn a_hanging_endpoint_does_not_slow_the_file_sink() {
     let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -195,7 +197,7 @@ async fn a_hanging_endpoint_does_not_slow_the_file_sink() {
         wait_for_lines(&h.out, i + 1).await;
         let took = sent.elapsed();
         assert!(
-            took < Duration::from_millis(100),
+            took < Duration::from_secs(1),
             "record {i} reached the file sink after {took:?}"
         );
     }

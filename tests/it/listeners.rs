@@ -91,10 +91,15 @@ async fn wrong_tokens_with_stalled_bodies_cost_no_memory() {
         "peak RSS {peak} MiB under 1,000 stalled wrong-token bodies"
     );
     let (_, page) = get(metrics, "/metrics").await;
+    let refusals: Vec<&str> = page
+        .lines()
+        .filter(|l| l.starts_with("mews_relay_listener_refusals_total{"))
+        .collect();
     assert_eq!(
         counter(&page, "mews_relay_webhooks_refused_total"),
         1_000,
-        "every connection was refused ({answered} saw the 401 before the close)"
+        "every connection was refused ({answered} saw the 401 before the close); listener refusals: {refusals:?}; relay: {}",
+        daemon.stderr_text()
     );
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.wait().await, Some(0));

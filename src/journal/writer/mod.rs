@@ -61,8 +61,9 @@ pub(super) struct Append {
 /// A request to the writer.
 pub(super) enum Op {
     Append(Append),
-    /// A sink's progress, and the Pending commands it delivered (for `received_after`).
-    Cursor(String, u64, Vec<Ack>),
+    /// The Pending commands a sink delivered (for `received_after`); the sink moved its
+    /// position (shared) before it sent them, so the commit that queues them stores it too.
+    Acks(Vec<Ack>),
     /// A key system's request to change a command's state.
     Request(
         Request,
@@ -116,11 +117,11 @@ pub struct JournalWriter {
     /// yet adds up to what `max_bytes` limits.
     appended: std::collections::VecDeque<(u64, u64)>,
     max_bytes: u64,
-    /// Every sink's cursor as it reported it.
-    cursors: HashMap<String, u64>,
+    /// Every sink's cursor as it moved it (shared: a sink moves its own without a message).
+    positions: super::Positions,
     /// The cursors as last stored durably: records are removed only behind these.
     synced: HashMap<String, u64>,
-    /// Cursors moved or records appended since the last durable state transaction.
+    /// Records appended since the last durable state transaction (their `applied_seq`).
     unsynced: bool,
     /// The records just committed, for sinks that keep up (shared with every handle).
     tail: Arc<super::tail::Tail>,
@@ -149,6 +150,7 @@ pub(super) struct Setup {
     pub stats: Arc<Stats>,
     pub tail: Arc<super::tail::Tail>,
     pub pruned: Arc<std::sync::atomic::AtomicU64>,
+    pub positions: super::Positions,
 }
 
 #[derive(Default)]
@@ -158,7 +160,6 @@ struct Batch {
     /// The others' senders are told and send them again (a webhook is answered 503).
     unwaited: u64,
     waiters: Vec<(Waiter, usize)>,
-    cursors: HashMap<String, u64>,
     flushes: Vec<oneshot::Sender<Result<(), JournalError>>>,
     pings: Vec<oneshot::Sender<()>>,
     marks: Vec<(String, u64)>,
@@ -187,11 +188,7 @@ impl Batch {
                     None => self.unwaited += count,
                 }
             }
-            Op::Cursor(name, seq, acks) => {
-                let at = self.cursors.entry(name).or_insert(seq);
-                *at = (*at).max(seq);
-                self.acks.extend(acks);
-            }
+            Op::Acks(acks) => self.acks.extend(acks),
             Op::Request(request, reply) => self.requests.push((request, reply)),
             Op::Answered(answered) => self.answered.push(answered),
             Op::Settle(settled) => self.settled.extend(settled),
@@ -264,7 +261,7 @@ impl JournalWriter {
             )]),
             max_bytes: setup.max_bytes,
             synced: setup.opened.cursors.clone(),
-            cursors: setup.opened.cursors,
+            positions: setup.positions,
             unsynced: false,
             tail: setup.tail,
             pruned_to: setup.pruned.load(std::sync::atomic::Ordering::Acquire),
@@ -318,16 +315,19 @@ impl JournalWriter {
 
     /// The writer's loop: group commits, cursor syncs, checks of the journal file.
     async fn serve(mut self) {
-        let mut sync_at: Option<tokio::time::Instant> = None;
+        let mut sync = tokio::time::interval(CURSOR_SYNC_AFTER);
+        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sync.reset();
         let mut check = tokio::time::interval(CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         check.reset();
         loop {
             let first = tokio::select! {
                 op = self.ops.recv() => op,
-                () = tokio::time::sleep_until(sync_at.unwrap_or_else(tokio::time::Instant::now)), if sync_at.is_some() => {
-                    self.commit(Batch::default(), true).await;
-                    sync_at = None;
+                _ = sync.tick() => {
+                    if self.dirty() {
+                        self.commit(Batch::default(), true).await;
+                    }
                     continue;
                 }
                 _ = check.tick() => {
@@ -346,22 +346,9 @@ impl JournalWriter {
             }
             let pings = std::mem::take(&mut batch.pings);
             let claims = std::mem::take(&mut batch.claims);
-            for (name, seq) in std::mem::take(&mut batch.cursors) {
-                if let Some(at) = self.cursors.get_mut(&name)
-                    && seq > *at
-                {
-                    *at = seq;
-                    self.unsynced = true;
-                }
-            }
             if batch.writes() {
                 let sync = batch.sync();
                 self.commit(batch, sync).await;
-            }
-            if !self.unsynced {
-                sync_at = None;
-            } else if sync_at.is_none() {
-                sync_at = Some(tokio::time::Instant::now() + CURSOR_SYNC_AFTER);
             }
             for op in claims {
                 self.claim_or_release(op).await;
@@ -370,11 +357,22 @@ impl JournalWriter {
                 let _ = ping.send(());
             }
         }
-        if self.unsynced {
+        if self.dirty() {
             self.commit(Batch::default(), true).await;
         }
         self.put_back_if_gone().await;
         tracing::debug!(last_seq = self.last_seq, "journal writer stopped");
+    }
+
+    /// Every sink's cursor now.
+    fn cursors(&self) -> HashMap<String, u64> {
+        self.positions.snapshot()
+    }
+
+    /// Whether a durable state transaction is due: cursors moved, or records were appended
+    /// without one.
+    fn dirty(&self) -> bool {
+        self.unsynced || self.cursors() != self.synced
     }
 
     /// An enricher claims a property's pending records, or the unclaimed ones are released.
@@ -430,16 +428,15 @@ impl JournalWriter {
     /// durably first, as at open); one no longer listed holds nothing back any more.
     fn set_sinks(&mut self, names: Vec<String>) -> SinksSet {
         let stored = self.store.set_sinks(&names, self.last_seq)?;
-        self.cursors.retain(|name, _| names.contains(name));
+        let last_seq = self.last_seq;
+        let added = self
+            .positions
+            .set(&names, |name| stored.get(name).copied().unwrap_or(last_seq));
         self.synced.retain(|name, _| names.contains(name));
         self.shed.retain(|name, _| names.contains(name));
         let mut started = HashMap::new();
-        for name in names {
-            if self.cursors.contains_key(&name) {
-                continue;
-            }
-            let cursor = stored.get(&name).copied().unwrap_or(self.last_seq);
-            self.cursors.insert(name.clone(), cursor);
+        for name in added {
+            let cursor = self.positions.get(&name).unwrap_or(last_seq);
             self.synced.insert(name.clone(), cursor);
             let (tx, shed) = watch::channel(0);
             self.shed.insert(name.clone(), tx);
@@ -473,8 +470,8 @@ impl JournalWriter {
         }
         self.shed_to = target;
         let live = self.live_bytes();
-        let lagging: Vec<&str> = self
-            .cursors
+        let cursors = self.cursors();
+        let lagging: Vec<&str> = cursors
             .iter()
             .filter(|(_, at)| **at < target)
             .map(|(name, _)| name.as_str())
@@ -504,11 +501,7 @@ impl JournalWriter {
 
     /// Where the slowest sink stands (the last seq when there is no sink).
     fn min_cursor(&self) -> u64 {
-        self.cursors
-            .values()
-            .copied()
-            .min()
-            .unwrap_or(self.last_seq)
+        self.positions.min().unwrap_or(self.last_seq)
     }
 
     /// Records every sink has passed by its durably stored cursor may go.
@@ -559,7 +552,7 @@ impl JournalWriter {
             .collect();
         let commit = Commit {
             entries: records,
-            cursors: self.cursors.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            cursors: self.cursors().into_iter().collect(),
             prune_to: self.prune_target(),
             sync,
             marks,
@@ -699,7 +692,7 @@ impl JournalWriter {
         } = committed;
         if cursors_synced {
             self.synced = commit.cursors.iter().cloned().collect();
-            self.unsynced = self.synced != self.cursors;
+            self.unsynced = false;
         } else if !fresh.is_empty() {
             self.unsynced = true; // their state (`applied_seq`) follows with the next sync
         }
