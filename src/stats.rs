@@ -161,7 +161,8 @@ pub struct SinkStats {
 impl SinkStats {
     /// How long it has been behind (zero when caught up).
     pub fn lag(&self) -> std::time::Duration {
-        self.behind_since.map_or(std::time::Duration::ZERO, |since| since.elapsed())
+        self.behind_since
+            .map_or(std::time::Duration::ZERO, |since| since.elapsed())
     }
 
     /// Why it is not well, if it is not: paused (always), or behind for longer than `max_lag`.
@@ -363,10 +364,13 @@ impl SinkStats {
     /// A few words for the status line while the sink is not keeping up, else `None`.
     fn short_state(&self, max_lag: std::time::Duration) -> Option<String> {
         match &self.trouble {
-            Some(t) if t.paused => Some(format!("paused ({}), {} behind", t.kind, self.lag_records)),
-            Some(t) if self.lag_records > 0 => {
-                Some(format!("retrying ({}), {} behind", t.kind, self.lag_records))
+            Some(t) if t.paused => {
+                Some(format!("paused ({}), {} behind", t.kind, self.lag_records))
             }
+            Some(t) if self.lag_records > 0 => Some(format!(
+                "retrying ({}), {} behind",
+                t.kind, self.lag_records
+            )),
             _ => {
                 let lag = self.lag();
                 (lag > max_lag).then(|| {
@@ -436,7 +440,11 @@ mod tests {
         let stats = Stats::default();
         stats.set_link("old-town", Link::Connecting);
         stats.sink("keys", |s| s.lag_records = 0);
-        assert_eq!(stats.status_line(MAX_LAG), "old-town: connecting", "a sink that keeps up is not named");
+        assert_eq!(
+            stats.status_line(MAX_LAG),
+            "old-town: connecting",
+            "a sink that keeps up is not named"
+        );
         let trouble = |paused, kind: &str| Trouble {
             paused,
             kind: kind.into(),

@@ -19,7 +19,6 @@ mod status;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-
 use axum::Router;
 use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
@@ -155,9 +154,11 @@ fn refused(state: &Shared, parts: &axum::http::request::Parts) -> Option<Respons
     if state.gate.admits(&parts.uri, &parts.headers) {
         return None;
     }
-    state.refusals.refused(&state.ctx.stats, "unauthorized", || {
-        tracing::warn!("API request refused (401): missing or wrong bearer token")
-    });
+    state
+        .refusals
+        .refused(&state.ctx.stats, "unauthorized", || {
+            tracing::warn!("API request refused (401): missing or wrong bearer token")
+        });
     let mut response = refuse(StatusCode::UNAUTHORIZED);
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,

@@ -90,7 +90,10 @@ fn properties(stats: &Stats, problems: &mut Vec<String>) -> Map<String, Value> {
                 Link::Reconnecting(why) => ("reconnecting", None, Some(why.clone())),
             };
             if link != "connected" {
-                let why = reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+                let why = reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default();
                 problems.push(format!("property {name}: {link}{why}"));
             }
             let age = p

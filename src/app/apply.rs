@@ -21,7 +21,11 @@ use crate::sink::AnySink;
 impl Running {
     /// Switches to `next` as `plan` says; on an error nothing of `next` runs (a listener that
     /// could not be bound again is logged).
-    pub(super) async fn apply(&mut self, next: &Arc<Settings>, plan: &Plan) -> Result<(), AppError> {
+    pub(super) async fn apply(
+        &mut self,
+        next: &Arc<Settings>,
+        plan: &Plan,
+    ) -> Result<(), AppError> {
         let built = self.open_sinks(next, &plan.sinks.start).await?;
         let http = if plan.properties.start.is_empty() {
             None
@@ -121,7 +125,8 @@ impl Running {
         &mut self,
         next: &Settings,
     ) -> Result<HashMap<String, SinkStart>, AppError> {
-        let names = |s: &Settings| -> Vec<String> { s.sinks.iter().map(|k| k.name.clone()).collect() };
+        let names =
+            |s: &Settings| -> Vec<String> { s.sinks.iter().map(|k| k.name.clone()).collect() };
         let (old, new) = (names(&self.settings), names(next));
         let mut sorted = (old.clone(), new.clone());
         sorted.0.sort();

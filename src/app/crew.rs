@@ -64,11 +64,6 @@ impl<T: Send + 'static> Crew<T> {
         }
     }
 
-    /// Whether a task runs as `name`.
-    pub fn contains(&self, name: &str) -> bool {
-        self.members.contains_key(name)
-    }
-
     /// Cancels `name`'s token and lets it end in its own time (its end is expected).
     pub fn retire(&mut self, name: &str) {
         if let Some(member) = self.members.remove(name) {
@@ -168,10 +163,5 @@ impl<T: Send + 'static> Crew<T> {
     pub async fn abort_all(&mut self) {
         self.set.abort_all();
         self.join_all().await;
-    }
-
-    /// The names of the running tasks.
-    pub fn names(&self) -> impl Iterator<Item = &String> {
-        self.members.keys()
     }
 }

@@ -176,7 +176,10 @@ pub async fn run_with_stats(
         };
         if let Some(r) = restarting.take() {
             tracing::info!("configuration reloaded; everything started again");
-            stats.reloaded(r.generation, Ok(format!("everything restarted ({})", r.why)));
+            stats.reloaded(
+                r.generation,
+                Ok(format!("everything restarted ({})", r.why)),
+            );
         }
         match running.supervise(&control).await? {
             (Ended::Stopped, _) => return Ok(()),

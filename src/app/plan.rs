@@ -284,10 +284,17 @@ mod tests {
     fn a_changed_token_reconnects_that_property_only() {
         let old = config("");
         let mut new = config("");
-        new.properties[1].access_token =
-            crate::secret::Secret::new("E66EF7B239D24632943D115EDE9CB810-EA00F8FD8294692C940F6B5A8F9453D");
+        new.properties[1].access_token = crate::secret::Secret::new(
+            "E66EF7B239D24632943D115EDE9CB810-EA00F8FD8294692C940F6B5A8F9453D",
+        );
         let plan = Plan::between(&old, &new, false);
-        assert_eq!(plan.properties, Changes { stop: vec!["b".into()], start: vec!["b".into()] });
+        assert_eq!(
+            plan.properties,
+            Changes {
+                stop: vec!["b".into()],
+                start: vec!["b".into()]
+            }
+        );
         assert!(plan.sinks.is_empty());
         assert_eq!(plan.describe(), "properties (reconnected): changed b");
     }
@@ -303,8 +310,13 @@ mod tests {
         moved2.state.dir = "/tmp/elsewhere".into();
         assert!(Plan::between(&moved, &moved2, false).restart_all.is_some());
         assert!(Plan::between(&old, &old, true).restart_all.is_some());
-        let api = config("[api]\nlisten = \"127.0.0.1:9188\"\ntoken = \"0123456789abcdef0123456789abcdef\"\n");
-        assert!(Plan::between(&old, &api, false).restart_all.is_some(), "the command loop starts");
+        let api = config(
+            "[api]\nlisten = \"127.0.0.1:9188\"\ntoken = \"0123456789abcdef0123456789abcdef\"\n",
+        );
+        assert!(
+            Plan::between(&old, &api, false).restart_all.is_some(),
+            "the command loop starts"
+        );
     }
 
     #[test]

@@ -77,7 +77,10 @@ impl Running {
     /// Waits for shutdown, a reload that must start everything again, or a task that ends on
     /// its own (a bug: the relay stops so that systemd restarts it); applies other reloads in
     /// place. Then stops everything; returns how it ended and the config then in force.
-    pub async fn supervise(mut self, control: &Control) -> Result<(Ended, Arc<Settings>), AppError> {
+    pub async fn supervise(
+        mut self,
+        control: &Control,
+    ) -> Result<(Ended, Arc<Settings>), AppError> {
         let ended = loop {
             let event = tokio::select! {
                 () = control.shutdown.cancelled() => Event::Stop,
@@ -123,8 +126,10 @@ impl Running {
             Ok(next) => next,
             Err(why) => {
                 tracing::error!(error = %why, "the new configuration is invalid and was not applied; the running one stays");
-                self.stats
-                    .reloaded(generation, Err(format!("the new configuration is refused: {why}")));
+                self.stats.reloaded(
+                    generation,
+                    Err(format!("the new configuration is refused: {why}")),
+                );
                 return None;
             }
         };
@@ -222,8 +227,12 @@ impl Running {
 /// Logs a task that ended; its kind names the error.
 fn ended(unbidden: Unbidden) -> &'static str {
     match unbidden.error {
-        None => tracing::error!(task = unbidden.kind, name = %unbidden.name, "a task ended unexpectedly; shutting down"),
-        Some(err) => tracing::error!(task = unbidden.kind, name = %unbidden.name, error = %err, "a task failed; shutting down"),
+        None => {
+            tracing::error!(task = unbidden.kind, name = %unbidden.name, "a task ended unexpectedly; shutting down")
+        }
+        Some(err) => {
+            tracing::error!(task = unbidden.kind, name = %unbidden.name, error = %err, "a task failed; shutting down")
+        }
     }
     unbidden.kind
 }

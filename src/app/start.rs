@@ -116,7 +116,9 @@ async fn start_all(running: &mut Running) -> Result<(), AppError> {
         .await?;
     let bounds = super::units::listener_bounds(&settings, &running.budget);
     for kind in ListenerKind::ALL {
-        running.bind_listener(kind, &settings, bounds.clone()).await?;
+        running
+            .bind_listener(kind, &settings, bounds.clone())
+            .await?;
     }
     running.supervisor = Some(tokio::spawn(crate::ops::supervise(
         running.journal.clone(),

@@ -92,7 +92,11 @@ impl Running {
         mut unsent: HashMap<String, Unsent>,
     ) -> Result<(), AppError> {
         let mut started = Vec::new();
-        for property in settings.properties.iter().filter(|p| names.contains(&p.name)) {
+        for property in settings
+            .properties
+            .iter()
+            .filter(|p| names.contains(&p.name))
+        {
             let rest = crate::mews::rest_for(settings, property, http, &self.stats);
             let health = self
                 .start_enricher(settings, &property.name, rest.as_ref())
@@ -103,7 +107,9 @@ impl Running {
             started.push((property, rest, health));
         }
         self.journal
-            .release_unclaimed("not enriched: enrichment is off for this property now (config changed)")
+            .release_unclaimed(
+                "not enriched: enrichment is off for this property now (config changed)",
+            )
             .await?;
         let shared = crate::source::Shared {
             tls: Arc::clone(&self.tls),

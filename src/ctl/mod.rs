@@ -87,7 +87,9 @@ pub async fn reload(config: &Path, pid: Option<i32>, wait: Duration) -> u8 {
         Err(err) => {
             return fail(
                 EXIT_CONFIG,
-                format!("the new configuration is refused: {err}; the running relay keeps its configuration"),
+                format!(
+                    "the new configuration is refused: {err}; the running relay keeps its configuration"
+                ),
             );
         }
     };
@@ -131,10 +133,7 @@ fn reload_outcome(last: &Value, generation: u64) -> u8 {
         eprintln!("mews-relay: another reload came after this one; see `mews-relay status`");
     }
     if last["Ok"].as_bool() == Some(true) {
-        println!(
-            "reloaded: {}",
-            last["Changes"].as_str().unwrap_or("done")
-        );
+        println!("reloaded: {}", last["Changes"].as_str().unwrap_or("done"));
         EXIT_OK
     } else {
         fail(

@@ -72,10 +72,7 @@ fn properties(out: &mut String, doc: &Value) {
                 "connected for {}",
                 ago(p["ConnectedSeconds"].as_u64().unwrap_or(0))
             ),
-            "reconnecting" => format!(
-                "RECONNECTING ({})",
-                p["Reason"].as_str().unwrap_or("?")
-            ),
+            "reconnecting" => format!("RECONNECTING ({})", p["Reason"].as_str().unwrap_or("?")),
             other => other.to_uppercase(),
         };
         let last = match p["LastEventSeconds"].as_f64() {

@@ -28,7 +28,10 @@ impl Positions {
 
     /// Moves `sink` to `seq` unless it is already further (or not a sink any more).
     pub fn advance(&self, sink: &str, seq: u64) {
-        let map = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(at) = map.get(sink) {
             at.fetch_max(seq, Ordering::AcqRel);
         }
@@ -36,13 +39,19 @@ impl Positions {
 
     /// Where `sink` stands, if it is one.
     pub fn get(&self, sink: &str) -> Option<u64> {
-        let map = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.get(sink).map(|at| at.load(Ordering::Acquire))
     }
 
     /// Every sink's position now.
     pub fn snapshot(&self) -> HashMap<String, u64> {
-        let map = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.iter()
             .map(|(name, at)| (name.clone(), at.load(Ordering::Acquire)))
             .collect()
@@ -50,7 +59,10 @@ impl Positions {
 
     /// The slowest sink's position, if there is a sink.
     pub fn min(&self) -> Option<u64> {
-        let map = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.values().map(|at| at.load(Ordering::Acquire)).min()
     }
 

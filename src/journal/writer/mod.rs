@@ -192,9 +192,10 @@ impl Batch {
             Op::Request(request, reply) => self.requests.push((request, reply)),
             Op::Answered(answered) => self.answered.push(answered),
             Op::Settle(settled) => self.settled.extend(settled),
-            op @ (Op::Claim(..) | Op::ReleaseUnclaimed(..) | Op::ClaimUpdates(..) | Op::Sinks(..)) => {
-                self.claims.push(op)
-            }
+            op @ (Op::Claim(..)
+            | Op::ReleaseUnclaimed(..)
+            | Op::ClaimUpdates(..)
+            | Op::Sinks(..)) => self.claims.push(op),
             Op::Flush(done) => self.flushes.push(done),
             Op::Ping(done) => self.pings.push(done),
             Op::Mark(name, at, done) => {

@@ -106,7 +106,11 @@ impl DeadLetters {
 
     /// Appends the records with the reason, and syncs the file; a file a replay renamed away
     /// meanwhile is left alone and a new one started.
-    pub async fn write(&mut self, records: &[&StoredRecord], reason: &Reason<'_>) -> io::Result<()> {
+    pub async fn write(
+        &mut self,
+        records: &[&StoredRecord],
+        reason: &Reason<'_>,
+    ) -> io::Result<()> {
         let mut buf = Vec::new();
         let now = format_time(SystemTime::now());
         for record in records {
@@ -136,7 +140,11 @@ impl DeadLetters {
         }
         let lock = lock_of(&self.path);
         let _turn = lock.lock().await;
-        if self.file.as_ref().is_some_and(|file| !still_at(file, &self.path)) {
+        if self
+            .file
+            .as_ref()
+            .is_some_and(|file| !still_at(file, &self.path))
+        {
             self.file = None;
         }
         if self.file.is_none() {
@@ -218,4 +226,3 @@ mod tests {
         assert_eq!((lines(&moved), lines(dead.path())), (1, 1));
     }
 }
-

@@ -64,9 +64,8 @@ pub fn list(
         .iter()
         .enumerate()
         .map(|(n, line)| {
-            serde_json::from_str(line).map_err(|err| {
-                ReplayError::File(path.clone(), format!("line {}: {err}", n + 1))
-            })
+            serde_json::from_str(line)
+                .map_err(|err| ReplayError::File(path.clone(), format!("line {}: {err}", n + 1)))
         })
         .collect()
 }

@@ -69,7 +69,10 @@ enum Outcome {
         excerpt: String,
     },
     /// The endpoint or its credentials are wrong: every record would fail the same way.
-    Paused { kind: String, reason: String },
+    Paused {
+        kind: String,
+        reason: String,
+    },
 }
 
 impl HttpSink {
