@@ -122,3 +122,83 @@ async fn a_record_refused_for_what_it_is_is_dead_lettered_not_paused() {
     assert!(!paused);
     h.relay.stop().await;
 }
+
+/// The usual fix for a 401: the sink's key, changed in the config and reloaded. Only that sink
+/// restarts (the WebSocket stays), where the paused one stood: every record arrives, with the
+/// new key, and nothing was dead-lettered.
+#[tokio::test]
+async fn a_reload_with_the_right_key_resumes_a_paused_sink_where_it_stood() {
+    let mut receiver = Receiver::start().await;
+    receiver.set_default(Reply::Status(401, "invalid api key"));
+    let url = receiver.url();
+    let sink = |key: &str| {
+        format!(
+            "\n[[sink]]\ntype = \"http\"\nname = \"hooks\"\nurl = \"{url}\"\nretry_min = \"50ms\"\nretry_max = \"200ms\"\nheaders = {{ \"X-Api-Key\" = \"{key}\" }}\n"
+        )
+    };
+    let mut h = Harness::start_with(|c| c + &sink("old-key")).await;
+    let mut conn = h.server.next().await;
+    conn.send(&commands(0, 3)).await;
+    wait_for_lines(&h.out, 3).await;
+    wait_until("the sink is paused", || {
+        h.relay.stats.sinks.lock().unwrap()["hooks"]
+            .trouble
+            .as_ref()
+            .is_some_and(|t| t.paused)
+    })
+    .await;
+
+    let fixed = h.config.clone() + &sink("new-key");
+    let fixed = fixed.replacen(&sink("old-key"), "", 1);
+    let settings = mews_relay::config::Settings::from_toml(
+        &fixed,
+        std::path::Path::new("test.toml"),
+        &mews_relay::config::CredentialsDir::default(),
+    )
+    .unwrap();
+    h.relay
+        .steer
+        .reloads
+        .request(Ok(std::sync::Arc::new(settings)));
+    wait_until("the reload is applied", || {
+        h.relay
+            .stats
+            .last_reload
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|r| {
+                r.outcome
+                    .as_ref()
+                    .is_ok_and(|c| c.contains("changed hooks"))
+            })
+    })
+    .await;
+    receiver.set_default(Reply::Ok);
+    let mut delivered = std::collections::BTreeSet::new();
+    while delivered.len() < 3 {
+        let request = receiver.next().await;
+        if request
+            .headers
+            .get("x-api-key")
+            .is_some_and(|v| v == "new-key")
+        {
+            delivered.extend(
+                request
+                    .records()
+                    .iter()
+                    .map(|r| r["id"].as_str().unwrap().to_owned()),
+            );
+        }
+    }
+    assert_eq!(
+        delivered.into_iter().collect::<Vec<_>>(),
+        ["cmd-0", "cmd-1", "cmd-2"]
+    );
+    assert!(
+        h.server.try_next().is_none(),
+        "the WebSocket stayed connected"
+    );
+    assert!(!h.dir.path().join("dead-letter/hooks.jsonl").exists());
+    h.relay.stop().await;
+}
