@@ -50,13 +50,13 @@ pub fn stopping() {
 }
 
 /// Keeps `STATUS=` current (sinks appear while paused, failing, or behind for longer than
-/// `max_lag`) and, when systemd asked for a watchdog (`WATCHDOG_USEC`), sends `WATCHDOG=1` at
+/// [`max_lag`] of the config in force, which a reload may change) and, when systemd asked for a watchdog (`WATCHDOG_USEC`), sends `WATCHDOG=1` at
 /// half its period — only after the journal writer answered a ping, so a stuck writer (or a
 /// stuck runtime) lets the watchdog fire.
 pub async fn supervise(
     journal: Journal,
     stats: Arc<Stats>,
-    max_lag: Duration,
+    settings: tokio::sync::watch::Receiver<Arc<crate::config::Settings>>,
     shutdown: CancellationToken,
 ) {
     let watchdog = sd_notify::watchdog_enabled();
@@ -82,6 +82,7 @@ pub async fn supervise(
                 ),
             }
         }
+        let max_lag = max_lag(&settings.borrow());
         let status = stats.status_line(max_lag);
         if status != last_status {
             notify(&[NotifyState::Status(&status)]);

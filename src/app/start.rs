@@ -123,7 +123,7 @@ async fn start_all(running: &mut Running) -> Result<(), AppError> {
     running.supervisor = Some(tokio::spawn(crate::ops::supervise(
         running.journal.clone(),
         Arc::clone(&running.stats),
-        crate::ops::max_lag(&settings),
+        running.current.subscribe(),
         running.ops_stop.clone(),
     )));
     Ok(())
