@@ -1,6 +1,7 @@
 //! The single journal writer: group commits, cursor updates, pruning; what to do when a write
 //! fails or the file is gone is in [`trouble`].
 
+mod sinks;
 mod trouble;
 
 use std::collections::HashMap;
@@ -423,27 +424,6 @@ impl JournalWriter {
             }
             _ => {}
         }
-    }
-
-    /// Makes `names` the sinks: a new one starts after the last committed record (stored
-    /// durably first, as at open); one no longer listed holds nothing back any more.
-    fn set_sinks(&mut self, names: Vec<String>) -> SinksSet {
-        let stored = self.store.set_sinks(&names, self.last_seq)?;
-        let last_seq = self.last_seq;
-        let added = self
-            .positions
-            .set(&names, |name| stored.get(name).copied().unwrap_or(last_seq));
-        self.synced.retain(|name, _| names.contains(name));
-        self.shed.retain(|name, _| names.contains(name));
-        let mut started = HashMap::new();
-        for name in added {
-            let cursor = self.positions.get(&name).unwrap_or(last_seq);
-            self.synced.insert(name.clone(), cursor);
-            let (tx, shed) = watch::channel(0);
-            self.shed.insert(name.clone(), tx);
-            started.insert(name, super::SinkStart { cursor, shed });
-        }
-        Ok(started)
     }
 
     /// The last seq sinks may read.
