@@ -205,3 +205,42 @@ async fn status_dead_letters_and_reload_against_a_running_relay() {
     let (code, _, err) = cli(&["status", "--config", &path(&file)]).await;
     assert_eq!(code, 69, "no relay answers: {err}");
 }
+
+/// Without `[api]`, `reload` (the unit's `ExecReload=`, systemd passing `$MAINPID`) sends
+/// SIGHUP to the relay and says that the outcome is only in its log and `STATUS=`; without a
+/// pid it refuses (64) and says how to get one.
+#[tokio::test]
+async fn reload_without_an_api_signals_the_main_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = MockServer::start().await;
+    let out = dir.path().join("out.jsonl");
+    let file = write_config(
+        dir.path(),
+        &config_text(&server.url(), dir.path(), &file_sink(&out)),
+    );
+    let mut relay = Daemon::spawn(&["run", "--config", &path(&file)], dir.path(), "relay");
+    let mut conn = server.next().await;
+    conn.send(&commands(0, 1)).await;
+    wait_for_lines(&out, 1).await;
+
+    let (code, _, err) = cli(&["reload", "--config", &path(&file)]).await;
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--pid"), "{err}");
+
+    let other = dir.path().join("other.jsonl");
+    let both = format!("{}\n{}", file_sink(&out), file_sink(&other));
+    std::fs::write(&file, config_text(&server.url(), dir.path(), &both)).unwrap();
+    let pid = relay.child.id().to_string();
+    let (code, _, err) = cli(&["reload", "--config", &path(&file), "--pid", &pid]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("sent SIGHUP"), "{err}");
+    wait_until("the relay applied it", || {
+        relay.stderr_text().contains("configuration reloaded")
+    })
+    .await;
+    conn.send(&commands(1, 2)).await;
+    wait_for_lines(&other, 1).await;
+    assert!(server.try_next().is_none(), "no reconnect");
+    relay.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(relay.wait().await, Some(0));
+}
