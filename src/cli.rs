@@ -51,6 +51,16 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Run the simulator and the relay together and print events to stdout.
     Demo(DemoArgs),
+    /// Show the running relay at a glance (through [api]): each property's connection, each
+    /// sink's lag, dead letters and trouble, the last reload. Exit 0 when all is well, 1 when
+    /// not (the problems are listed), 64 for a bad config or no [api], 69 when no relay
+    /// answers, 77 when it refuses the token.
+    Status(StatusArgs),
+    /// Have the running relay read its config again and apply what changed (for ExecReload=);
+    /// waits for the outcome through [api]. Exit 0 when applied, 1 when the relay refused it
+    /// or it could not start (the reason on stderr), 64 when the file is invalid, 69 when no
+    /// relay answers. Without [api] it sends SIGHUP to --pid and cannot learn the outcome.
+    Reload(ReloadArgs),
     /// Work with the records sinks gave up on (<state.dir>/dead-letter/<sink>.jsonl).
     DeadLetters {
         #[command(subcommand)]
@@ -97,7 +107,8 @@ pub enum CommandAction {
 
 #[derive(Subcommand)]
 pub enum DeadLetterAction {
-    /// Put a sink's dead letters back into the journal for another try (stop the daemon first).
+    /// Put a sink's dead letters back into the journal for another try, for that sink only:
+    /// through the running relay's API ([api]), or, when no relay runs, on the journal itself.
     Replay {
         /// The sink's name.
         #[arg(long)]
@@ -105,6 +116,39 @@ pub enum DeadLetterAction {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// List a sink's dead letters (oldest first) with why each was given up on.
+    List {
+        /// The sink's name.
+        #[arg(long)]
+        sink: String,
+        /// One JSON object per line, as the dead-letter file holds them.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// The status document as JSON (what GET /v1/status answers).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+#[derive(Args)]
+pub struct ReloadArgs {
+    /// Without [api]: the relay's process to send SIGHUP (systemd sets MAINPID for ExecReload=).
+    #[arg(long, env = "MAINPID")]
+    pub pid: Option<i32>,
+    /// How long to wait for the outcome (a reload that restarts everything drains the sinks
+    /// first, within shutdown.grace_period).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub wait: Duration,
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 #[derive(Args)]

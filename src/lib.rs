@@ -26,6 +26,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod ctl;
 pub mod demo;
 pub(crate) mod failures;
 pub(crate) mod files;

@@ -13,7 +13,7 @@ use mews_relay::api::client::{ApiClient, ClientError};
 use mews_relay::app::{self, AppError, Control, signals};
 use mews_relay::cli::{Cli, Command, CommandAction, DeadLetterAction, DemoArgs, SimulateArgs};
 use mews_relay::config::{CredentialsDir, Settings};
-use mews_relay::sink::dead_letter::{self, ReplayError};
+use mews_relay::ctl;
 
 /// Exit code for a bad config (sysexits' EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -39,7 +39,22 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo(args),
         Command::DeadLetters {
             action: DeadLetterAction::Replay { sink, config },
-        } => replay(&load(&config.config), &sink),
+        } => {
+            let settings = load(&config.config);
+            ExitCode::from(runtime().block_on(ctl::replay(&settings, &sink)))
+        }
+        Command::DeadLetters {
+            action: DeadLetterAction::List { sink, json, config },
+        } => ExitCode::from(ctl::list_dead_letters(&load(&config.config), &sink, json)),
+        Command::Status(args) => {
+            let settings = load(&args.config.config);
+            ExitCode::from(runtime().block_on(ctl::status(&settings, args.json)))
+        }
+        Command::Reload(args) => ExitCode::from(runtime().block_on(ctl::reload(
+            &args.config.config,
+            args.pid,
+            args.wait,
+        ))),
         Command::Commands { action } => command(action),
     }
 }
@@ -107,20 +122,6 @@ fn check(path: &Path) -> ExitCode {
         settings.to_toml()
     );
     ExitCode::SUCCESS
-}
-
-/// `dead-letters replay`.
-fn replay(settings: &Settings, sink: &str) -> ExitCode {
-    match runtime().block_on(dead_letter::replay(settings, sink)) {
-        Ok(count) => {
-            eprintln!(
-                "mews-relay: {count} dead letters of \"{sink}\" are back in the journal; they are delivered when the relay runs"
-            );
-            ExitCode::SUCCESS
-        }
-        Err(err @ ReplayError::Journal(_)) => fail(EXIT_JOURNAL, err),
-        Err(err) => fail(1, err),
-    }
 }
 
 /// `command …`: through the running relay's API; the answer on stdout as JSON.

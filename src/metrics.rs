@@ -81,8 +81,9 @@ async fn metrics(State(state): State<Arc<Shared>>) -> impl IntoResponse {
     )
 }
 
-/// 200 when the journal stores records, every property is connected and no sink is further
-/// behind than `ready_max_lag`; else 503 with a JSON body naming what is not.
+/// 200 when the journal stores records, every property is connected, no sink is paused (its
+/// endpoint or credentials are wrong) and none is further behind than `ready_max_lag`; else
+/// 503 with a JSON body naming what is not, and why.
 async fn readyz(State(state): State<Arc<Shared>>) -> impl IntoResponse {
     let mut properties = serde_json::Map::new();
     for (name, p) in state
@@ -110,14 +111,16 @@ async fn readyz(State(state): State<Arc<Shared>>) -> impl IntoResponse {
         .unwrap_or_else(|p| p.into_inner())
         .iter()
     {
-        let behind = s
-            .behind_since
-            .map_or(Duration::ZERO, |since| since.elapsed());
-        if behind > state.ready_max_lag {
-            sinks.insert(
-                name.clone(),
-                serde_json::json!({ "lag_records": s.lag_records, "lag_seconds": behind.as_secs() }),
-            );
+        if let Some(problem) = s.problem(state.ready_max_lag) {
+            let mut entry = serde_json::json!({
+                "problem": problem,
+                "lag_records": s.lag_records,
+                "lag_seconds": s.lag().as_secs(),
+            });
+            if let Some(trouble) = s.trouble.as_ref().filter(|t| t.paused) {
+                entry["paused"] = trouble.reason.clone().into();
+            }
+            sinks.insert(name.clone(), entry);
         }
     }
     let journal = state.stats.journal.problem();
@@ -257,7 +260,7 @@ const PER_PROPERTY: [Family<PropertyStats>; 3] = [
 ];
 
 /// The families with one sample per sink.
-const PER_SINK: [Family<SinkStats>; 5] = [
+const PER_SINK: [Family<SinkStats>; 6] = [
     (
         "mews_relay_sink_delivered_total",
         "counter",
@@ -286,12 +289,13 @@ const PER_SINK: [Family<SinkStats>; 5] = [
         "mews_relay_sink_lag_seconds",
         "gauge",
         "How long the sink has been behind (0 when caught up).",
-        |s, _| {
-            let behind = s
-                .behind_since
-                .map_or(0.0, |since| since.elapsed().as_secs_f64());
-            Some(behind.to_string())
-        },
+        |s, _| Some(s.lag().as_secs_f64().to_string()),
+    ),
+    (
+        "mews_relay_sink_paused",
+        "gauge",
+        "1 while the sink is paused: its endpoint or credentials are wrong (/readyz says why).",
+        |s, _| Some(u8::from(s.trouble.as_ref().is_some_and(|t| t.paused)).to_string()),
     ),
 ];
 

@@ -13,6 +13,15 @@ use crate::stats::Stats;
 /// How often the status line is refreshed (when it changed).
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 
+/// How long a sink may be behind before it counts as not well (`/readyz`, `status`,
+/// `STATUS=`): `metrics.ready_max_lag`, or its default without `[metrics]`.
+pub fn max_lag(settings: &crate::config::Settings) -> Duration {
+    settings
+        .metrics
+        .as_ref()
+        .map_or(crate::config::defaults::READY_MAX_LAG, |m| m.ready_max_lag)
+}
+
 fn notify(states: &[NotifyState<'_>]) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
@@ -40,10 +49,16 @@ pub fn stopping() {
     notify(&[NotifyState::Stopping]);
 }
 
-/// Keeps `STATUS=` current and, when systemd asked for a watchdog (`WATCHDOG_USEC`), sends
-/// `WATCHDOG=1` at half its period — only after the journal writer answered a ping, so a stuck
-/// writer (or a stuck runtime) lets the watchdog fire.
-pub async fn supervise(journal: Journal, stats: Arc<Stats>, shutdown: CancellationToken) {
+/// Keeps `STATUS=` current (sinks appear while paused, failing, or behind for longer than
+/// [`max_lag`] of the config in force, which a reload may change) and, when systemd asked for a watchdog (`WATCHDOG_USEC`), sends `WATCHDOG=1` at
+/// half its period — only after the journal writer answered a ping, so a stuck writer (or a
+/// stuck runtime) lets the watchdog fire.
+pub async fn supervise(
+    journal: Journal,
+    stats: Arc<Stats>,
+    settings: tokio::sync::watch::Receiver<Arc<crate::config::Settings>>,
+    shutdown: CancellationToken,
+) {
     let watchdog = sd_notify::watchdog_enabled();
     let tick = watchdog.map_or(STATUS_EVERY, |period| (period / 2).min(STATUS_EVERY));
     if let Some(period) = watchdog {
@@ -67,7 +82,8 @@ pub async fn supervise(journal: Journal, stats: Arc<Stats>, shutdown: Cancellati
                 ),
             }
         }
-        let status = stats.status_line();
+        let max_lag = max_lag(&settings.borrow());
+        let status = stats.status_line(max_lag);
         if status != last_status {
             notify(&[NotifyState::Status(&status)]);
             last_status = status;

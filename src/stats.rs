@@ -79,6 +79,19 @@ pub struct Stats {
     pub messages_timed_out: AtomicU64,
     /// Requests and connections a listener refused or closed, by listener and reason.
     pub listener_refusals: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// How the last reload of the config went (none yet: `None`).
+    pub last_reload: Mutex<Option<LastReload>>,
+}
+
+/// How the last reload went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastReload {
+    /// The request's number (`app::Reloads`).
+    pub generation: u64,
+    /// When it was done with.
+    pub at: SystemTime,
+    /// What changed (`Ok`), or why the new config was refused or could not start.
+    pub outcome: Result<String, String>,
 }
 
 /// `value` cut to at most [`MAX_LABEL_BYTES`], at a character boundary.
@@ -114,6 +127,20 @@ impl Default for PropertyStats {
     }
 }
 
+/// Why a sink is not delivering now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trouble {
+    /// The endpoint or its credentials are wrong (the sink is paused), rather than a passing
+    /// failure (a timeout, a 503).
+    pub paused: bool,
+    /// A few words (`HTTP 401`, `cannot connect`) for the status line.
+    pub kind: String,
+    /// The last failure, one line.
+    pub reason: String,
+    /// Since when deliveries fail.
+    pub since: Instant,
+}
+
 /// One sink's progress.
 #[derive(Debug, Clone, Default)]
 pub struct SinkStats {
@@ -127,6 +154,35 @@ pub struct SinkStats {
     pub lag_records: u64,
     /// Since when it has been behind (None: caught up).
     pub behind_since: Option<Instant>,
+    /// While deliveries fail: why, and whether the sink is paused.
+    pub trouble: Option<Trouble>,
+}
+
+impl SinkStats {
+    /// How long it has been behind (zero when caught up).
+    pub fn lag(&self) -> std::time::Duration {
+        self.behind_since
+            .map_or(std::time::Duration::ZERO, |since| since.elapsed())
+    }
+
+    /// Why it is not well, if it is not: paused (always), or behind for longer than `max_lag`.
+    pub fn problem(&self, max_lag: std::time::Duration) -> Option<String> {
+        if let Some(trouble) = self.trouble.as_ref().filter(|t| t.paused) {
+            return Some(format!("paused: {}", trouble.reason));
+        }
+        let lag = self.lag();
+        (lag > max_lag).then(|| {
+            let mut text = format!(
+                "behind by {} records for {}",
+                self.lag_records,
+                humantime::format_duration(std::time::Duration::from_secs(lag.as_secs()))
+            );
+            if let Some(trouble) = &self.trouble {
+                text.push_str(&format!(" ({})", trouble.reason));
+            }
+            text
+        })
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -260,28 +316,71 @@ impl Stats {
         update(lock(&self.sinks).entry(name.to_owned()).or_default());
     }
 
-    /// One line for systemd's STATUS=: `old-town: connected 3m · airport: reconnecting (401)`,
-    /// led by what is wrong with the journal, if anything.
-    pub fn status_line(&self) -> String {
-        let journal = self.journal.problem();
+    /// Notes how reload request `generation` went: what changed, or why it did not happen.
+    pub fn reloaded(&self, generation: u64, outcome: Result<String, String>) {
+        *lock(&self.last_reload) = Some(LastReload {
+            generation,
+            at: SystemTime::now(),
+            outcome,
+        });
+    }
+
+    /// One line for systemd's STATUS=: `old-town: connected 3m · airport: reconnecting (401) ·
+    /// hooks: paused (HTTP 401)`, led by what is wrong with the journal and a failed reload, if
+    /// anything; sinks appear while paused, failing with records waiting, or behind for longer
+    /// than `max_lag`.
+    pub fn status_line(&self, max_lag: std::time::Duration) -> String {
+        let mut parts = Vec::new();
+        if let Some(problem) = self.journal.problem() {
+            parts.push(format!("NOT STORING: {problem}"));
+        }
+        if let Some(Err(error)) = lock(&self.last_reload).as_ref().map(|r| &r.outcome) {
+            parts.push(format!("last reload failed: {error}"));
+        }
         let properties = lock(&self.properties);
-        let parts: Vec<String> = properties
-            .iter()
-            .map(|(name, p)| match &p.link {
-                Link::Connecting => format!("{name}: connecting"),
-                Link::Connected(since) => {
-                    let secs = since.elapsed().as_secs();
-                    let up = humantime::format_duration(std::time::Duration::from_secs(
-                        secs - secs % if secs >= 60 { 60 } else { 1 },
-                    ));
-                    format!("{name}: connected {up}")
-                }
-                Link::Reconnecting(why) => format!("{name}: reconnecting ({why})"),
-            })
-            .collect();
-        match journal {
-            Some(problem) => format!("NOT STORING: {problem} · {}", parts.join(" · ")),
-            None => parts.join(" · "),
+        parts.extend(properties.iter().map(|(name, p)| match &p.link {
+            Link::Connecting => format!("{name}: connecting"),
+            Link::Connected(since) => {
+                let secs = since.elapsed().as_secs();
+                let up = humantime::format_duration(std::time::Duration::from_secs(
+                    secs - secs % if secs >= 60 { 60 } else { 1 },
+                ));
+                format!("{name}: connected {up}")
+            }
+            Link::Reconnecting(why) => format!("{name}: reconnecting ({why})"),
+        }));
+        drop(properties);
+        let sinks = lock(&self.sinks);
+        parts.extend(
+            sinks
+                .iter()
+                .filter_map(|(name, s)| Some(format!("{name}: {}", s.short_state(max_lag)?))),
+        );
+        parts.join(" · ")
+    }
+}
+
+impl SinkStats {
+    /// A few words for the status line while the sink is not keeping up, else `None`.
+    fn short_state(&self, max_lag: std::time::Duration) -> Option<String> {
+        match &self.trouble {
+            Some(t) if t.paused => {
+                Some(format!("paused ({}), {} behind", t.kind, self.lag_records))
+            }
+            Some(t) if self.lag_records > 0 => Some(format!(
+                "retrying ({}), {} behind",
+                t.kind, self.lag_records
+            )),
+            _ => {
+                let lag = self.lag();
+                (lag > max_lag).then(|| {
+                    format!(
+                        "{} behind ({})",
+                        self.lag_records,
+                        humantime::format_duration(std::time::Duration::from_secs(lag.as_secs()))
+                    )
+                })
+            }
         }
     }
 }
@@ -320,18 +419,61 @@ mod tests {
     fn the_status_line_leads_with_a_journal_that_stores_nothing() {
         let stats = Stats::default();
         stats.set_link("old-town", Link::Connecting);
-        assert_eq!(stats.status_line(), "old-town: connecting");
+        assert_eq!(stats.status_line(MAX_LAG), "old-town: connecting");
         stats
             .journal
             .set_file(Some(crate::journal::FileProblem::Deleted(
                 "/state/journal.redb".into(),
             )));
-        let line = stats.status_line();
+        let line = stats.status_line(MAX_LAG);
         assert!(
             line.starts_with("NOT STORING: journal /state/journal.redb was deleted"),
             "{line}"
         );
         assert!(line.ends_with(" · old-town: connecting"), "{line}");
+    }
+
+    const MAX_LAG: std::time::Duration = std::time::Duration::from_secs(300);
+
+    #[test]
+    fn the_status_line_names_sinks_that_are_paused_or_failing_and_a_failed_reload() {
+        let stats = Stats::default();
+        stats.set_link("old-town", Link::Connecting);
+        stats.sink("keys", |s| s.lag_records = 0);
+        assert_eq!(
+            stats.status_line(MAX_LAG),
+            "old-town: connecting",
+            "a sink that keeps up is not named"
+        );
+        let trouble = |paused, kind: &str| Trouble {
+            paused,
+            kind: kind.into(),
+            reason: "why".into(),
+            since: Instant::now(),
+        };
+        stats.sink("hooks", |s| {
+            s.lag_records = 3;
+            s.trouble = Some(trouble(true, "HTTP 401"));
+        });
+        stats.sink("keys", |s| {
+            s.lag_records = 2;
+            s.trouble = Some(trouble(false, "cannot connect"));
+        });
+        stats.reloaded(1, Err("sink \"x\": cannot open".into()));
+        assert_eq!(
+            stats.status_line(MAX_LAG),
+            "last reload failed: sink \"x\": cannot open · old-town: connecting · hooks: paused (HTTP 401), 3 behind · keys: retrying (cannot connect), 2 behind"
+        );
+        stats.reloaded(2, Ok("nothing changed".into()));
+        stats.sink("hooks", |s| s.trouble = None);
+        stats.sink("keys", |s| {
+            s.trouble = None;
+            s.behind_since = Some(Instant::now() - MAX_LAG * 2);
+        });
+        assert_eq!(
+            stats.status_line(MAX_LAG),
+            "old-town: connecting · keys: 2 behind (10m)"
+        );
     }
 
     #[test]

@@ -23,6 +23,13 @@ impl Clone for Identity {
     }
 }
 
+/// The same chain and key (a reload compares configs).
+impl PartialEq for Identity {
+    fn eq(&self, other: &Self) -> bool {
+        self.certs == other.certs && self.key.secret_der() == other.key.secret_der()
+    }
+}
+
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Identity {{ certs: {}, key: *** }}", self.certs.len())

@@ -1,5 +1,6 @@
-//! The command line's side of the local API: `mews-relay command set-state` and `command show`
-//! talk to the running relay through `[api]`, with its token.
+//! The command line's side of the local API: `mews-relay command set-state`, `command show`,
+//! `status`, `reload` and `dead-letters replay` talk to the running relay through `[api]`,
+//! with its token.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -110,6 +111,24 @@ impl ApiClient {
     pub async fn status(&self) -> Result<Value, ClientError> {
         self.send(self.http.get(format!("{}/v1/status", self.base)))
             .await
+    }
+
+    /// `POST /v1/reload`: `{"Generation": n}` once the relay took the request (its outcome
+    /// follows in the status); a refused file is [`ClientError::Refused`] (422).
+    pub async fn reload(&self) -> Result<Value, ClientError> {
+        self.send(self.http.post(format!("{}/v1/reload", self.base)))
+            .await
+    }
+
+    /// `POST /v1/dead-letters/{sink}/replay`: `{"Sink", "Replayed"}`.
+    pub async fn replay(&self, sink: &str) -> Result<Value, ClientError> {
+        let url = format!("{}/v1/dead-letters/{}/replay", self.base, encode(sink));
+        self.send(self.http.post(url)).await
+    }
+
+    /// The address it talks to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {

@@ -1,29 +1,34 @@
-//! The local API (`[api]`) for the key system behind the relay: report a command's state
-//! (journaled, answered 202, then applied in Mews by the relay, once), read it back with Mews's
-//! answer, and the relay's status. Bearer token checked before the body is read; the listener
-//! is bounded like every other (src/listener).
+//! The local API (`[api]`) for the key system behind the relay and for the admin's commands:
+//! report a command's state (journaled, answered 202, then applied in Mews by the relay,
+//! once), read it back with Mews's answer, the relay's status, a reload, a dead-letter replay.
+//! Bearer token checked before the body is read; the listener is bounded like every other
+//! (src/listener).
 //!
 //! ```text
 //! POST /v1/commands/{id}[?property=NAME]  {"State":"Processing","Progress":0.5}  → 202 | 400 | 401 | 404 | 409
 //! GET  /v1/commands/{id}                   → 200 {Id, Property, EventState, Requested, Mews, Waiting} | 404
-//! GET  /v1/status                          → 200 {Version, Ready, Properties, Sinks, …}
+//! GET  /v1/status                          → 200 {Version, Ready, Problems, Properties, Sinks, LastReload, …}
+//! POST /v1/reload                          → 202 {Generation} | 422 {Message, Generation} (the file was refused)
+//! POST /v1/dead-letters/{sink}/replay      → 200 {Sink, Replayed} | 404 | 503
 //! ```
 
+mod admin;
 pub mod client;
+mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::app::Reloads;
 use crate::config::Settings;
 use crate::journal::Journal;
 use crate::journal::commands::{
@@ -31,7 +36,9 @@ use crate::journal::commands::{
     SETTABLE, Update,
 };
 use crate::listener::{Bounds, Gate, Listener, Refusals, read_body, refuse};
-use crate::stats::{Link, Stats};
+use crate::stats::Stats;
+
+pub use status::status_of;
 
 /// Largest request body (a state, a progress, notes).
 const MAX_BODY: usize = 16 * 1024;
@@ -44,14 +51,30 @@ pub struct ApiServer {
     state: Arc<Shared>,
 }
 
+/// What the API works with besides its own table.
+pub struct Context {
+    /// Where command states are journaled and dead letters replayed.
+    pub journal: Journal,
+    /// What `status` reports.
+    pub stats: Arc<Stats>,
+    /// The config the relay runs now (its properties, sinks, config file).
+    pub current: tokio::sync::watch::Receiver<Arc<Settings>>,
+    /// Where `POST /v1/reload` hands the config file.
+    pub reloads: Reloads,
+}
+
 struct Shared {
     gate: Gate,
-    journal: Journal,
-    stats: Arc<Stats>,
+    ctx: Context,
     refusals: Arc<Refusals>,
     bounds: Bounds,
-    properties: Vec<String>,
-    ready_max_lag: Duration,
+}
+
+impl Shared {
+    /// The config the relay runs now.
+    fn settings(&self) -> Arc<Settings> {
+        Arc::clone(&self.ctx.current.borrow())
+    }
 }
 
 /// The API listener could not start.
@@ -65,30 +88,28 @@ pub struct ApiError {
 impl ApiServer {
     /// Binds `api.listen`; fails at start-up, not later.
     pub async fn bind(
-        settings: &Settings,
         api: &crate::config::Api,
         bounds: Bounds,
-        journal: Journal,
-        stats: Arc<Stats>,
+        ctx: Context,
     ) -> Result<ApiServer, ApiError> {
-        let listener = Listener::bind("api", api.listen, None, bounds.clone(), Arc::clone(&stats))
-            .await
-            .map_err(|source| ApiError {
-                addr: api.listen,
-                source,
-            })?;
+        let listener = Listener::bind(
+            "api",
+            api.listen,
+            None,
+            bounds.clone(),
+            Arc::clone(&ctx.stats),
+        )
+        .await
+        .map_err(|source| ApiError {
+            addr: api.listen,
+            source,
+        })?;
         Ok(ApiServer {
             state: Arc::new(Shared {
                 gate: Gate::Bearer(api.token.clone()),
-                journal,
-                stats,
+                ctx,
                 refusals: listener.refusals(),
                 bounds,
-                properties: settings.properties.iter().map(|p| p.name.clone()).collect(),
-                ready_max_lag: settings
-                    .metrics
-                    .as_ref()
-                    .map_or(crate::config::defaults::READY_MAX_LAG, |m| m.ready_max_lag),
             }),
             listener,
         })
@@ -101,10 +122,12 @@ impl ApiServer {
 
     /// Serves until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        tracing::info!(listen = ?self.local_addr().ok(), "serving the local API (/v1/commands, /v1/status)");
+        tracing::info!(listen = ?self.local_addr().ok(), "serving the local API (/v1/commands, /v1/status, /v1/reload, /v1/dead-letters)");
         let router = Router::new()
             .route("/v1/commands/{id}", get(read_command).post(set_state))
-            .route("/v1/status", get(status))
+            .route("/v1/status", get(status::status))
+            .route("/v1/reload", post(admin::reload))
+            .route("/v1/dead-letters/{sink}/replay", post(admin::replay))
             .with_state(self.state);
         self.listener.serve(router, shutdown).await;
     }
@@ -131,9 +154,11 @@ fn refused(state: &Shared, parts: &axum::http::request::Parts) -> Option<Respons
     if state.gate.admits(&parts.uri, &parts.headers) {
         return None;
     }
-    state.refusals.refused(&state.stats, "unauthorized", || {
-        tracing::warn!("API request refused (401): missing or wrong bearer token")
-    });
+    state
+        .refusals
+        .refused(&state.ctx.stats, "unauthorized", || {
+            tracing::warn!("API request refused (401): missing or wrong bearer token")
+        });
     let mut response = refuse(StatusCode::UNAUTHORIZED);
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
@@ -228,14 +253,20 @@ async fn set_state(
             "the command id is empty or too long",
         );
     }
+    let properties: Vec<String> = state
+        .settings()
+        .properties
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
     if let Some(property) = &property
-        && !state.properties.contains(property)
+        && !properties.contains(property)
     {
         return error(
             StatusCode::BAD_REQUEST,
             format!(
                 "property \"{property}\" is not configured; use one of: {}",
-                state.properties.join(", ")
+                properties.join(", ")
             ),
         );
     }
@@ -244,13 +275,13 @@ async fn set_state(
         property,
         update,
     };
-    match state.journal.request(request).await {
+    match state.ctx.journal.request(request).await {
         Ok(RequestOutcome::Queued(entry)) => answer(StatusCode::ACCEPTED, &view(&id, &entry)),
         Ok(RequestOutcome::Unknown) => error(
             StatusCode::NOT_FOUND,
             format!(
                 "the relay has not seen command {id}; if Mews has it, add ?property=<name> (one of: {}) to set it anyway",
-                state.properties.join(", ")
+                properties.join(", ")
             ),
         ),
         Ok(RequestOutcome::Conflict(reason)) => error(StatusCode::CONFLICT, reason),
@@ -273,7 +304,7 @@ async fn read_command(
     if let Some(refusal) = refused(&state, &parts) {
         return refusal;
     }
-    match state.journal.command(&id).await {
+    match state.ctx.journal.command(&id).await {
         Ok(Some(entry)) => answer(StatusCode::OK, &view(&id, &entry)),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
@@ -349,78 +380,6 @@ fn view(id: &str, entry: &CommandEntry) -> Value {
         waiting: entry.waiting,
     })
     .unwrap_or(Value::Null)
-}
-
-/// `GET /v1/status`: each property's connection and each sink's progress.
-async fn status(State(state): State<Arc<Shared>>, request: Request) -> Response {
-    let (parts, _) = request.into_parts();
-    if let Some(refusal) = refused(&state, &parts) {
-        return refusal;
-    }
-    answer(
-        StatusCode::OK,
-        &status_of(&state.stats, state.ready_max_lag),
-    )
-}
-
-/// The status document (also what `mews-relay status` prints).
-pub fn status_of(stats: &Stats, ready_max_lag: Duration) -> Value {
-    let now = SystemTime::now();
-    let mut ready = true;
-    let properties: serde_json::Map<String, Value> = stats
-        .properties
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|(name, p)| {
-            let (link, since, reason) = match &p.link {
-                Link::Connected(at) => ("connected", Some(at.elapsed().as_secs()), None),
-                Link::Connecting => ("connecting", None, None),
-                Link::Reconnecting(why) => ("reconnecting", None, Some(why.clone())),
-            };
-            ready &= link == "connected";
-            let age = p
-                .last_event
-                .map(|at| now.duration_since(at).unwrap_or_default().as_secs_f64());
-            let value = json!({
-                "State": link,
-                "ConnectedSeconds": since,
-                "Reason": reason,
-                "LastEventSeconds": age,
-                "Reconnects": p.reconnects,
-            });
-            (name.clone(), value)
-        })
-        .collect();
-    let sinks: serde_json::Map<String, Value> = stats
-        .sinks
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|(name, s)| {
-            let behind = s.behind_since.map_or(Duration::ZERO, |at| at.elapsed());
-            ready &= behind <= ready_max_lag;
-            let value = json!({
-                "LagRecords": s.lag_records,
-                "LagSeconds": behind.as_secs(),
-                "Delivered": s.delivered,
-                "DeadLettered": s.dead_lettered,
-                "Retries": s.retries,
-            });
-            (name.clone(), value)
-        })
-        .collect();
-    json!({
-        "Version": env!("CARGO_PKG_VERSION"),
-        "Ready": ready,
-        "Properties": properties,
-        "Sinks": sinks,
-        "JournalBytes": Stats::get(&stats.journal_bytes),
-        "CommandUpdates": {
-            "Applied": Stats::get(&stats.command_updates_applied),
-            "Refused": Stats::get(&stats.command_updates_refused),
-        },
-    })
 }
 
 #[cfg(test)]

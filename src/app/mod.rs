@@ -1,10 +1,18 @@
-//! The running relay: open the journal, start the sinks and one source per property (`start`),
-//! supervise them, and on shutdown stop the sources, drain the sinks within the grace period
-//! (`running`). Signals (`signals`) steer it through a [`Control`].
+//! The running relay: open the journal, start the sinks and one source per property (`start`,
+//! `units`), supervise them, apply reloads in place (`plan`, `apply`: what did not change keeps
+//! running), and on shutdown stop the sources, drain the sinks within the grace period
+//! (`running`). Signals (`signals`) and the API steer it through a [`Control`].
 
+mod apply;
+mod crew;
+mod plan;
+pub mod reloads;
 mod running;
 pub mod signals;
 mod start;
+mod units;
+
+pub use reloads::Reloads;
 
 use std::sync::Arc;
 
@@ -16,15 +24,15 @@ use crate::journal::JournalError;
 use crate::sink::BuildError;
 use crate::stats::Stats;
 
-/// How the outside (signals, a test) steers a running relay.
+/// How the outside (signals, the API, a test) steers a running relay.
 #[derive(Clone)]
 pub struct Control {
     /// Cancel to shut down: sources stop, sinks drain, `run` returns.
     pub shutdown: CancellationToken,
-    /// Bump to make file sinks reopen their files (SIGHUP).
+    /// Bump to make sinks reopen their outputs (SIGUSR1, SIGHUP).
     pub reopen: watch::Receiver<u64>,
-    /// A new, validated config to switch to (SIGHUP).
-    pub reload: watch::Receiver<Option<Arc<Settings>>>,
+    /// Reload requests (SIGHUP, `POST /v1/reload`).
+    pub reloads: Reloads,
 }
 
 /// The sending side of [`Control`].
@@ -32,24 +40,24 @@ pub struct Control {
 pub struct ControlHandle {
     /// Bump to reopen files.
     pub reopen: watch::Sender<u64>,
-    /// Send a config to reload.
-    pub reload: watch::Sender<Option<Arc<Settings>>>,
+    /// Hand over a config to reload.
+    pub reloads: Reloads,
 }
 
 impl Control {
     /// A control and the handle that steers it.
     pub fn new() -> (Control, ControlHandle) {
         let (reopen_tx, reopen) = watch::channel(0);
-        let (reload_tx, reload) = watch::channel(None);
+        let reloads = Reloads::default();
         (
             Control {
                 shutdown: CancellationToken::new(),
                 reopen,
-                reload,
+                reloads: reloads.clone(),
             },
             ControlHandle {
                 reopen: reopen_tx,
-                reload: reload_tx,
+                reloads,
             },
         )
     }
@@ -121,38 +129,75 @@ pub async fn run(settings: Settings, control: Control) -> Result<(), AppError> {
 pub(crate) enum Ended {
     /// `control.shutdown`: the relay stopped.
     Stopped,
-    /// A new config arrived; everything stopped to start again with it.
-    Reload(Arc<Settings>),
+    /// A reload that changes the journal's own settings: everything stopped, to start again
+    /// with `next`.
+    Restart {
+        /// The new config.
+        next: Arc<Settings>,
+        /// The reload request's number.
+        generation: u64,
+        /// Why everything restarts.
+        why: String,
+    },
 }
 
-/// [`run`], with counters the caller can read. A reload stops everything (sources first, sinks
-/// drained) and starts again with the new config; a config that then fails to start gives way
-/// to the previous one.
+/// A full restart under way: the config it replaces (to go back to), and how to note it.
+struct Restarting {
+    previous: Arc<Settings>,
+    generation: u64,
+    why: String,
+}
+
+/// [`run`], with counters the caller can read. A reload applies what changed in place; one
+/// that changes the journal's settings stops everything (sources first, sinks drained) and
+/// starts again with the new config. A config that fails to start gives way to the one before.
 pub async fn run_with_stats(
     settings: Settings,
-    mut control: Control,
+    control: Control,
     stats: Arc<Stats>,
 ) -> Result<(), AppError> {
     let mut current = Arc::new(settings);
-    let mut previous: Option<Arc<Settings>> = None;
+    let mut restarting: Option<Restarting> = None;
     loop {
-        let run = match start::start(&current, &control, Arc::clone(&stats)).await {
-            Ok(running) => running.supervise(&current, &mut control).await,
-            Err(err) => Err(err),
-        };
-        match run {
-            Ok(Ended::Stopped) => return Ok(()),
-            Ok(Ended::Reload(next)) => {
-                previous = Some(std::mem::replace(&mut current, next));
-                tracing::info!("configuration reloaded; starting again");
-            }
-            Err(err) => match previous.take() {
-                Some(old) if !matches!(err, AppError::TaskEnded(_)) => {
+        let running = match start::start(Arc::clone(&current), &control, Arc::clone(&stats)).await {
+            Ok(running) => running,
+            Err(err) => match restarting.take() {
+                Some(r) if !matches!(err, AppError::TaskEnded(_)) => {
                     tracing::error!(error = %err, "the reloaded configuration cannot start; going back to the previous one");
-                    current = old;
+                    stats.reloaded(
+                        r.generation,
+                        Err(format!("the new configuration could not start: {err}")),
+                    );
+                    current = r.previous;
+                    continue;
                 }
                 _ => return Err(err),
             },
+        };
+        if let Some(r) = restarting.take() {
+            tracing::info!("configuration reloaded; everything started again");
+            stats.reloaded(
+                r.generation,
+                Ok(format!("everything restarted ({})", r.why)),
+            );
+        }
+        match running.supervise(&control).await? {
+            (Ended::Stopped, _) => return Ok(()),
+            (
+                Ended::Restart {
+                    next,
+                    generation,
+                    why,
+                },
+                in_force,
+            ) => {
+                restarting = Some(Restarting {
+                    previous: in_force,
+                    generation,
+                    why,
+                });
+                current = next;
+            }
         }
     }
 }

@@ -1,16 +1,15 @@
-//! Signals: SIGTERM and SIGINT shut the relay down (a second one exits at once), SIGHUP
-//! reopens files and, with a config file, reloads it (an invalid one is refused and the
-//! running one stays). The process's signals arrive through a channel ([`os_signals`]), so a
-//! test steers a relay in-process by sending its own.
+//! Signals: SIGTERM and SIGINT shut the relay down (a second one exits at once); SIGHUP, with
+//! a config file, reloads it — what changed restarts, the rest keeps running, an invalid file
+//! is refused and the running config stays — and reopens sink files; SIGUSR1 only reopens
+//! sink files (logrotate). The process's signals arrive through a channel ([`os_signals`]), so
+//! a test steers a relay in-process by sending its own.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::ControlHandle;
-use crate::config::{CredentialsDir, Settings};
 
 /// Exit code after a second stop signal (128 + SIGINT, as a shell reports Ctrl-C).
 pub const EXIT_AT_ONCE: i32 = 130;
@@ -22,8 +21,10 @@ pub enum Signal {
     Terminate,
     /// SIGINT (Ctrl-C): shut down.
     Interrupt,
-    /// SIGHUP: reopen files, reload the config.
+    /// SIGHUP: reload the config, reopen files.
     Hangup,
+    /// SIGUSR1: reopen files (logrotate).
+    User1,
 }
 
 impl Signal {
@@ -32,6 +33,7 @@ impl Signal {
             Signal::Terminate => "SIGTERM",
             Signal::Interrupt => "SIGINT",
             Signal::Hangup => "SIGHUP",
+            Signal::User1 => "SIGUSR1",
         }
     }
 }
@@ -46,8 +48,8 @@ pub enum Handled {
 }
 
 /// Reacts to `signals` until a second stop signal or the end of the channel. A stop signal
-/// cancels `shutdown`; SIGHUP bumps `steer.reopen` and, with `config`, sends its validated
-/// settings to `steer.reload`.
+/// cancels `shutdown`; SIGUSR1 bumps `steer.reopen`; SIGHUP does too and, with `config`, hands
+/// the file to `steer.reloads` (the relay logs how the reload went).
 pub async fn handle(
     mut signals: mpsc::Receiver<Signal>,
     shutdown: CancellationToken,
@@ -55,11 +57,18 @@ pub async fn handle(
     config: Option<PathBuf>,
 ) -> Handled {
     while let Some(signal) = signals.recv().await {
-        if signal == Signal::Hangup {
-            if let Some(steer) = &steer {
+        match (signal, &steer) {
+            (Signal::Hangup, Some(steer)) => {
                 reload(steer, config.as_deref());
+                continue;
             }
-            continue;
+            (Signal::User1, Some(steer)) => {
+                steer.reopen.send_modify(|n| *n += 1);
+                tracing::info!("SIGUSR1: sink files reopened");
+                continue;
+            }
+            (Signal::Hangup | Signal::User1, None) => continue,
+            _ => {}
         }
         if shutdown.is_cancelled() {
             tracing::warn!(signal = signal.name(), "second signal: exiting now");
@@ -74,29 +83,23 @@ pub async fn handle(
     Handled::Closed
 }
 
-/// SIGHUP: files reopen; the config, if any, is read again and, when valid, sent.
+/// SIGHUP: files reopen; the config, if any, is read again and handed to the relay.
 fn reload(steer: &ControlHandle, config: Option<&Path>) {
     steer.reopen.send_modify(|n| *n += 1);
     let Some(path) = config else {
         return tracing::info!("SIGHUP: files reopened");
     };
-    match Settings::load(path, &CredentialsDir::from_env()) {
-        Ok(settings) => {
-            tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration (WebSockets reconnect)");
-            steer.reload.send_replace(Some(Arc::new(settings)));
-        }
-        Err(err) => {
-            tracing::error!(error = %err, "SIGHUP: the new configuration is invalid and was not applied; the running one stays")
-        }
-    }
+    tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration (what changed restarts)");
+    steer.reloads.reload_file(path);
 }
 
-/// The process's SIGTERM, SIGINT and SIGHUP, as a channel.
+/// The process's SIGTERM, SIGINT, SIGHUP and SIGUSR1, as a channel.
 pub fn os_signals() -> std::io::Result<mpsc::Receiver<Signal>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     let (tx, rx) = mpsc::channel(8);
     tokio::spawn(async move {
         loop {
@@ -104,6 +107,7 @@ pub fn os_signals() -> std::io::Result<mpsc::Receiver<Signal>> {
                 Some(()) = term.recv() => Signal::Terminate,
                 Some(()) = int.recv() => Signal::Interrupt,
                 Some(()) = hup.recv() => Signal::Hangup,
+                Some(()) = usr1.recv() => Signal::User1,
                 else => return,
             };
             if tx.send(signal).await.is_err() {
@@ -114,9 +118,10 @@ pub fn os_signals() -> std::io::Result<mpsc::Receiver<Signal>> {
     Ok(rx)
 }
 
-/// Handles the process's signals in a task: SIGHUP reopens files and reloads `reload`, the
-/// config file, through `steer` (without a file SIGHUP is ignored; `steer` stays open all the
-/// same); a second stop signal ends the process at once with [`EXIT_AT_ONCE`].
+/// Handles the process's signals in a task: SIGHUP reloads `reload`, the config file, and
+/// reopens files, SIGUSR1 reopens files, through `steer` (without a file both are ignored;
+/// `steer` stays open all the same); a second stop signal ends the process at once with
+/// [`EXIT_AT_ONCE`].
 pub fn spawn(shutdown: CancellationToken, steer: ControlHandle, reload: Option<PathBuf>) {
     let signals = match os_signals() {
         Ok(signals) => signals,

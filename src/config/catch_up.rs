@@ -34,7 +34,7 @@ pub(crate) struct CatchUpFile {
 }
 
 /// `[catch_up]`: what is fetched over REST after every (re)connect.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CatchUp {
     /// Active (Pending/Received) device commands, via `commands/getAllActive`.
     pub commands: bool,

@@ -33,7 +33,7 @@ pub(crate) struct ApiFile {
 }
 
 /// `[commands]`: the relay's own part in the command loop.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Commands {
     /// When this sink has delivered a Pending DeviceCommand, the command is set `Received`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,7 +41,7 @@ pub struct Commands {
 }
 
 /// `[api]`: the local API of the key system.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Api {
     /// Address of the listener (loopback by default).
     pub listen: SocketAddr,

@@ -51,7 +51,7 @@ pub(crate) struct ConnectionFile {
 }
 
 /// `[connection]`
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Connection {
     /// A WebSocket ping is sent this often.
     #[serde(with = "human")]

@@ -24,7 +24,7 @@ pub(crate) struct EnrichFile {
 }
 
 /// `[enrich]`: details fetched for live events.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Enrich {
     /// DeviceCommand records get `command` from `commands/getAllByIds`.
     pub commands: bool,

@@ -36,7 +36,7 @@ pub(crate) struct ListenersFile {
 }
 
 /// `[listeners]`: what bounds each HTTP listener.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Listeners {
     /// A request line and headers must arrive within this, counted from the connect (or from
     /// the first byte of a later request on a kept-alive connection).

@@ -27,7 +27,7 @@ pub(crate) struct MetricsFile {
 }
 
 /// `[metrics]`
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Metrics {
     /// Address of the metrics listener.
     pub listen: SocketAddr,

@@ -40,7 +40,7 @@ pub(crate) struct MewsFile {
 }
 
 /// `[mews]` (`Debug` and `check` show the URLs without user info and query).
-#[derive(Clone, Serialize)]
+#[derive(Clone, PartialEq, Serialize)]
 pub struct Mews {
     /// `ws://` or `wss://` URL of the WebSocket endpoint.
     #[serde(serialize_with = "redacted_url")]

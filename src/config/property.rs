@@ -19,7 +19,7 @@ pub(crate) struct PropertyFile {
 }
 
 /// One `[[property]]`: one WebSocket connection.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Property {
     /// Label used in records, logs and file names.
     pub name: String,

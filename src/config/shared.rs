@@ -336,7 +336,7 @@ pub fn identity(
 }
 
 /// TLS of a sink's client: an extra CA and an optional client certificate (mTLS).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct ClientTls {
     /// Extra CA certificates (PEM) besides the system's.
     #[serde(skip_serializing_if = "Option::is_none")]

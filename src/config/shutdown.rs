@@ -22,7 +22,7 @@ pub(crate) struct ShutdownFile {
 }
 
 /// `[shutdown]`
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Shutdown {
     /// How long sinks may drain after SIGTERM.
     #[serde(with = "human")]

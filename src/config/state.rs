@@ -25,7 +25,7 @@ pub(crate) struct StateFile {
 }
 
 /// `[state]`
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct State {
     /// Journal, rejected messages and dead letters live here.
     pub dir: PathBuf,

@@ -34,7 +34,7 @@ pub(crate) struct WebhooksFile {
 }
 
 /// `[webhooks]`
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Webhooks {
     /// Address of the HTTP listener.
     pub listen: SocketAddr,

@@ -9,6 +9,7 @@ pub mod commands;
 mod file;
 mod health;
 mod log;
+mod positions;
 mod store;
 mod tail;
 mod value;
@@ -27,6 +28,7 @@ pub use health::{FileProblem, JournalHealth};
 pub use value::{Entry, Replay, StoredRecord, record_key};
 pub use writer::{JournalWriter, Note, Settle};
 
+pub(crate) use positions::Positions;
 use store::Store;
 use writer::{Append, Op};
 
@@ -67,8 +69,15 @@ pub enum JournalError {
     Closed,
 }
 
-/// Each sink's position, moved by the sink itself and read by the writer when it stores them.
-pub(crate) type Positions = Arc<HashMap<String, std::sync::atomic::AtomicU64>>;
+/// Where a sink the journal took on while open starts, and its shed signal (see
+/// [`Journal::shed_signal`]).
+#[derive(Debug)]
+pub struct SinkStart {
+    /// The last seq it has passed.
+    pub cursor: u64,
+    /// Raised when it should dead-letter its records up to the seq given.
+    pub shed: watch::Receiver<u64>,
+}
 
 /// A handle to the journal; cheap to clone.
 #[derive(Clone)]
@@ -118,13 +127,7 @@ impl Journal {
             })
             .unzip();
         let tail = Arc::new(tail::Tail::new(opened.journal_id));
-        let positions: Positions = Arc::new(
-            opened
-                .cursors
-                .iter()
-                .map(|(name, at)| (name.clone(), std::sync::atomic::AtomicU64::new(*at)))
-                .collect(),
-        );
+        let positions = Positions::new(&opened.cursors);
         let pruned = Arc::new(std::sync::atomic::AtomicU64::new(
             opened.cursors.values().copied().min().unwrap_or(0),
         ));
@@ -136,7 +139,7 @@ impl Journal {
             committed: committed_rx,
             visible: visible_rx,
             cursors: Arc::new(opened.cursors.clone()),
-            positions: Arc::clone(&positions),
+            positions: positions.clone(),
             shed: Arc::new(shed_rx),
             journal_id: opened.journal_id,
         };
@@ -269,9 +272,7 @@ impl Journal {
         seq: u64,
         acks: Vec<commands::Ack>,
     ) -> Result<(), JournalError> {
-        if let Some(at) = self.positions.get(sink) {
-            at.fetch_max(seq, std::sync::atomic::Ordering::AcqRel);
-        }
+        self.positions.advance(sink, seq);
         if acks.is_empty() {
             // Stored with the next sync, within a second: no message, no wake-up.
             return Ok(());
@@ -378,6 +379,23 @@ impl Journal {
             Some(rx) => rx.clone(),
             None => watch::channel(0).1,
         }
+    }
+
+    /// Makes `sinks` the journal's sinks while it is open (a reload that adds or removes
+    /// sinks): as at open, a sink new to it starts after its last committed record (stored
+    /// durably before this returns), and the position of one no longer listed is dropped, so
+    /// it holds no record back. Returns where each new sink starts; the handles' own
+    /// [`Journal::cursor`] and [`Journal::shed_signal`] still answer as at open.
+    pub async fn set_sinks(
+        &self,
+        sinks: Vec<String>,
+    ) -> Result<HashMap<String, SinkStart>, JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(Op::Sinks(sinks, tx))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)?
     }
 
     /// A catch-up mark (unix milliseconds), if one was ever set.

@@ -30,22 +30,61 @@ pub struct Updater {
     pub stats: Arc<Stats>,
 }
 
+/// What an updater stopped with: the update it was sending and its inbox. They are in the
+/// journal's outbox, but the journal hands each out once: the property's next updater (a
+/// reload restarted the property) takes them first.
+pub struct Unsent {
+    /// The update under way when it stopped, and what it was given to send first.
+    pub pending: Vec<Outgoing>,
+    /// What was handed to it and not taken yet.
+    pub inbox: mpsc::UnboundedReceiver<Outgoing>,
+}
+
+impl Unsent {
+    /// Everything in it, in order. Take it once the journal handed the property to another
+    /// updater (its inbox is closed then), or later updates would be missed.
+    pub fn into_vec(mut self) -> Vec<Outgoing> {
+        let mut out = self.pending;
+        while let Ok(outgoing) = self.inbox.try_recv() {
+            out.push(outgoing);
+        }
+        out
+    }
+}
+
 impl Updater {
-    /// Sends the property's updates (`inbox`, from [`Journal::claim_updates`]) until `stop`;
-    /// what is not answered then stays in the outbox for the next start.
-    pub async fn run(self, mut inbox: mpsc::UnboundedReceiver<Outgoing>, stop: CancellationToken) {
+    /// Sends `first` (what the property's previous updater left, see [`Unsent`]), then the
+    /// property's updates (`inbox`, from [`Journal::claim_updates`]), until `stop`; what is not
+    /// answered then stays in the outbox for the next start, and is returned.
+    pub async fn run(
+        self,
+        first: Vec<Outgoing>,
+        mut inbox: mpsc::UnboundedReceiver<Outgoing>,
+        stop: CancellationToken,
+    ) -> Unsent {
         let mut refused = schedules::UPDATE_REFUSED.backoff();
+        let mut first = std::collections::VecDeque::from(first);
         loop {
-            let outgoing = tokio::select! {
-                () = stop.cancelled() => return,
-                next = inbox.recv() => match next {
-                    Some(outgoing) => outgoing,
-                    None => return,
+            let outgoing = match first.pop_front() {
+                Some(outgoing) => outgoing,
+                None => tokio::select! {
+                    () = stop.cancelled() => return unsent(first, inbox),
+                    next = inbox.recv() => match next {
+                        Some(outgoing) => outgoing,
+                        None => return unsent(first, inbox),
+                    },
                 },
             };
+            if stop.is_cancelled() {
+                first.push_front(outgoing);
+                return unsent(first, inbox);
+            }
             let answer = loop {
                 let attempt = tokio::select! {
-                    () = stop.cancelled() => return,
+                    () = stop.cancelled() => {
+                        first.push_front(outgoing);
+                        return unsent(first, inbox);
+                    }
                     attempt = self.send(&outgoing) => attempt,
                 };
                 match attempt {
@@ -53,7 +92,10 @@ impl Updater {
                     None => {
                         let delay = refused.next_delay();
                         tokio::select! {
-                            () = stop.cancelled() => return,
+                            () = stop.cancelled() => {
+                                first.push_front(outgoing);
+                                return unsent(first, inbox);
+                            }
                             () = tokio::time::sleep(delay) => {}
                         }
                     }
@@ -80,7 +122,7 @@ impl Updater {
                 answer,
             };
             if self.journal.answered(answered).await.is_err() {
-                return;
+                return unsent(first, inbox);
             }
         }
     }
@@ -162,5 +204,16 @@ fn refusal_message(err: &RestError) -> String {
         | RestError::Status { message, .. }
         | RestError::Unauthorized { message, .. } => message.clone(),
         other => other.to_string(),
+    }
+}
+
+/// What is left: `pending` (the one under way first), then the inbox.
+fn unsent(
+    pending: std::collections::VecDeque<Outgoing>,
+    inbox: mpsc::UnboundedReceiver<Outgoing>,
+) -> Unsent {
+    Unsent {
+        pending: pending.into(),
+        inbox,
     }
 }

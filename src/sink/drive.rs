@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -12,12 +13,12 @@ use tracing::Instrument;
 
 use super::SinkSettings;
 use super::dead_letter::{DeadLetters, Reason};
-use super::{AnySink, Filter, Redactor, Sink};
+use super::{AnySink, Failure, Filter, Redactor, Sink};
 use crate::failures::FailureLog;
 use crate::journal::commands::Ack;
-use crate::journal::{Journal, StoredRecord};
+use crate::journal::{Journal, SinkStart, StoredRecord};
 use crate::retry::{Backoff, schedules};
-use crate::stats::Stats;
+use crate::stats::{Stats, Trouble};
 
 /// How the app steers a running sink.
 #[derive(Clone)]
@@ -26,7 +27,12 @@ pub struct SinkControl {
     pub drain: CancellationToken,
     /// The grace period is over: end now, leaving the rest in the journal.
     pub abort: CancellationToken,
-    /// Bumped on SIGHUP: reopen outputs.
+    /// This sink alone stops (a reload changed or removed it): the write under way ends, the
+    /// rest stays in the journal; the sink is closed.
+    pub retire: CancellationToken,
+    /// Where the sink stands: the last seq it passed (read when it is started again).
+    pub position: Arc<AtomicU64>,
+    /// Bumped on SIGUSR1 and SIGHUP: reopen outputs.
     pub reopen: watch::Receiver<u64>,
     /// Where dead letters go.
     pub state_dir: PathBuf,
@@ -55,13 +61,20 @@ struct Driver {
     backoff: Backoff,
 }
 
-/// Runs one sink until drained or aborted.
-pub async fn drive(settings: SinkSettings, sink: AnySink, journal: Journal, ctl: SinkControl) {
+/// Runs one sink from `start` until drained, retired or aborted.
+pub async fn drive(
+    settings: SinkSettings,
+    sink: AnySink,
+    journal: Journal,
+    ctl: SinkControl,
+    start: SinkStart,
+) {
     let span = tracing::info_span!("sink", sink = %settings.name);
+    ctl.position.store(start.cursor, Ordering::Release);
     let driver = Driver {
         filter: settings.filter(),
-        cursor: journal.cursor(&settings.name),
-        shed: journal.shed_signal(&settings.name),
+        cursor: start.cursor,
+        shed: start.shed,
         dead: DeadLetters::new(&ctl.state_dir, &settings.name),
         name: settings.name,
         journal,
@@ -105,6 +118,9 @@ impl Driver {
 
     /// Reopens, sheds, waits, or delivers the next batch: whichever is due.
     async fn step(&mut self, committed: &mut watch::Receiver<u64>) -> Step {
+        if self.ctl.retire.is_cancelled() {
+            return Step::Stop;
+        }
         if self.ctl.reopen.has_changed().unwrap_or(false) {
             self.ctl.reopen.borrow_and_update();
             self.reopen().await;
@@ -132,6 +148,7 @@ impl Driver {
         let due = self.sink.due();
         tokio::select! {
             () = self.ctl.abort.cancelled() => return Step::Stop,
+            () = self.ctl.retire.cancelled() => return Step::Stop,
             () = self.ctl.drain.cancelled() => {}
             changed = committed.changed() => if changed.is_err() { return Step::Stop },
             Ok(()) = self.ctl.reopen.changed() => self.reopen().await,
@@ -160,6 +177,7 @@ impl Driver {
                     "the journal holds no records after the cursor; skipping to the end"
                 );
                 self.cursor = last;
+                self.ctl.position.store(last, Ordering::Release);
                 Err(Step::Continue)
             }
             Err(err) => {
@@ -167,6 +185,7 @@ impl Driver {
                 self.failed("cannot read the journal", &err, delay);
                 tokio::select! {
                     () = self.ctl.abort.cancelled() => Err(Step::Stop),
+                    () = self.ctl.retire.cancelled() => Err(Step::Stop),
                     () = sleep(delay) => Err(Step::Continue),
                 }
             }
@@ -198,6 +217,7 @@ impl Driver {
         }
         let to = batch.last().map_or(self.cursor, |r| r.seq);
         self.cursor = to;
+        self.ctl.position.store(to, Ordering::Release);
         match self.journal.advance_acking(&self.name, to, acks).await {
             Ok(()) => Step::Continue,
             Err(_) => Step::Stop,
@@ -217,7 +237,10 @@ impl Driver {
             let Err(err) = result else {
                 let dead = self.sink.take_dead_lettered();
                 let n = (records.len() - dead.len()) as u64;
-                self.ctl.stats.sink(&self.name, |s| s.delivered += n);
+                self.ctl.stats.sink(&self.name, |s| {
+                    s.delivered += n;
+                    s.trouble = None;
+                });
                 self.backoff.reset();
                 self.reading.reset();
                 self.recovered();
@@ -226,20 +249,46 @@ impl Driver {
                 }
                 break;
             };
-            self.ctl.stats.sink(&self.name, |s| s.retries += 1);
             let delay = self.sink.retry_delay(&mut self.backoff);
-            self.failed(
-                "cannot deliver; retrying (other sinks and the WebSocket are not affected)",
-                &err,
-                delay,
-            );
+            self.delivery_failed(&err, delay);
             tokio::select! {
                 () = self.ctl.abort.cancelled() => return Err(Step::Abort),
+                // Retired while failing: the records stay in the journal for its successor.
+                () = self.ctl.retire.cancelled() => return Err(Step::Stop),
                 Ok(()) = self.shed.changed() => break,
                 () = sleep(delay) => {}
             }
         }
         Ok(Vec::new())
+    }
+
+    /// A failed delivery: counted, noted for `/readyz` and `status` (paused or failing, and
+    /// why), logged at error the first time and each time its kind changes.
+    fn delivery_failed(&mut self, err: &std::io::Error, retry_in: Duration) {
+        let (kind, paused) = Failure::of(err);
+        let reason = err.to_string();
+        self.ctl.stats.sink(&self.name, |s| {
+            s.retries += 1;
+            let since = s
+                .trouble
+                .as_ref()
+                .map_or_else(std::time::Instant::now, |t| t.since);
+            s.trouble = Some(Trouble {
+                paused,
+                kind: kind.clone(),
+                reason: reason.clone(),
+                since,
+            });
+        });
+        if !self.failures.failed(&kind).is_news() {
+            let failures = self.failures.count();
+            return tracing::debug!(error = %err, ?retry_in, failures, "still cannot deliver");
+        }
+        if paused {
+            tracing::error!(error = %err, ?retry_in, "cannot deliver: the endpoint or its credentials are wrong; the sink is paused, its records are kept and retried until it accepts them (other sinks and the WebSocket are not affected)");
+        } else {
+            tracing::error!(error = %err, ?retry_in, "cannot deliver; retrying (other sinks and the WebSocket are not affected)");
+        }
     }
 
     /// Logs a failure: the first of a run, or of a new kind, as an error; the rest at debug.
@@ -274,6 +323,7 @@ impl Driver {
 
     async fn advance(&mut self, to: u64) -> Step {
         self.cursor = to;
+        self.ctl.position.store(to, Ordering::Release);
         match self.journal.advance(&self.name, to).await {
             Ok(()) => Step::Continue,
             Err(_) => Step::Stop,
@@ -304,7 +354,7 @@ impl Driver {
                 status: None,
                 response: None,
             };
-            if let Err(err) = self.dead.write(&records, &reason) {
+            if let Err(err) = self.dead.write(&records, &reason).await {
                 tracing::error!(error = %err, file = %self.dead.path().display(), "cannot write dead letters; keeping the records");
                 return Step::Continue;
             }

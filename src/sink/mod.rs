@@ -97,6 +97,37 @@ pub(crate) trait Sink {
     }
 }
 
+/// A failed delivery as the sink explains it to the drive loop (carried inside the
+/// `io::Error` that [`Sink::write`] returns): a coarse kind, logged once per change, and
+/// whether the sink is paused — the endpoint or its credentials are wrong, not the record, so
+/// the records are kept and retried and `/readyz`, `status` and `STATUS=` name the sink.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub(crate) struct Failure {
+    /// A coarse class for the failure log (`HTTP 401`, `TLS`, `cannot connect`).
+    pub kind: String,
+    /// Whether the failure pauses the sink rather than being a passing one.
+    pub pause: bool,
+    /// One line for people, with the fix when known.
+    pub message: String,
+}
+
+impl Failure {
+    /// As the `io::Error` a sink returns.
+    pub fn into_io(self) -> io::Error {
+        io::Error::other(self)
+    }
+
+    /// The kind and pause of any error a sink returned: a [`Failure`] says it; any other error
+    /// is a passing one of its `io::ErrorKind`.
+    pub fn of(err: &io::Error) -> (String, bool) {
+        match err.get_ref().and_then(|e| e.downcast_ref::<Failure>()) {
+            Some(failure) => (failure.kind.clone(), failure.pause),
+            None => (err.kind().to_string(), false),
+        }
+    }
+}
+
 /// A sink failed to start.
 #[derive(Debug, thiserror::Error)]
 #[error("sink \"{name}\": {source}")]

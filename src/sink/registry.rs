@@ -16,7 +16,7 @@ use crate::stats::Stats;
 /// A sink type: its own `[[sink]]` keys (besides the shared `name`, `type`, `events`,
 /// `properties` and `redact`), how they are checked, and the sink they build. Implemented by
 /// the type's settings; registered with one line in `sink/mod.rs`.
-pub trait SinkType: std::fmt::Debug + Clone + Serialize + Sized {
+pub trait SinkType: std::fmt::Debug + Clone + PartialEq + Serialize + Sized {
     /// This type's keys as serde reads them (`deny_unknown_fields`, values still optional).
     type File: DeserializeOwned;
     /// The running sink.
@@ -68,7 +68,7 @@ pub struct BuildEnv<'a> {
 macro_rules! sink_types {
     ($($name:literal => $variant:ident($settings:ty)),+ $(,)?) => {
         /// The sink types, each with its own settings; `type = "…"` picks one.
-        #[derive(Debug, Clone, serde::Serialize)]
+        #[derive(Debug, Clone, PartialEq, serde::Serialize)]
         #[serde(tag = "type")]
         pub enum SinkKind {
             $(

@@ -14,7 +14,7 @@ use crate::journal::StoredRecord;
 use crate::stats::Stats;
 
 /// One `[[sink]]`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SinkSettings {
     /// Unique name; it keys the sink's cursor in the journal.
     pub name: String,

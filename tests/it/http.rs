@@ -249,7 +249,9 @@ async fn mtls_works_with_the_client_certificate() {
     );
 }
 
-/// Without a client certificate the handshake fails, clearly, and is retried.
+/// Without a client certificate the handshake fails, clearly, and is retried: a TLS failure
+/// pauses the sink (the endpoint or its credentials are wrong), logged at ERROR once however
+/// often it is retried.
 #[tokio::test]
 async fn mtls_without_a_client_certificate_fails_clearly_and_retries() {
     let (server_ca, client_ca) = (Ca::new("endpoint CA"), Ca::new("client CA"));
@@ -270,7 +272,7 @@ async fn mtls_without_a_client_certificate_fails_clearly_and_retries() {
         "relay",
     );
     server.next().await.send(&commands(0, 1)).await;
-    for _ in 0..2 {
+    for _ in 0..4 {
         let outcome = tokio::time::timeout(WAIT, handshakes.recv())
             .await
             .unwrap()
@@ -288,6 +290,16 @@ async fn mtls_without_a_client_certificate_fails_clearly_and_retries() {
         .find(|l| l.contains("cannot deliver"))
         .unwrap_or_else(|| panic!("{stderr}"));
     assert!(line.to_lowercase().contains("certificate"), "{line}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("cannot deliver"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one ERROR for four failures: {errors:#?}");
+    assert!(errors[0].contains("paused"), "{}", errors[0]);
+    assert!(
+        !dir.path().join("dead-letter/hooks.jsonl").exists(),
+        "nothing dead-lettered"
+    );
 }
 
 /// `kill -9` while the endpoint fails: after a restart with it up, every committed record

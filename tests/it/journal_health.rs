@@ -290,9 +290,8 @@ async fn a_reload_puts_a_deleted_journal_back_and_goes_on_from_it() {
     .unwrap();
     h.relay
         .steer
-        .reload
-        .send(Some(std::sync::Arc::new(settings)))
-        .unwrap();
+        .reloads
+        .request(Ok(std::sync::Arc::new(settings)));
     let mut conn = h.server.next().await; // reconnected after the reload
     wait_until("the journal is healthy again", || {
         h.relay.stats.journal.is_ok()

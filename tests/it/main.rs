@@ -1,6 +1,7 @@
 //! Integration tests: the relay against real WebSocket servers on 127.0.0.1:0, a real on-disk
 //! journal, and the binary itself where a process boundary matters (signals, kill -9, exit codes).
 
+mod admin;
 mod attack;
 mod auth;
 mod catch_up;
@@ -19,6 +20,7 @@ mod malformed;
 mod measure;
 mod nats;
 mod ops;
+mod pause;
 mod pki;
 mod properties;
 mod receiver;

@@ -118,6 +118,8 @@ pub struct MockServer {
     pub addr: SocketAddr,
     conns: mpsc::UnboundedReceiver<Conn>,
     reject: Arc<std::sync::atomic::AtomicU16>,
+    /// Upgrades whose cookie holds this token are answered with this status.
+    reject_token: Arc<std::sync::Mutex<Option<(String, u16)>>>,
     attempts: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -136,15 +138,22 @@ impl MockServer {
         let rejecting = Arc::clone(&reject);
         let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counting = Arc::clone(&attempts);
+        let reject_token = Arc::new(std::sync::Mutex::new(None::<(String, u16)>));
+        let rejecting_token = Arc::clone(&reject_token);
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 counting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let tx = tx.clone();
                 let status = rejecting.load(std::sync::atomic::Ordering::Relaxed);
+                let by_token = rejecting_token.lock().unwrap().clone();
                 tokio::spawn(async move {
                     let mut cookie = None;
                     let callback = |req: &Request, resp: Response| {
                         cookie = cookie_of(req);
+                        let status = match (&by_token, &cookie) {
+                            (Some((token, code)), Some(c)) if c.contains(token.as_str()) => *code,
+                            _ => status,
+                        };
                         if status != 0 {
                             let mut refusal = ErrorResponse::new(None);
                             *refusal.status_mut() = http::StatusCode::from_u16(status).unwrap();
@@ -165,6 +174,7 @@ impl MockServer {
             addr,
             conns,
             reject,
+            reject_token,
             attempts,
         }
     }
@@ -182,6 +192,12 @@ impl MockServer {
     pub fn reject_with(&self, status: Option<u16>) {
         self.reject
             .store(status.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// From now on, answer upgrades whose cookie holds `token` with `status` (the others as
+    /// before): one property refused, another accepted.
+    pub fn reject_token(&self, token: &str, status: u16) {
+        *self.reject_token.lock().unwrap() = Some((token.to_owned(), status));
     }
 
     /// A connection made since the last look, if any (no waiting).

@@ -269,6 +269,21 @@ impl Store {
         JournalError::Write(format!("record log {}: {err}", self.log.dir().display()))
     }
 
+    /// Makes `sinks` the registered sinks while the journal is open (a reload), durably: a new
+    /// one starts after `last_seq`, a position no longer listed is dropped. The positions as
+    /// stored (those of sinks already registered may be behind what they reported since).
+    pub fn set_sinks(
+        &self,
+        sinks: &[String],
+        last_seq: u64,
+    ) -> Result<HashMap<String, u64>, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(|e| storage(&self.path, e))?;
+        let cursors = register_sinks(&txn, &self.path, sinks, last_seq)?;
+        txn.commit().map_err(|e| storage(&self.path, e))?;
+        Ok(cursors)
+    }
+
     /// A catch-up mark, if one was ever set.
     pub fn mark(&self, name: &str) -> Result<Option<u64>, JournalError> {
         let db = self.db()?;

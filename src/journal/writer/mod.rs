@@ -1,6 +1,7 @@
 //! The single journal writer: group commits, cursor updates, pruning; what to do when a write
 //! fails or the file is gone is in [`trouble`].
 
+mod sinks;
 mod trouble;
 
 use std::collections::HashMap;
@@ -84,7 +85,12 @@ pub(super) enum Op {
     Ping(oneshot::Sender<()>),
     /// Sets a catch-up mark, durably.
     Mark(String, u64, oneshot::Sender<Result<(), JournalError>>),
+    /// These are the sinks from now on (a reload): new ones start after the last record.
+    Sinks(Vec<String>, oneshot::Sender<SinksSet>),
 }
+
+/// Where each sink new to the journal starts, or why the sinks could not be set.
+pub(super) type SinksSet = Result<HashMap<String, super::SinkStart>, JournalError>;
 
 /// Dedupe keys older than the window are forgotten this often.
 const FORGET_EVERY: Duration = Duration::from_secs(600);
@@ -187,9 +193,10 @@ impl Batch {
             Op::Request(request, reply) => self.requests.push((request, reply)),
             Op::Answered(answered) => self.answered.push(answered),
             Op::Settle(settled) => self.settled.extend(settled),
-            op @ (Op::Claim(..) | Op::ReleaseUnclaimed(..) | Op::ClaimUpdates(..)) => {
-                self.claims.push(op)
-            }
+            op @ (Op::Claim(..)
+            | Op::ReleaseUnclaimed(..)
+            | Op::ClaimUpdates(..)
+            | Op::Sinks(..)) => self.claims.push(op),
             Op::Flush(done) => self.flushes.push(done),
             Op::Ping(done) => self.pings.push(done),
             Op::Mark(name, at, done) => {
@@ -367,10 +374,7 @@ impl JournalWriter {
 
     /// Every sink's cursor now.
     fn cursors(&self) -> HashMap<String, u64> {
-        self.positions
-            .iter()
-            .map(|(name, at)| (name.clone(), at.load(std::sync::atomic::Ordering::Acquire)))
-            .collect()
+        self.positions.snapshot()
     }
 
     /// Whether a durable state transaction is due: cursors moved, or records were appended
@@ -420,6 +424,9 @@ impl JournalWriter {
                     self.commit(batch, true).await;
                 }
                 let _ = done.send(());
+            }
+            Op::Sinks(names, reply) => {
+                let _ = reply.send(self.set_sinks(names));
             }
             _ => {}
         }
@@ -481,11 +488,7 @@ impl JournalWriter {
 
     /// Where the slowest sink stands (the last seq when there is no sink).
     fn min_cursor(&self) -> u64 {
-        self.positions
-            .values()
-            .map(|at| at.load(std::sync::atomic::Ordering::Acquire))
-            .min()
-            .unwrap_or(self.last_seq)
+        self.positions.min().unwrap_or(self.last_seq)
     }
 
     /// Records every sink has passed by its durably stored cursor may go.

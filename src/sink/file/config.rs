@@ -24,7 +24,7 @@ pub struct FileSinkFile {
 }
 
 /// `type = "file"`
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FileSettings {
     /// The file; parent directories are created.
     pub path: PathBuf,

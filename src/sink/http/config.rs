@@ -1,4 +1,5 @@
-//! The keys of `type = "http"`: the endpoint, headers, timeouts, retries, batching and TLS.
+//! The keys of `type = "http"`: the endpoint, headers, timeouts, retries, which answers
+//! dead-letter a record, batching and TLS.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -24,12 +25,19 @@ pub mod defaults {
     pub const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
     /// `retry_min`
     pub const HTTP_RETRY_MIN: Duration = Duration::from_secs(1);
-    /// `retry_max`
-    pub const HTTP_RETRY_MAX: Duration = Duration::from_secs(60);
+    /// `retry_max`: short, so that delivery resumes within a few seconds of a broken endpoint
+    /// answering again (the retried request is the only probe that proves a fix: a receiver's
+    /// new API key is invisible to a TCP or HEAD probe); one small request every few seconds
+    /// to a broken endpoint is no load worth saving.
+    pub const HTTP_RETRY_MAX: Duration = Duration::from_secs(3);
     /// `give_up_after`
     pub const HTTP_GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
     /// `batch_max`: one record per request.
     pub const HTTP_BATCH_MAX: u64 = 1;
+    /// `dead_letter_status`: the answers that refuse a record for what it is (bad request,
+    /// too large, unsupported media type, unprocessable); any other 4xx means the endpoint or
+    /// its credentials are wrong, and the sink pauses instead.
+    pub const HTTP_DEAD_LETTER_STATUS: [u16; 4] = [400, 413, 415, 422];
 }
 
 /// The table as serde reads it.
@@ -48,10 +56,11 @@ pub struct HttpSinkFile {
     retry_min: Option<Dur>,
     retry_max: Option<Dur>,
     give_up_after: Option<Dur>,
+    dead_letter_status: Option<Vec<u16>>,
 }
 
 /// `type = "http"`
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HttpSettings {
     /// The endpoint (`check` shows it without user info and query, which may hold secrets).
     #[serde(serialize_with = "redacted_url")]
@@ -69,9 +78,12 @@ pub struct HttpSettings {
     /// Retry delays: `retry_min`, the first, to `retry_max`, the largest.
     #[serde(flatten, serialize_with = "retry_keys")]
     pub retry: RetryPolicy,
-    /// A record still failing after this long is dead-lettered.
+    /// A record still failing (5xx, 408, 429, no answer) after this long is dead-lettered;
+    /// the clock does not run while the sink is paused.
     #[serde(with = "human")]
     pub give_up_after: Duration,
+    /// Answers that dead-letter the record at once (it is the record, not the endpoint).
+    pub dead_letter_status: Vec<u16>,
     /// Extra CA and client certificate.
     #[serde(flatten)]
     pub tls: ClientTls,
@@ -121,6 +133,21 @@ impl SinkType for HttpSettings {
                 "must be between 1 (one record per request) and 10000",
             ));
         }
+        let dead_letter_status = file
+            .dead_letter_status
+            .unwrap_or_else(|| defaults::HTTP_DEAD_LETTER_STATUS.to_vec());
+        if let Some(bad) = dead_letter_status
+            .iter()
+            .position(|status| !(400..=599).contains(status))
+        {
+            return Err(at.err(
+                &format!("dead_letter_status[{bad}]"),
+                format!(
+                    "{} is not an error status; list 4xx or 5xx answers that refuse a record for what it is, like [400, 413, 415, 422]",
+                    dead_letter_status[bad]
+                ),
+            ));
+        }
         let tls = ClientTls::read(
             at.ctx,
             at.prefix,
@@ -136,6 +163,7 @@ impl SinkType for HttpSettings {
             batch_max: batch_max as usize,
             retry,
             give_up_after,
+            dead_letter_status,
             tls,
         })
     }

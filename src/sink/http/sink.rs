@@ -1,7 +1,11 @@
-//! The HTTP sink: POSTs records to an endpoint. A failed request is an error the drive loop
-//! retries (after the server's `Retry-After`, else on the sink's `retry_min`..`retry_max`
-//! schedule); a non-retryable answer, or a batch still failing after `give_up_after`, is
-//! dead-lettered.
+//! The HTTP sink: POSTs records to an endpoint. What an answer means:
+//!
+//! | answer | meaning | what happens |
+//! | --- | --- | --- |
+//! | 2xx | delivered | the cursor moves |
+//! | `dead_letter_status` (400, 413, 415, 422) | the record is refused for what it is | dead-lettered, the sink goes on |
+//! | 408, 429, 5xx, no answer | a passing failure | retried (`Retry-After`, else `retry_min`..`retry_max`); dead-lettered after `give_up_after` |
+//! | any other status (401, 403, 404, 405, 407, 421, …), a TLS failure | the endpoint or its credentials are wrong | the sink pauses: records kept and retried on the same schedule, never dead-lettered for it |
 
 use std::io;
 use std::path::Path;
@@ -63,6 +67,11 @@ enum Outcome {
     Refused {
         status: StatusCode,
         excerpt: String,
+    },
+    /// The endpoint or its credentials are wrong: every record would fail the same way.
+    Paused {
+        kind: String,
+        reason: String,
     },
 }
 
@@ -141,7 +150,17 @@ impl HttpSink {
                     status: Some(status.as_u16()),
                     response: Some(&excerpt),
                 };
-                self.dead_letter(records, &reason)
+                self.dead_letter(records, &reason).await
+            }
+            Outcome::Paused { kind, reason } => {
+                // `give_up_after` is for records that keep failing, not for a broken endpoint.
+                self.failing = None;
+                Err(crate::sink::Failure {
+                    kind,
+                    pause: true,
+                    message: reason,
+                }
+                .into_io())
             }
             Outcome::Retry { reason, after } => {
                 let failing = match &mut self.failing {
@@ -156,7 +175,12 @@ impl HttpSink {
                 failing.attempts += 1;
                 failing.after = after;
                 if failing.since.elapsed() < self.settings.give_up_after {
-                    return Err(io::Error::other(reason));
+                    return Err(crate::sink::Failure {
+                        kind: reason.split(':').next().unwrap_or_default().to_owned(),
+                        pause: false,
+                        message: reason,
+                    }
+                    .into_io());
                 }
                 let attempts = failing.attempts;
                 self.failing = None;
@@ -173,13 +197,17 @@ impl HttpSink {
                     status: None,
                     response: None,
                 };
-                self.dead_letter(records, &reason)
+                self.dead_letter(records, &reason).await
             }
         }
     }
 
-    fn dead_letter(&mut self, records: &[&StoredRecord], reason: &Reason<'_>) -> io::Result<()> {
-        self.dead.write(records, reason)?;
+    async fn dead_letter(
+        &mut self,
+        records: &[&StoredRecord],
+        reason: &Reason<'_>,
+    ) -> io::Result<()> {
+        self.dead.write(records, reason).await?;
         self.dead_lettered.extend(records.iter().map(|r| r.seq));
         let n = records.len() as u64;
         self.stats.sink(&self.name, |s| s.dead_lettered += n);
@@ -196,12 +224,7 @@ impl HttpSink {
         let response = match request.send().await {
             Ok(response) => response,
             // Without the URL: it may hold a token in its query.
-            Err(err) => {
-                return Outcome::Retry {
-                    reason: describe(&err),
-                    after: None,
-                };
-            }
+            Err(err) => return transport_failure(&err),
         };
         let status = response.status();
         if status.is_success() {
@@ -214,17 +237,80 @@ impl HttpSink {
             _ => None,
         };
         let excerpt = excerpt(response).await;
-        if status == StatusCode::REQUEST_TIMEOUT
-            || status == StatusCode::TOO_MANY_REQUESTS
-            || status.is_server_error()
-        {
-            Outcome::Retry {
+        match answer_kind(status, &self.settings.dead_letter_status) {
+            Answer::Refused => Outcome::Refused { status, excerpt },
+            Answer::Passing => Outcome::Retry {
                 reason: format!("HTTP {status}"),
                 after,
-            }
-        } else {
-            Outcome::Refused { status, excerpt }
+            },
+            Answer::Broken(fix) => Outcome::Paused {
+                kind: format!("HTTP {}", status.as_u16()),
+                reason: format!(
+                    "the endpoint answered HTTP {status} ({}): {fix}",
+                    crate::rejects::sample(&excerpt)
+                ),
+            },
         }
+    }
+}
+
+/// What a non-2xx answer says about the record or the endpoint.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    /// The record is refused for what it is: dead-letter it.
+    Refused,
+    /// A passing failure: retry.
+    Passing,
+    /// The endpoint or its credentials are wrong (the fix): pause.
+    Broken(&'static str),
+}
+
+/// How an answer is taken: `dead_letter_status` first, then 408, 429 and 5xx as passing, any
+/// other status as a broken endpoint.
+fn answer_kind(status: StatusCode, dead_letter: &[u16]) -> Answer {
+    let code = status.as_u16();
+    if dead_letter.contains(&code) {
+        return Answer::Refused;
+    }
+    match code {
+        408 | 429 | 500..=599 => Answer::Passing,
+        401 | 407 => Answer::Broken(
+            "the credentials are refused; check this sink's headers (e.g. Authorization) against the receiver's key",
+        ),
+        403 => Answer::Broken(
+            "access is refused; check this sink's credentials and the receiver's permissions",
+        ),
+        404 | 405 | 421 => Answer::Broken("check this sink's url and method"),
+        _ => Answer::Broken(
+            "the endpoint refuses every record this way; fix it, or list the status in this sink's dead_letter_status to dead-letter such records",
+        ),
+    }
+}
+
+/// A request that got no answer: a TLS failure (certificates, client authentication) pauses
+/// the sink; anything else (refused, reset, timed out) is a passing failure.
+fn transport_failure(err: &reqwest::Error) -> Outcome {
+    let reason = describe(err);
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        let tls = cause.downcast_ref::<rustls::Error>().is_some()
+            || cause
+                .downcast_ref::<io::Error>()
+                .and_then(|e| e.get_ref())
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+        if tls {
+            return Outcome::Paused {
+                kind: "TLS".into(),
+                reason: format!(
+                    "{reason}; check this sink's ca_file, client_cert and client_key and the endpoint's certificate"
+                ),
+            };
+        }
+        source = cause.source();
+    }
+    Outcome::Retry {
+        reason,
+        after: None,
     }
 }
 
@@ -298,6 +384,35 @@ impl Sink for HttpSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_dead_letter_the_record_retry_or_pause_the_sink() {
+        let default = super::super::config::defaults::HTTP_DEAD_LETTER_STATUS;
+        let kind = |code: u16| answer_kind(StatusCode::from_u16(code).unwrap(), &default);
+        for code in [400, 413, 415, 422] {
+            assert_eq!(kind(code), Answer::Refused, "{code}");
+        }
+        for code in [408, 429, 500, 502, 503, 504] {
+            assert_eq!(kind(code), Answer::Passing, "{code}");
+        }
+        for code in [401, 403, 404, 405, 407, 421, 409, 410, 301] {
+            assert!(matches!(kind(code), Answer::Broken(_)), "{code}");
+        }
+        let own = [409, 503];
+        assert_eq!(
+            answer_kind(StatusCode::CONFLICT, &own),
+            Answer::Refused,
+            "dead_letter_status decides first"
+        );
+        assert_eq!(
+            answer_kind(StatusCode::SERVICE_UNAVAILABLE, &own),
+            Answer::Refused
+        );
+        assert!(matches!(
+            answer_kind(StatusCode::BAD_REQUEST, &own),
+            Answer::Broken(_)
+        ));
+    }
 
     #[test]
     fn bodies_are_one_record_or_an_array() {

@@ -54,7 +54,7 @@ pub struct NatsSinkFile {
 }
 
 /// How a NATS sink authenticates.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NatsAuth {
     /// No credentials.
@@ -75,7 +75,7 @@ pub enum NatsAuth {
 }
 
 /// `type = "nats"`
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NatsSettings {
     /// `nats://` or `tls://` URLs.
     pub servers: Vec<String>,

@@ -19,7 +19,7 @@ pub use out::Stdout;
 pub struct StdoutFile {}
 
 /// `type = "stdout"`: nothing to set besides the shared keys.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StdoutSettings {}
 
 impl SinkType for StdoutSettings {

@@ -1,10 +1,21 @@
 //! Dead letters: records a sink gave up on, kept in `<state.dir>/dead-letter/<sink>.jsonl` with
-//! the reason, so they can be looked at and replayed (`mews-relay dead-letters replay`).
+//! the reason, so they can be listed and replayed (`mews-relay dead-letters list|replay`, the
+//! latter through the running relay's API or, when none runs, on the journal itself).
+//!
+//! A file has one lock in the process: the sink's task appending and a replay renaming the
+//! file away take turns, so no line lands in a file already replayed.
 
+mod replay;
+
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
 use std::time::SystemTime;
+
+pub use replay::{ReplayError, list, replay, replay_into};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -28,6 +39,15 @@ pub fn path_for(state_dir: &Path, name: &str) -> PathBuf {
         })
         .collect();
     state_dir.join(DIR).join(format!("{safe}.jsonl"))
+}
+
+/// The lock of the dead-letter file at `path`, shared by everything in this process that
+/// writes or replays it.
+fn lock_of(path: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    type Locks = std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>;
+    static LOCKS: LazyLock<Locks> = LazyLock::new(Locks::default);
+    let mut locks = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+    Arc::clone(locks.entry(path.to_owned()).or_default())
 }
 
 /// Why records were dead-lettered.
@@ -84,8 +104,13 @@ impl DeadLetters {
         &self.path
     }
 
-    /// Appends the records with the reason, and syncs the file.
-    pub fn write(&mut self, records: &[&StoredRecord], reason: &Reason<'_>) -> io::Result<()> {
+    /// Appends the records with the reason, and syncs the file; a file a replay renamed away
+    /// meanwhile is left alone and a new one started.
+    pub async fn write(
+        &mut self,
+        records: &[&StoredRecord],
+        reason: &Reason<'_>,
+    ) -> io::Result<()> {
         let mut buf = Vec::new();
         let now = format_time(SystemTime::now());
         for record in records {
@@ -113,6 +138,15 @@ impl DeadLetters {
             serde_json::to_writer(&mut buf, &line)?;
             buf.push(b'\n');
         }
+        let lock = lock_of(&self.path);
+        let _turn = lock.lock().await;
+        if self
+            .file
+            .as_ref()
+            .is_some_and(|file| !still_at(file, &self.path))
+        {
+            self.file = None;
+        }
         if self.file.is_none() {
             if let Some(dir) = self.path.parent() {
                 crate::files::create_private_dir(dir)?;
@@ -128,6 +162,14 @@ impl DeadLetters {
             self.file = None;
         }
         result
+    }
+}
+
+/// Whether `path` still names the open `file` (a replay renames it away).
+fn still_at(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
     }
 }
 
@@ -147,101 +189,40 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_dead_letter_file_that_is_a_symlink_is_not_written_through() {
+    #[tokio::test]
+    async fn a_dead_letter_file_that_is_a_symlink_is_not_written_through() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("target");
         std::fs::write(&target, "untouched").unwrap();
         std::fs::create_dir(dir.path().join(DIR)).unwrap();
         std::os::unix::fs::symlink(&target, path_for(dir.path(), "keys")).unwrap();
         let mut dead = DeadLetters::new(dir.path(), "keys");
-        let record = super::super::stdout::test_record("{\"seq\":1}");
+        let record = crate::sink::stdout::test_record("{\"seq\":1}");
         let reason = Reason {
             text: "gave up",
             status: None,
             response: None,
         };
-        let err = dead.write(&[&record], &reason).unwrap_err();
+        let err = dead.write(&[&record], &reason).await.unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
     }
-}
 
-/// Why dead letters could not be replayed.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplayError {
-    /// No such sink in the config.
-    #[error("no sink is named \"{0}\" in the config; the names are: {1}")]
-    UnknownSink(String, String),
-    /// The file could not be read or parsed.
-    #[error("{path}: {problem}", path = .0.display(), problem = .1)]
-    File(PathBuf, String),
-    /// The journal could not take them.
-    #[error(transparent)]
-    Journal(#[from] crate::journal::JournalError),
-}
-
-/// Puts sink `sink`'s dead letters back into the journal, for that sink only, and renames the
-/// file to `…jsonl.replayed-<unix time>`. The relay must not be running (the journal is
-/// opened here). Returns how many records were put back.
-pub async fn replay(settings: &crate::config::Settings, sink: &str) -> Result<usize, ReplayError> {
-    use crate::journal::{Entry, Journal, Replay};
-    let names: Vec<String> = settings.sinks.iter().map(|s| s.name.clone()).collect();
-    if !names.iter().any(|n| n == sink) {
-        return Err(ReplayError::UnknownSink(sink.to_owned(), names.join(", ")));
-    }
-    let path = path_for(&settings.state.dir, sink);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(err) => return Err(ReplayError::File(path, err.to_string())),
-    };
-    #[derive(Deserialize)]
-    struct Head {
-        property: Option<String>,
-        #[serde(rename = "type")]
-        kind: Option<String>,
-    }
-    let mut entries = Vec::new();
-    for (n, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let bad = |err: serde_json::Error| {
-            ReplayError::File(
-                path.clone(),
-                format!("line {}: {err}; fix or remove that line", n + 1),
-            )
+    #[tokio::test]
+    async fn a_file_renamed_away_by_a_replay_is_not_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dead = DeadLetters::new(dir.path(), "keys");
+        let record = crate::sink::stdout::test_record("{\"seq\":1}");
+        let reason = Reason {
+            text: "refused",
+            status: Some(400),
+            response: None,
         };
-        let line: Line<'_> = serde_json::from_str(line).map_err(bad)?;
-        let head: Head = serde_json::from_str(line.record.get()).map_err(bad)?;
-        entries.push(Entry::Replay(Replay {
-            sink: sink.to_owned(),
-            key: line.key,
-            property: head.property.unwrap_or_default(),
-            kind: head.kind,
-            json: line.record.get().as_bytes().to_vec(),
-        }));
+        dead.write(&[&record], &reason).await.unwrap();
+        let moved = dir.path().join("moved.jsonl");
+        std::fs::rename(dead.path(), &moved).unwrap();
+        dead.write(&[&record], &reason).await.unwrap();
+        let lines = |p: &Path| std::fs::read_to_string(p).unwrap().lines().count();
+        assert_eq!((lines(&moved), lines(dead.path())), (1, 1));
     }
-    let count = entries.len();
-    let stats = std::sync::Arc::new(crate::stats::Stats::default());
-    let (journal, writer) = Journal::open(
-        &settings.state.dir,
-        &names,
-        crate::rejects::journal_share(settings.state.max_bytes),
-        stats,
-    )?;
-    let writer = tokio::spawn(writer.run());
-    let result = journal.append_committed(entries).await;
-    drop(journal);
-    let _ = writer.await;
-    result?;
-    let stamp = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let done = path.with_extension(format!("jsonl.replayed-{stamp}"));
-    std::fs::rename(&path, &done)
-        .map_err(|err| ReplayError::File(path.clone(), err.to_string()))?;
-    Ok(count)
 }
