@@ -152,7 +152,7 @@ fn spawn_with(
             );
             for i in 0..connections {
                 text.push_str(&format!(
-                    "\n[[property]]\nname = \"p{i}\"\naccess_token = \"BENCH\"\n"
+                    "\n[[property]]\nname = \"p{i}\"\naccess_token = \"BENCH-{i}\"\n"
                 ));
             }
             let config = dir.path().join("relay.toml");
