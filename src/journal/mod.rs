@@ -1,8 +1,11 @@
-//! The durable journal (redb): records in seq order, a cursor per sink, pruning behind them all.
+//! The durable journal: records in seq order in an append-only segment log (`log/`), the state
+//! around them (a position per sink, dedupe keys, pending records, marks, the command loop) in
+//! redb (`journal.redb`), pruning behind every sink.
 //!
-//! Producers hand records to [`Journal::append`]; one writer task commits whatever arrived
-//! meanwhile in one transaction with one fsync (group commit), then publishes the new last
-//! seq. Sinks only ever see committed records.
+//! Producers hand records to [`Journal::append`]; one writer, on its own thread, appends
+//! whatever arrived meanwhile with one write and one `fdatasync` (group commit), then publishes
+//! the new last seq and keeps the fresh records in memory ([`tail`]) for sinks that keep up.
+//! Sinks only ever see committed records.
 
 mod claims;
 pub mod commands;
