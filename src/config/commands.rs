@@ -85,7 +85,7 @@ impl ApiFile {
         credentials: &CredentialsDir,
     ) -> Result<Api, ConfigError> {
         let listen = resolve_listen(self.listen.as_deref().unwrap_or(defaults::API_LISTEN))
-                .map_err(|problem| ctx.err("api.listen", problem))?;
+            .map_err(|problem| ctx.err("api.listen", problem))?;
         let token = secret(
             ctx,
             "api.token",

@@ -233,7 +233,11 @@ fn environment(host: &str, ws: bool) -> Option<(&'static str, &'static str, &'st
 /// `/ws/connector` over TLS, the REST API on the other host, both of one environment (tokens
 /// are per environment). Mews's own hosts are held to that; another host (a proxy, the
 /// simulator) only draws a warning for a path other than `/ws/connector`.
-fn mews_addresses(ctx: &Ctx<'_>, websocket_url: &str, api_url: Option<&str>) -> Result<(), ConfigError> {
+fn mews_addresses(
+    ctx: &Ctx<'_>,
+    websocket_url: &str,
+    api_url: Option<&str>,
+) -> Result<(), ConfigError> {
     let ws: Uri = websocket_url
         .parse()
         .map_err(|_| ctx.err("mews.websocket_url", "is not a URL"))?;

@@ -218,7 +218,9 @@ fn distinct_listeners(
             addr.port() != 0
                 && other.port() == addr.port()
                 && other.is_ipv4() == addr.is_ipv4()
-                && (other.ip() == addr.ip() || other.ip().is_unspecified() || addr.ip().is_unspecified())
+                && (other.ip() == addr.ip()
+                    || other.ip().is_unspecified()
+                    || addr.ip().is_unspecified())
         }) {
             return Err(ctx.err(
                 *key,

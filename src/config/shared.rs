@@ -546,6 +546,9 @@ mod tests {
         assert_eq!(ctx.label("sink", 0), "sink \"keys\"");
         assert_eq!(ctx.label("sink", 1), "sink[1]", "no name");
         assert_eq!(ctx.label("sink", 2), "sink[2]", "a name used twice");
-        assert_eq!(ctx.relabel("property[0].access_tokn".into()), "property \"old-town\".access_tokn");
+        assert_eq!(
+            ctx.relabel("property[0].access_tokn".into()),
+            "property \"old-town\".access_tokn"
+        );
     }
 }

@@ -65,9 +65,19 @@ mod tests {
         assert_eq!(closest("DeviceComand", events), Some("DeviceCommand"));
         assert_eq!(closest("devicecommand", events), Some("DeviceCommand"));
         assert_eq!(closest("Kafka", events), None);
-        assert_eq!(closest("x", ["a", "b"]), None, "one letter is no typo of another");
-        assert_eq!(closest("alway", ["always", "interval", "never"]), Some("always"));
-        assert_eq!(closest("htp", ["stdout", "file", "http", "nats"]), Some("http"));
+        assert_eq!(
+            closest("x", ["a", "b"]),
+            None,
+            "one letter is no typo of another"
+        );
+        assert_eq!(
+            closest("alway", ["always", "interval", "never"]),
+            Some("always")
+        );
+        assert_eq!(
+            closest("htp", ["stdout", "file", "http", "nats"]),
+            Some("http")
+        );
     }
 
     #[test]

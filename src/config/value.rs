@@ -142,7 +142,9 @@ pub fn resolve_listen(text: &str) -> Result<SocketAddr, String> {
         .find(|a| a.is_ipv4())
         .or(addrs.first())
         .copied()
-        .ok_or_else(|| format!(r#"host "{host}" has no address; write an IP address, like "127.0.0.1:{port}""#))
+        .ok_or_else(|| {
+            format!(r#"host "{host}" has no address; write an IP address, like "127.0.0.1:{port}""#)
+        })
 }
 
 /// Durations written back the way they are read: `"20s"`.
@@ -237,7 +239,10 @@ mod tests {
             resolve_listen("127.0.0.1:9187"),
             Ok("127.0.0.1:9187".parse().unwrap())
         );
-        assert_eq!(resolve_listen("[::1]:9187"), Ok("[::1]:9187".parse().unwrap()));
+        assert_eq!(
+            resolve_listen("[::1]:9187"),
+            Ok("[::1]:9187".parse().unwrap())
+        );
         assert_eq!(
             resolve_listen("localhost:9187"),
             Ok("127.0.0.1:9187".parse().unwrap())
@@ -247,7 +252,11 @@ mod tests {
             Ok("127.0.0.1:1".parse().unwrap())
         );
         assert!(resolve_listen("localhost").unwrap_err().contains("no port"));
-        assert!(resolve_listen("localhost:http").unwrap_err().contains("port"));
+        assert!(
+            resolve_listen("localhost:http")
+                .unwrap_err()
+                .contains("port")
+        );
         assert!(resolve_listen(":9187").unwrap_err().contains("no host"));
     }
 

@@ -63,7 +63,7 @@ impl WebhooksFile {
         credentials: &CredentialsDir,
     ) -> Result<Webhooks, ConfigError> {
         let listen = resolve_listen(self.listen.as_deref().unwrap_or(defaults::WEBHOOKS_LISTEN))
-                .map_err(|problem| ctx.err("webhooks.listen", problem))?;
+            .map_err(|problem| ctx.err("webhooks.listen", problem))?;
         let path = self
             .path
             .unwrap_or_else(|| defaults::WEBHOOKS_PATH.to_owned());
