@@ -5,6 +5,7 @@ mod attack;
 mod auth;
 mod catch_up;
 mod chaos;
+mod check;
 mod command_loop;
 mod config;
 mod crash;
