@@ -384,13 +384,25 @@ fn quiet_prints_only_errors_and_strict_makes_warnings_errors() {
     );
 }
 
-/// `completions bash|zsh|fish` print a script that knows the subcommands and check's flags.
+/// `completions bash|zsh|fish` print a script that knows the subcommands and check's flags
+/// (each in its shell's own spelling).
 #[test]
 fn completions_generate_for_bash_zsh_and_fish() {
-    for shell in ["bash", "zsh", "fish"] {
+    for (shell, strict) in [
+        ("bash", "--strict"),
+        ("zsh", "'--strict["),
+        ("fish", "-l strict"),
+    ] {
         let (code, stdout, stderr) = run_binary(&["completions", shell]);
         assert_eq!(code, 0, "{shell}: {stderr}");
-        for word in ["mews-relay", "check", "run", "dead-letters", "--strict"] {
+        for word in [
+            "mews-relay",
+            "check",
+            "run",
+            "dead-letters",
+            "completions",
+            strict,
+        ] {
             assert!(stdout.contains(word), "{shell} completions lack {word}");
         }
     }
