@@ -30,8 +30,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon.
     Run(ConfigArg),
-    /// Validate a config and print it with secrets masked (exit 0), or name the bad key (exit 64).
-    Check(ConfigArg),
+    /// Validate a config and try what `run` would need, then print it with secrets masked.
+    ///
+    /// Tries state.dir and every file sink's directory for writing and every listen address
+    /// for binding, leaving nothing behind. Exit 0 when all is well, 64 naming the bad key
+    /// (and, on a read-only file system, the directory for systemd's ReadWritePaths=), 75 when
+    /// a listen address is in use. Warnings go to stderr and keep exit 0 unless --strict.
+    Check(CheckArgs),
     /// Serve a Mews-compatible WebSocket and REST API over a simulated hotel, with faults on demand.
     ///
     /// The WebSocket is at /ws/connector (cookie ClientToken=…;AccessToken=…); the REST
@@ -71,6 +76,16 @@ pub enum Command {
     Commands {
         #[command(subcommand)]
         action: CommandAction,
+    },
+    /// Print a shell completion script.
+    ///
+    /// E.g. `mews-relay completions bash > /usr/share/bash-completion/completions/mews-relay`,
+    /// `mews-relay completions zsh > /usr/local/share/zsh/site-functions/_mews-relay`,
+    /// `mews-relay completions fish > /usr/share/fish/vendor_completions.d/mews-relay.fish`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -161,6 +176,18 @@ pub struct ConfigArg {
         default_value = "/etc/mews-relay/mews-relay.toml"
     )]
     pub config: PathBuf,
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Print errors only: no config, no warnings (for ExecStartPre=).
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Treat warnings as errors (exit 64).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Args)]

@@ -38,6 +38,7 @@ pub mod logging;
 pub(crate) mod metrics;
 pub(crate) mod mews;
 pub(crate) mod ops;
+pub mod preflight;
 pub mod record;
 pub mod rejects;
 pub(crate) mod retry;

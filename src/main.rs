@@ -8,12 +8,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use mews_relay::api::client::{ApiClient, ClientError};
 use mews_relay::app::{self, AppError, Control, signals};
-use mews_relay::cli::{Cli, Command, CommandAction, DeadLetterAction, DemoArgs, SimulateArgs};
+use mews_relay::cli::{
+    CheckArgs, Cli, Command, CommandAction, DeadLetterAction, DemoArgs, SimulateArgs,
+};
 use mews_relay::config::{CredentialsDir, Settings};
 use mews_relay::ctl;
+use mews_relay::preflight::{Preflight, PreflightError, preflight};
 
 /// Exit code for a bad config (sysexits' EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -21,6 +24,9 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_JOURNAL: u8 = 74;
 /// Exit code when no relay answers on its API (sysexits' EX_UNAVAILABLE).
 const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code when a listen address is in use now (sysexits' EX_TEMPFAIL: systemd's
+/// Restart= tries again, where 64 and 74 are not retried).
+const EXIT_TEMPFAIL: u8 = 75;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -28,9 +34,11 @@ fn main() -> ExitCode {
     // One crypto provider for every TLS client and server in the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
-        Command::Check(args) => check(&args.config),
+        Command::Check(args) => check(&args),
         Command::Run(args) => {
             let settings = load(&args.config);
+            // The same checks as `check`: what would fail later fails now, naming the key.
+            try_start(&settings);
             app::raise_descriptor_limit();
             let run = |control| async { exit_code(app::run(settings, control).await) };
             daemon(run, Some(args.config))
@@ -56,7 +64,17 @@ fn main() -> ExitCode {
             args.wait,
         ))),
         Command::Commands { action } => command(action),
+        Command::Completions { shell } => completions(shell),
     }
+}
+
+/// The preflight of `check` and `run`, or the process ends naming the key (exit 64, or 75 for
+/// a listen address in use).
+fn try_start(settings: &Settings) -> Preflight {
+    preflight(settings).unwrap_or_else(|err| match err {
+        PreflightError::Config(err) => exit(EXIT_CONFIG, format!("config error: {err}")),
+        PreflightError::Busy(err) => exit(EXIT_TEMPFAIL, format!("cannot start: {err}")),
+    })
 }
 
 /// The validated config, or the process ends with the error naming the key (exit 64).
@@ -110,11 +128,27 @@ fn exit_code(result: Result<(), AppError>) -> ExitCode {
     }
 }
 
-/// `check`: the config with secrets masked on stdout, its warnings on stderr.
-fn check(path: &Path) -> ExitCode {
+/// `check`: validation and the preflight `run` does; the config with secrets masked on
+/// stdout, its warnings on stderr (none of either with `--quiet`); with `--strict` a warning
+/// is an error (exit 64).
+fn check(args: &CheckArgs) -> ExitCode {
+    let path = &args.config.config;
     let settings = load(path);
+    let preflight = try_start(&settings);
+    if args.strict && !settings.warnings.is_empty() {
+        for warning in &settings.warnings {
+            eprintln!("mews-relay: config error (--strict): {warning}");
+        }
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if args.quiet {
+        return ExitCode::SUCCESS;
+    }
     for warning in &settings.warnings {
         eprintln!("warning: {warning}");
+    }
+    for note in &preflight.notes {
+        eprintln!("note: {note}");
     }
     println!(
         "# {}: valid (secrets masked)\n{}",
@@ -122,6 +156,23 @@ fn check(path: &Path) -> ExitCode {
         settings.to_toml()
     );
     ExitCode::SUCCESS
+}
+
+/// `completions SHELL`: the script on stdout.
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    use clap_complete::Generator;
+    use std::io::Write;
+    let mut cli = Cli::command();
+    cli.set_bin_name("mews-relay");
+    cli.build();
+    let mut script = Vec::new();
+    if let Err(err) = shell.try_generate(&cli, &mut script) {
+        return fail(1, format!("cannot write the {shell} completions: {err}"));
+    }
+    match std::io::stdout().lock().write_all(&script) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(1, format!("cannot write the {shell} completions: {err}")),
+    }
 }
 
 /// `command …`: through the running relay's API; the answer on stdout as JSON.

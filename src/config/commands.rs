@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::mews::Mews;
 use super::shared::{ConfigError, CredentialsDir, Ctx, secret};
+use super::value::resolve_listen;
 use crate::secret::Secret;
 
 /// Defaults of `[api]`.
@@ -27,7 +28,7 @@ pub(crate) struct CommandsFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ApiFile {
-    listen: Option<SocketAddr>,
+    listen: Option<String>,
     token: Option<String>,
     token_file: Option<PathBuf>,
 }
@@ -83,12 +84,8 @@ impl ApiFile {
         mews: &Mews,
         credentials: &CredentialsDir,
     ) -> Result<Api, ConfigError> {
-        let listen = match self.listen {
-            Some(addr) => addr,
-            None => defaults::API_LISTEN
-                .parse()
-                .map_err(|_| ctx.err("api.listen", "bad default"))?,
-        };
+        let listen = resolve_listen(self.listen.as_deref().unwrap_or(defaults::API_LISTEN))
+            .map_err(|problem| ctx.err("api.listen", problem))?;
         let token = secret(
             ctx,
             "api.token",

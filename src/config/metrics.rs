@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::shared::{ConfigError, Ctx};
-use super::value::{Dur, human, pick};
+use super::value::{Dur, human, pick, resolve_listen};
 
 /// Defaults of `[metrics]`.
 pub mod defaults {
@@ -22,7 +22,7 @@ pub mod defaults {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MetricsFile {
-    listen: Option<SocketAddr>,
+    listen: Option<String>,
     ready_max_lag: Option<Dur>,
 }
 
@@ -40,12 +40,8 @@ impl MetricsFile {
     /// Defaults filled in.
     pub(crate) fn validate(self, ctx: &Ctx<'_>) -> Result<Metrics, ConfigError> {
         Ok(Metrics {
-            listen: match self.listen {
-                Some(addr) => addr,
-                None => defaults::METRICS_LISTEN
-                    .parse()
-                    .map_err(|_| ctx.err("metrics.listen", "bad default"))?,
-            },
+            listen: resolve_listen(self.listen.as_deref().unwrap_or(defaults::METRICS_LISTEN))
+                .map_err(|problem| ctx.err("metrics.listen", problem))?,
             ready_max_lag: pick(self.ready_max_lag, defaults::READY_MAX_LAG),
         })
     }

@@ -99,6 +99,7 @@ impl MewsFile {
                 ));
             }
         }
+        mews_addresses(ctx, &websocket_url, self.api_url.as_deref())?;
         let client_token = secret(
             ctx,
             "mews.client_token",
@@ -212,12 +213,111 @@ impl Mews {
     }
 }
 
+/// Mews's environments: what each calls its WebSocket and its REST hosts (mews-api.md §1.1).
+const ENVIRONMENTS: [(&str, &str, &str); 2] = [
+    ("production", "ws.mews.com", "api.mews.com"),
+    ("demo", "ws.mews-demo.com", "api.mews-demo.com"),
+];
+
+/// The path of Mews's WebSocket endpoint on its WebSocket host.
+const WS_PATH: &str = "/ws/connector";
+
+/// The environment whose WebSocket host (`ws`) or REST host (`!ws`) is `host`.
+fn environment(host: &str, ws: bool) -> Option<(&'static str, &'static str, &'static str)> {
+    ENVIRONMENTS
+        .into_iter()
+        .find(|(_, w, a)| host.eq_ignore_ascii_case(if ws { w } else { a }))
+}
+
+/// The URLs checked against what Mews serves where: the WebSocket on its own host at
+/// `/ws/connector` over TLS, the REST API on the other host, both of one environment (tokens
+/// are per environment). Mews's own hosts are held to that; another host (a proxy, the
+/// simulator) only draws a warning for a path other than `/ws/connector`.
+fn mews_addresses(
+    ctx: &Ctx<'_>,
+    websocket_url: &str,
+    api_url: Option<&str>,
+) -> Result<(), ConfigError> {
+    let ws: Uri = websocket_url
+        .parse()
+        .map_err(|_| ctx.err("mews.websocket_url", "is not a URL"))?;
+    let ws_host = ws.host().unwrap_or_default();
+    let ws_env = environment(ws_host, true);
+    let example = r#"use "wss://ws.mews.com/ws/connector" (production) or "wss://ws.mews-demo.com/ws/connector" (demo)"#;
+    if ws_host.to_ascii_lowercase().ends_with("mews.li") {
+        return Err(ctx.err(
+            "mews.websocket_url",
+            format!("\"{ws_host}\" is an address Mews retired in 2021; {example}"),
+        ));
+    }
+    if let Some((env, ws_right, _)) = environment(ws_host, false) {
+        return Err(ctx.err(
+            "mews.websocket_url",
+            format!(
+                r#""{ws_host}" is the {env} REST API's host, and Mews does not serve WebSockets there ("WebSockets use a different domain than the rest of the Connector API"); use "wss://{ws_right}{WS_PATH}""#
+            ),
+        ));
+    }
+    if ws.path() != WS_PATH {
+        let problem = format!(
+            r#"the path is "{}", and Mews's WebSocket is at {WS_PATH} (anything else is answered 404)"#,
+            ws.path()
+        );
+        match ws_env {
+            Some((_, host, _)) => {
+                return Err(ctx.err(
+                    "mews.websocket_url",
+                    format!(r#"{problem}; use "wss://{host}{WS_PATH}""#),
+                ));
+            }
+            None => ctx.warn(
+                "mews.websocket_url",
+                format!("{problem}; fine only for a proxy that forwards it there, else {example}"),
+            ),
+        }
+    }
+    if let Some((_, host, _)) = ws_env
+        && ws.scheme_str() != Some("wss")
+    {
+        return Err(ctx.err(
+            "mews.websocket_url",
+            format!(r#"Mews serves WebSockets over TLS only; use "wss://{host}{WS_PATH}""#),
+        ));
+    }
+    let Some(api) = api_url.and_then(|u| u.parse::<Uri>().ok()) else {
+        return Ok(());
+    };
+    let api_host = api.host().unwrap_or_default();
+    if let Some((env, _, api_right)) = environment(api_host, true) {
+        return Err(ctx.err(
+            "mews.api_url",
+            format!(
+                r#""{api_host}" is the {env} WebSocket host; the REST API is "https://{api_right}""#
+            ),
+        ));
+    }
+    if api.path().contains("/api/connector") {
+        return Err(ctx.err(
+            "mews.api_url",
+            r#"holds the operations' path; write the base address only, like "https://api.mews.com" (the relay adds /api/connector/v1/…)"#,
+        ));
+    }
+    if let (Some((ws_env, ws_host, api_wanted)), Some((api_env, ..))) =
+        (ws_env, environment(api_host, false))
+        && ws_env != api_env
+    {
+        return Err(ctx.err(
+            "mews.api_url",
+            format!(
+                r#"is Mews {api_env} ("{api_host}") while websocket_url is Mews {ws_env} ("{ws_host}"): tokens are per environment, so one of the two would refuse them; use both of one environment, e.g. api_url = "https://{api_wanted}""#
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Mews's own WebSocket hosts imply their REST address.
 fn derived_api_url(websocket_url: &str) -> Option<String> {
     let host = websocket_url.parse::<Uri>().ok()?.host()?.to_owned();
-    match host.as_str() {
-        "ws.mews.com" => Some("https://api.mews.com".into()),
-        "ws.mews-demo.com" => Some("https://api.mews-demo.com".into()),
-        _ => None,
-    }
+    environment(&host, true).map(|(_, _, api)| format!("https://{api}"))
 }

@@ -17,6 +17,7 @@ mod settings;
 pub(crate) mod shared;
 mod shutdown;
 mod state;
+pub(crate) mod suggest;
 pub(crate) mod value;
 mod webhooks;
 

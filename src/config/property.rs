@@ -56,9 +56,11 @@ pub(crate) fn validate(
                 ),
             ));
         }
+        // Named by its name from here on (the name is plain and unique now).
+        let label = ctx.label("property", i);
         let access_token = secret(
             ctx,
-            &format!("property[{i}].access_token"),
+            &format!("{label}.access_token"),
             p.access_token,
             p.access_token_file,
             &format!("{}.access_token", p.name),
@@ -69,7 +71,7 @@ pub(crate) fn validate(
             .is_some_and(|id| id.trim().is_empty())
         {
             return Err(ctx.err(
-                format!("property[{i}].enterprise_id"),
+                format!("{label}.enterprise_id"),
                 "is empty; write the enterprise's Mews id or leave it out",
             ));
         }
@@ -81,9 +83,9 @@ pub(crate) fn validate(
         {
             let (first, second) = (&out[twin].name, &p.name);
             return Err(ctx.err(
-                format!("property[{i}].access_token"),
+                format!("{label}.access_token"),
                 format!(
-                    r#"is the AccessToken of property[{twin}] "{first}" too: "{first}" and "{second}" would open two WebSockets for one enterprise (every event twice) and share one Mews rate limit; give each property the AccessToken of its own enterprise, or remove one of them"#
+                    r#"is the AccessToken of property "{first}" too: "{first}" and "{second}" would open two WebSockets for one enterprise (every event twice) and share one Mews rate limit; give each property the AccessToken of its own enterprise, or remove one of them"#
                 ),
             ));
         }

@@ -2,6 +2,7 @@
 //! the order the checks run in.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -171,7 +172,16 @@ impl ConfigFile {
             Some(a) => Some(a.validate(ctx, &mews, credentials)?),
             None => None,
         };
-        let warnings = mews.client_warning(ctx).into_iter().collect();
+        distinct_listeners(
+            ctx,
+            &[
+                ("webhooks.listen", webhooks.as_ref().map(|w| w.listen)),
+                ("metrics.listen", metrics.as_ref().map(|m| m.listen)),
+                ("api.listen", api.as_ref().map(|a| a.listen)),
+            ],
+        )?;
+        let mut warnings: Vec<String> = mews.client_warning(ctx).into_iter().collect();
+        warnings.extend(ctx.take_warnings());
         Ok(Settings {
             origin: ctx.origin().to_owned(),
             mews,
@@ -190,4 +200,35 @@ impl ConfigFile {
             warnings,
         })
     }
+}
+
+/// The listeners in use must not share an address: the second would fail to bind. Port 0 (any
+/// free port) never clashes; an unspecified address (`0.0.0.0`) clashes with every address of
+/// its family on the same port.
+fn distinct_listeners(
+    ctx: &Ctx<'_>,
+    listeners: &[(&str, Option<SocketAddr>)],
+) -> Result<(), ConfigError> {
+    let used: Vec<(&str, SocketAddr)> = listeners
+        .iter()
+        .filter_map(|(key, addr)| addr.map(|a| (*key, a)))
+        .collect();
+    for (i, (key, addr)) in used.iter().enumerate() {
+        if let Some((first, other)) = used[..i].iter().find(|(_, other)| {
+            addr.port() != 0
+                && other.port() == addr.port()
+                && other.is_ipv4() == addr.is_ipv4()
+                && (other.ip() == addr.ip()
+                    || other.ip().is_unspecified()
+                    || addr.ip().is_unspecified())
+        }) {
+            return Err(ctx.err(
+                *key,
+                format!(
+                    "{addr} is also {first} ({other}): two listeners cannot share an address; give each its own port"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -1,7 +1,9 @@
 //! What every section's checks share: errors that name the file and the key, names, secrets
 //! (inline, in a file, or a systemd credential) and TLS material read from PEM files. A leaf:
-//! it uses nothing else of `config`.
+//! it uses nothing else of `config` but the `suggest` leaf.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rustls_pki_types::pem::PemObject;
@@ -9,6 +11,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 use serde::de::{self, DeserializeOwned, Visitor};
 
+use super::suggest;
 use crate::secret::Secret;
 use crate::tls::Identity;
 
@@ -18,7 +21,8 @@ use crate::tls::Identity;
 pub struct ConfigError {
     /// The config file.
     pub file: PathBuf,
-    /// The key, as a TOML path (`connection.ping_interval`, `sink[1].type`).
+    /// The key, as a TOML path (`connection.ping_interval`, `sink "keys".url`, `sink[1].type`
+    /// for a sink without a name).
     pub key: String,
     /// What is wrong and how to fix it.
     pub problem: String,
@@ -35,16 +39,27 @@ impl CredentialsDir {
     }
 }
 
-/// Errors for one file.
+/// Errors and warnings for one file.
 pub struct Ctx<'a> {
     origin: &'a Path,
     text: &'a str,
+    /// `("property", 0)` -> `property "old-town"`, for tables that have a plain, unique name.
+    labels: HashMap<(&'static str, usize), String>,
+    warnings: RefCell<Vec<String>>,
 }
 
+/// Arrays of tables whose entries are named by their `name` in keys.
+const NAMED_ARRAYS: [&str; 2] = ["property", "sink"];
+
 impl<'a> Ctx<'a> {
-    /// Errors naming `origin`, whose text is `text` (for line numbers).
+    /// Errors naming `origin`, whose text is `text` (for line numbers and table names).
     pub fn new(origin: &'a Path, text: &'a str) -> Self {
-        Ctx { origin, text }
+        Ctx {
+            origin,
+            text,
+            labels: labels(text),
+            warnings: RefCell::new(Vec::new()),
+        }
     }
 
     /// The file the errors name.
@@ -64,6 +79,44 @@ impl<'a> Ctx<'a> {
     /// A warning line for `key`, naming the file like an error does.
     pub fn warning(&self, key: &str, advice: impl std::fmt::Display) -> String {
         format!("{}: {key}: {advice}", self.origin.display())
+    }
+
+    /// Notes a warning for `key` ([`Ctx::take_warnings`] hands them to the settings).
+    pub fn warn(&self, key: &str, advice: impl std::fmt::Display) {
+        let line = self.warning(key, advice);
+        self.warnings.borrow_mut().push(line);
+    }
+
+    /// The warnings noted so far, in the order they were found.
+    pub fn take_warnings(&self) -> Vec<String> {
+        self.warnings.take()
+    }
+
+    /// How keys name entry `index` of the array of tables `array`: `sink "keys"` when its
+    /// table has a plain name no other entry has, else `sink[1]`.
+    pub fn label(&self, array: &str, index: usize) -> String {
+        NAMED_ARRAYS
+            .iter()
+            .find(|a| **a == array)
+            .and_then(|a| self.labels.get(&(*a, index)))
+            .cloned()
+            .unwrap_or_else(|| format!("{array}[{index}]"))
+    }
+
+    /// `key` with a leading `property[0]` or `sink[1]` replaced by its label.
+    fn relabel(&self, key: String) -> String {
+        for array in NAMED_ARRAYS {
+            let Some(rest) = key.strip_prefix(array).and_then(|r| r.strip_prefix('[')) else {
+                continue;
+            };
+            let Some((index, tail)) = rest.split_once(']') else {
+                continue;
+            };
+            if let Ok(index) = index.parse::<usize>() {
+                return format!("{}{tail}", self.label(array, index));
+            }
+        }
+        key
     }
 
     /// The line of a byte offset in the text.
@@ -107,27 +160,29 @@ impl<'a> Ctx<'a> {
         self.serde_error(prefix, field.to_owned(), &message, None)
     }
 
-    /// Serde's `message` at `path` below `prefix`, as one line naming the key.
+    /// Serde's `message` at `path` below `prefix`, as one line naming the key once.
     fn serde_error(
         &self,
         prefix: &str,
-        mut key: String,
+        key: String,
         message: &str,
         line: Option<usize>,
     ) -> ConfigError {
-        if let Some(field) = message
-            .strip_prefix("unknown field `")
-            .and_then(|rest| rest.split('`').next())
-        {
-            // The path points at the table; name the key itself.
-            key = join(&key, field);
-        } else if let Some(field) = message
-            .strip_prefix("missing field `")
-            .and_then(|rest| rest.split('`').next())
-        {
-            key = join(&key, field);
+        let mut key = join(prefix, &key);
+        for start in ["unknown field `", "missing field `"] {
+            if let Some(field) = message
+                .strip_prefix(start)
+                .and_then(|rest| rest.split('`').next())
+            {
+                // The path may point at the table rather than the key: name the key itself,
+                // once.
+                let last = key.rsplit('.').next().unwrap_or_default();
+                if last != field {
+                    key = join(&key, field);
+                }
+            }
         }
-        key = join(prefix, &key);
+        key = self.relabel(key);
         if key.is_empty() || key == "." {
             key = "(file)".into();
         }
@@ -136,6 +191,32 @@ impl<'a> Ctx<'a> {
         }
         self.err(key, fix_for(message))
     }
+}
+
+/// The names of the `[[property]]` and `[[sink]]` tables that can stand for their index: a
+/// plain name (see [`check_name`]) that no other table of the array has.
+fn labels(text: &str) -> HashMap<(&'static str, usize), String> {
+    let mut out = HashMap::new();
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return out;
+    };
+    for array in NAMED_ARRAYS {
+        let Some(toml::Value::Array(items)) = table.get(array) else {
+            continue;
+        };
+        let names: Vec<Option<&str>> = items
+            .iter()
+            .map(|item| item.get("name").and_then(toml::Value::as_str))
+            .collect();
+        for (i, name) in names.iter().enumerate() {
+            if let Some(name) = name.filter(|n| is_plain_name(n))
+                && names.iter().filter(|n| **n == Some(name)).count() == 1
+            {
+                out.insert((array, i), format!("{array} \"{name}\""));
+            }
+        }
+    }
+    out
 }
 
 fn join(prefix: &str, key: &str) -> String {
@@ -149,11 +230,23 @@ fn join(prefix: &str, key: &str) -> String {
     }
 }
 
-/// Adds the fix to serde's own message where it does not say it.
+/// Adds the fix to serde's own message where it does not say it: the closest known key or
+/// value when one is close, else how to go on.
 fn fix_for(message: &str) -> String {
     let message = message.trim();
+    // "unknown field `x`, expected one of `a`, `b`": `x`, then the known ones.
+    let mut quoted = message.split('`').skip(1).step_by(2);
+    let (word, known): (Option<&str>, Vec<&str>) = (quoted.next(), quoted.collect());
     if message.starts_with("unknown field") {
-        format!("{message}; remove it or fix its spelling")
+        let hint = word.map_or_else(String::new, |w| suggest::key_hint(w, known));
+        if hint.is_empty() {
+            format!("{message}; remove it or fix its spelling")
+        } else {
+            format!("{message}{hint}")
+        }
+    } else if message.starts_with("unknown variant") {
+        let hint = word.map_or_else(String::new, |w| suggest::value_hint(w, known));
+        format!("{message}{hint}")
     } else if message.starts_with("missing field") {
         format!("{message}; add it")
     } else {
@@ -197,12 +290,7 @@ pub fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
 
 /// Names end up in records, file names and credential names: keep them plain.
 pub fn check_name(ctx: &Ctx<'_>, key: &str, name: &str) -> Result<(), ConfigError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if is_plain_name(name) {
         Ok(())
     } else {
         Err(ctx.err(
@@ -214,7 +302,17 @@ pub fn check_name(ctx: &Ctx<'_>, key: &str, name: &str) -> Result<(), ConfigErro
     }
 }
 
-/// Resolves a token given inline, in a file, or as a systemd credential.
+/// 1 to 64 letters, digits, '-', '_' or '.'.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Resolves a token given inline, in a file, or as a systemd credential; a credential that
+/// the config shadows is a warning.
 pub fn secret(
     ctx: &Ctx<'_>,
     key: &str,
@@ -224,30 +322,46 @@ pub fn secret(
     credentials: &CredentialsDir,
 ) -> Result<Secret, ConfigError> {
     let file_key = format!("{key}_file");
+    // The fixes name the keys as they are written in their table.
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    let loaded = credentials
+        .0
+        .as_deref()
+        .map(|dir| dir.join(credential))
+        .filter(|path| path.exists());
     let (value, used_key) = match (inline, file) {
         (Some(_), Some(_)) => {
             return Err(ctx.err(
                 key,
-                format!("is set twice; keep either {key} or {file_key}"),
+                format!("is set twice; keep either {leaf} or {leaf}_file"),
             ));
         }
         (Some(value), None) => (value, key.to_owned()),
         (None, Some(path)) => (read_secret(ctx, &file_key, &path)?, file_key),
-        (None, None) => match credentials.0.as_deref().map(|dir| dir.join(credential)) {
-            Some(path) if path.exists() => (
-                read_secret(ctx, &format!("{key} (credential {credential})"), &path)?,
+        (None, None) => match loaded.as_deref() {
+            Some(path) => (
+                read_secret(ctx, &format!("{key} (credential {credential})"), path)?,
                 format!("{key} (credential {credential})"),
             ),
-            _ => {
+            None => {
                 return Err(ctx.err(
                     key,
                     format!(
-                        r#"missing; set {key} = "…", {file_key} = "/path/to/file", or pass the systemd credential "{credential}" with LoadCredential="#
+                        r#"missing; set {leaf} = "…", {leaf}_file = "/path/to/file", or pass the systemd credential "{credential}" with LoadCredential="#
                     ),
                 ));
             }
         },
     };
+    if loaded.is_some() && !used_key.ends_with(')') {
+        ctx.warn(
+            &used_key,
+            format!(
+                r#"shadows the systemd credential "{credential}" that LoadCredential= passes: the value in the config file is used; remove {used_leaf} from the config to use the credential, or drop the LoadCredential= line"#,
+                used_leaf = used_key.rsplit('.').next().unwrap_or(&used_key)
+            ),
+        );
+    }
     if value.is_empty() {
         return Err(ctx.err(used_key, "is empty; paste the token Mews gave you"));
     }
@@ -411,9 +525,30 @@ mod tests {
         let err = ctx.unknown_key("sink[0]", "x", &["a", "b", "c"]);
         assert_eq!(
             err.to_string(),
-            "f.toml: sink[0].x.x: unknown field `x`, expected one of `a`, `b`, `c`; remove it or fix its spelling"
+            "f.toml: sink[0].x: unknown field `x`, expected one of `a`, `b`, `c`; remove it or fix its spelling",
+            "the key once"
         );
         let err = ctx.unknown_key("s", "x", &["a"]);
         assert!(err.problem.starts_with("unknown field `x`, expected `a`;"));
+        let err = ctx.unknown_key("s", "fsync_intervall", &["path", "fsync_interval"]);
+        assert_eq!(err.key, "s.fsync_intervall");
+        assert!(
+            err.problem.ends_with("; did you mean `fsync_interval`?"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tables_with_a_unique_plain_name_are_named_by_it() {
+        let text = "[[property]]\nname = \"old-town\"\n[[sink]]\nname = \"keys\"\n[[sink]]\ntype = \"stdout\"\n[[sink]]\nname = \"a\"\n[[sink]]\nname = \"a\"\n";
+        let ctx = Ctx::new(Path::new("f.toml"), text);
+        assert_eq!(ctx.label("property", 0), "property \"old-town\"");
+        assert_eq!(ctx.label("sink", 0), "sink \"keys\"");
+        assert_eq!(ctx.label("sink", 1), "sink[1]", "no name");
+        assert_eq!(ctx.label("sink", 2), "sink[2]", "a name used twice");
+        assert_eq!(
+            ctx.relabel("property[0].access_tokn".into()),
+            "property \"old-town\".access_tokn"
+        );
     }
 }

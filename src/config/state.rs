@@ -51,6 +51,16 @@ impl StateFile {
         if state.dir.as_os_str().is_empty() {
             return Err(ctx.err("state.dir", "is empty; set a directory for the journal"));
         }
+        if !state.dir.is_absolute() {
+            return Err(ctx.err(
+                "state.dir",
+                format!(
+                    r#""{}" is relative, so it would depend on the directory the relay is started in (/ under systemd); write an absolute path, like "{}""#,
+                    state.dir.display(),
+                    defaults::STATE_DIR
+                ),
+            ));
+        }
         Ok(state)
     }
 }

@@ -1,7 +1,8 @@
-//! Values as the config writes them: durations with a unit, byte sizes, URLs shown without
-//! their secrets. A leaf: it uses nothing else of `config`.
+//! Values as the config writes them: durations with a unit, byte sizes, listen addresses, URLs
+//! shown without their secrets. A leaf: it uses nothing else of `config`.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, de};
@@ -106,6 +107,46 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
     }
 }
 
+/// Resolves a listen address as written: an IP address and port (`"127.0.0.1:9187"`,
+/// `"[::1]:9187"`) as it is; `localhost` (and `*.localhost`) as 127.0.0.1 without a lookup
+/// (RFC 6761: such names are loopback); any other host name through the system resolver
+/// (/etc/hosts, DNS), taking its first IPv4 address, else its first address. This runs at
+/// validation, so `check` prints, and the relay binds, the address the name had then.
+pub fn resolve_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let example = r#"write host:port, like "127.0.0.1:9187" or "localhost:9187""#;
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!(r#""{text}" has no port; {example}"#));
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        return Err(format!(r#""{text}" has no valid port; {example}"#));
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!(r#""{text}" has no host; {example}"#));
+    }
+    let lower = host.to_ascii_lowercase();
+    if lower == "localhost" || lower.ends_with(".localhost") {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|err| {
+            format!(r#"host "{host}" cannot be resolved ({err}); write an IP address, like "127.0.0.1:{port}""#)
+        })?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| {
+            format!(r#"host "{host}" has no address; write an IP address, like "127.0.0.1:{port}""#)
+        })
+}
+
 /// Durations written back the way they are read: `"20s"`.
 pub mod human {
     use std::time::Duration;
@@ -190,6 +231,33 @@ mod tests {
         assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
         assert!(parse_duration("20").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn listen_addresses_take_ips_and_localhost() {
+        assert_eq!(
+            resolve_listen("127.0.0.1:9187"),
+            Ok("127.0.0.1:9187".parse().unwrap())
+        );
+        assert_eq!(
+            resolve_listen("[::1]:9187"),
+            Ok("[::1]:9187".parse().unwrap())
+        );
+        assert_eq!(
+            resolve_listen("localhost:9187"),
+            Ok("127.0.0.1:9187".parse().unwrap())
+        );
+        assert_eq!(
+            resolve_listen("LocalHost:1"),
+            Ok("127.0.0.1:1".parse().unwrap())
+        );
+        assert!(resolve_listen("localhost").unwrap_err().contains("no port"));
+        assert!(
+            resolve_listen("localhost:http")
+                .unwrap_err()
+                .contains("port")
+        );
+        assert!(resolve_listen(":9187").unwrap_err().contains("no host"));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::shared::{ConfigError, CredentialsDir, Ctx, identity, secret};
-use super::value::ByteSize;
+use super::value::{ByteSize, resolve_listen};
 use crate::secret::Secret;
 use crate::tls::Identity;
 
@@ -24,7 +24,7 @@ pub mod defaults {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct WebhooksFile {
-    listen: Option<SocketAddr>,
+    listen: Option<String>,
     path: Option<String>,
     token: Option<String>,
     token_file: Option<PathBuf>,
@@ -62,12 +62,8 @@ impl WebhooksFile {
         ctx: &Ctx<'_>,
         credentials: &CredentialsDir,
     ) -> Result<Webhooks, ConfigError> {
-        let listen = match self.listen {
-            Some(addr) => addr,
-            None => defaults::WEBHOOKS_LISTEN
-                .parse()
-                .map_err(|_| ctx.err("webhooks.listen", "bad default"))?,
-        };
+        let listen = resolve_listen(self.listen.as_deref().unwrap_or(defaults::WEBHOOKS_LISTEN))
+            .map_err(|problem| ctx.err("webhooks.listen", problem))?;
         let path = self
             .path
             .unwrap_or_else(|| defaults::WEBHOOKS_PATH.to_owned());

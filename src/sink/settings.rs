@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::registry::{At, BuildEnv, SinkType};
 use super::{AnySink, BuildError, SinkKind, TYPES};
 use crate::config::shared::{ConfigError, Ctx, check_name, fields_of};
+use crate::config::suggest;
 use crate::journal::StoredRecord;
 use crate::stats::Stats;
 
@@ -54,7 +55,7 @@ pub(crate) fn validate(
     }
     let mut out: Vec<SinkSettings> = Vec::with_capacity(raw.len());
     for (i, table) in raw.into_iter().enumerate() {
-        let prefix = format!("sink[{i}]");
+        let prefix = ctx.label("sink", i);
         let sink = one(
             &At {
                 ctx,
@@ -67,6 +68,61 @@ pub(crate) fn validate(
         out.push(sink);
     }
     Ok(out)
+}
+
+/// The Type values sinks can filter on: Mews's documented WebSocket events (and `Space`, the
+/// one Resource replaced in 2020, which Mews still lists as not discontinued), the
+/// Discriminators of General webhooks and the Actions of Integration webhooks (mews-api.md
+/// §2.2, §2.3 and §5).
+pub(crate) const KNOWN_EVENTS: &[&str] = &[
+    "DeviceCommand",
+    "Reservation",
+    "Resource",
+    "PriceUpdate",
+    "Space",
+    "ServiceOrderUpdated",
+    "ResourceUpdated",
+    "MessageAdded",
+    "ResourceBlockUpdated",
+    "CustomerAdded",
+    "CustomerUpdated",
+    "PaymentUpdated",
+    "IntegrationCreated",
+    "IntegrationEnabled",
+    "IntegrationDisabled",
+    "IntegrationCanceled",
+    "IntegrationReinstated",
+    "IntegrationDeleted",
+    "IntegrationApiKeyCreated",
+];
+
+/// Two file sinks on one file would interleave their lines (and cut back each other's).
+fn one_file_each(at: &At<'_>, kind: &SinkKind, before: &[SinkSettings]) -> Result<(), ConfigError> {
+    let Some(path) = kind.file_path() else {
+        return Ok(());
+    };
+    let path = normal(path);
+    if let Some(twin) = before
+        .iter()
+        .find(|s| s.kind.file_path().is_some_and(|p| normal(p) == path))
+    {
+        return Err(at.err(
+            "path",
+            format!(
+                r#""{}" is also the file of sink "{}": two sinks writing one file would mix and cut back each other's lines; give each sink its own file"#,
+                path.display(),
+                twin.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `path` with `.` and repeated separators gone (lexically: links are not followed).
+fn normal(path: &Path) -> std::path::PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
 }
 
 /// One `[[sink]]` table; `before` are the sinks of the tables before it.
@@ -86,10 +142,14 @@ fn one(
     let Some(read) = SinkKind::read(&kind, table, at) else {
         return Err(at.err(
             "type",
-            format!(r#"unknown sink type "{kind}"; use {types}"#),
+            format!(
+                r#"unknown sink type "{kind}"; use {types}{}"#,
+                suggest::value_hint(&kind, TYPES.iter().copied())
+            ),
         ));
     };
     let (shared, kind) = read?;
+    one_file_each(at, &kind, before)?;
     let name = shared.name.unwrap_or_else(|| kind.default_name());
     if before.iter().any(|s| s.name == name) {
         return Err(at.err(
@@ -104,11 +164,28 @@ fn one(
             "is empty; write an event Type like \"DeviceCommand\"",
         ));
     }
+    for (i, event) in events.iter().enumerate() {
+        if !KNOWN_EVENTS.contains(&event.as_str()) {
+            at.ctx.warn(
+                &at.key(&format!("events[{i}]")),
+                format!(
+                    r#""{event}" is no event type Mews documents, so this sink may never get a record{}; the WebSocket sends "DeviceCommand", "Reservation", "Resource" and "PriceUpdate", webhooks their Discriminator or Action (README, "The record")"#,
+                    suggest::value_hint(event, KNOWN_EVENTS.iter().copied())
+                ),
+            );
+        }
+    }
     let props = shared.properties.unwrap_or_default();
     if let Some(unknown) = props.iter().find(|p| !properties.contains(p.as_str())) {
+        let mut names: Vec<&str> = properties.iter().copied().collect();
+        names.sort_unstable();
         return Err(at.err(
             "properties",
-            format!(r#"names "{unknown}", which is no [[property]]; use one of the configured property names"#),
+            format!(
+                r#"names "{unknown}", which is no [[property]]{}; use one of the configured property names ({})"#,
+                suggest::value_hint(unknown, names.iter().copied()),
+                names.join(", ")
+            ),
         ));
     }
     Ok(SinkSettings {
@@ -147,6 +224,7 @@ pub(crate) fn read<T: SinkType>(
             .collect();
         return Err(at.ctx.unknown_key(at.prefix, unknown, &expected));
     }
+    warn_of_stray_keys(&table, own, at);
     let mut shared = toml::Table::new();
     for key in SHARED {
         if let Some(value) = table.remove(*key) {
@@ -163,6 +241,28 @@ pub(crate) fn read<T: SinkType>(
 
 /// The shared keys serde reads.
 const SHARED: &[&str] = &["name", "events", "properties"];
+
+/// Warns of a key of the sink inside one of its tables (`[sink.headers]`): TOML puts every
+/// key after a table header into that table, so `timeout = "2s"` written below
+/// `[sink.headers]` becomes a header named `timeout`, and `check` masks header values.
+fn warn_of_stray_keys(table: &toml::Table, own: &[&str], at: &At<'_>) {
+    let sink_keys = || own.iter().chain(SHARED).chain(&["type", "redact"]);
+    for (name, value) in table {
+        let toml::Value::Table(inner) = value else {
+            continue;
+        };
+        for key in inner.keys() {
+            if sink_keys().any(|k| k == key) {
+                at.ctx.warn(
+                    &at.key(&format!("{name}.{key}")),
+                    format!(
+                        r#"is read as an entry of {name} named "{key}", not as the sink's own `{key}`: in TOML every key after a [sink.{name}] line belongs to that table; if you meant the sink's `{key}`, move it above the [sink.{name}] line"#
+                    ),
+                );
+            }
+        }
+    }
+}
 
 /// `redact = ["command.Data.Email", …]`: dot-separated paths from the record's top level.
 fn redact_paths(at: &At<'_>, value: Option<toml::Value>) -> Result<Vec<String>, ConfigError> {
@@ -190,6 +290,16 @@ fn redact_paths(at: &At<'_>, value: Option<toml::Value>) -> Result<Vec<String>, 
             )),
         })
         .collect()
+}
+
+impl SinkKind {
+    /// The file a `type = "file"` sink appends to.
+    pub(crate) fn file_path(&self) -> Option<&Path> {
+        match self {
+            SinkKind::File(file) => Some(&file.path),
+            _ => None,
+        }
+    }
 }
 
 impl SinkSettings {

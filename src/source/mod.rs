@@ -152,9 +152,11 @@ impl Source {
                     if failures.failed(&format!("rejected {status}")).is_news() {
                         tracing::error!(
                             status = status.as_u16(),
+                            url = %self.url,
                             retry_in = ?delay,
-                            "Mews rejected the WebSocket upgrade (HTTP {}): check client_token and this property's access_token (tokens differ between demo and production), and ask Mews support to enable WebSocket events for the integration; retrying at backoff_max",
-                            status.as_u16()
+                            "Mews rejected the WebSocket upgrade (HTTP {}): {}; retrying at backoff_max",
+                            status.as_u16(),
+                            session::rejection_hint(status)
                         );
                     } else {
                         tracing::debug!(

@@ -53,7 +53,7 @@ pub(crate) enum SessionError {
     },
     #[error("no connection within {0:?} (connect_timeout)")]
     ConnectTimeout(Duration),
-    #[error("Mews rejected the WebSocket upgrade with HTTP {0}")]
+    #[error("Mews rejected the WebSocket upgrade with HTTP {0}: {hint}", hint = rejection_hint(*.0))]
     Rejected(http::StatusCode),
     #[error("WebSocket handshake failed: {0}")]
     Handshake(tungstenite::Error),
@@ -81,6 +81,28 @@ impl SessionError {
             SessionError::Url(_) => "bad URL".into(),
             SessionError::JournalClosed => "stopping".into(),
         }
+    }
+}
+
+/// What an HTTP answer to the upgrade most likely means, and the fix. A wrong path or host is
+/// answered like a missing page (Mews answers 404 off `/ws/connector`); wrong tokens and an
+/// integration without WebSocket events are refused (401, 403).
+pub(crate) fn rejection_hint(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 404 | 405 | 410 => {
+            "the URL is wrong, not the tokens: check mews.websocket_url, which must be wss://ws.mews.com/ws/connector (production) or wss://ws.mews-demo.com/ws/connector (demo): the path /ws/connector, on the WebSocket host (ws.…), not the API host (api.…)"
+        }
+        401 | 403 => {
+            "check client_token and this property's access_token (tokens differ between demo and production), and ask Mews support to enable WebSocket events for the integration"
+        }
+        300..=399 => {
+            "the server redirects, so mews.websocket_url points at a web address, not the WebSocket: use wss://, the WebSocket host (ws.…) and the path /ws/connector"
+        }
+        429 => "too many connection attempts; it passes by itself",
+        500..=599 => {
+            "a problem on Mews's side (or a proxy's) that usually passes; if it lasts, ask Mews support"
+        }
+        _ => "check mews.websocket_url and the tokens",
     }
 }
 

@@ -71,3 +71,40 @@ async fn a_401_is_retried_at_the_cap_and_no_token_is_ever_logged() {
         }
     }
 }
+
+/// A 404 on the upgrade is a wrong URL, not a token problem: the one ERROR says so and names
+/// the path and the setting, without sending the admin after the tokens.
+#[tokio::test]
+async fn a_404_on_the_upgrade_names_the_url_not_the_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = RejectingServer::start(404).await;
+    let config = stdout_config(dir.path(), &server.url());
+    let mut daemon = Daemon::spawn(
+        &["run", "--config", config.to_str().unwrap()],
+        dir.path(),
+        "relay",
+    );
+    // The second attempt comes after the first was logged.
+    server.next().await;
+    server.next().await;
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.wait().await, Some(0));
+    let stderr = daemon.stderr_text();
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("rejected the WebSocket upgrade"))
+        .collect();
+    assert_eq!(errors.len(), 1, "logged once:\n{stderr}");
+    let line = errors[0];
+    assert!(
+        line.contains("404")
+            && line.contains("the URL is wrong")
+            && line.contains("mews.websocket_url")
+            && line.contains("/ws/connector"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("access_token") && !line.contains("enable WebSocket events"),
+        "a 404 is no token problem: {line}"
+    );
+}

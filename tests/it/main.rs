@@ -6,6 +6,7 @@ mod attack;
 mod auth;
 mod catch_up;
 mod chaos;
+mod check;
 mod command_loop;
 mod config;
 mod crash;

@@ -55,6 +55,15 @@ impl SinkType for FileSettings {
         if file.path.as_os_str().is_empty() {
             return Err(at.err("path", "is empty; set the file to append to"));
         }
+        if !file.path.is_absolute() {
+            return Err(at.err(
+                "path",
+                format!(
+                    r#""{}" is relative, so it would depend on the directory the relay is started in (/ under systemd); write an absolute path, like "/var/log/mews-relay/events.jsonl""#,
+                    file.path.display()
+                ),
+            ));
+        }
         let fsync_interval = pick(file.fsync_interval, FSYNC_INTERVAL);
         if fsync_interval.is_zero() {
             return Err(at.err(
