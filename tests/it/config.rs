@@ -7,6 +7,26 @@ use mews_relay::config::{CredentialsDir, Settings};
 
 use crate::support::*;
 
+/// The fixture `name` (under tests/fixtures/config/valid/) written into `dir` with its state and
+/// sink files under `dir` and its listeners on free ports, so `check`'s preflight (directories
+/// writable, ports free) passes for any user on any machine; token files stay relative to the
+/// working directory, as in the fixture.
+fn local_fixture(dir: &Path, name: &str) -> PathBuf {
+    let mut text = std::fs::read_to_string(format!("tests/fixtures/config/valid/{name}"))
+        .unwrap()
+        .replace("/var/lib/mews-relay", &dir.join("state").display().to_string())
+        .replace("/var/log/mews-relay", &dir.join("log").display().to_string());
+    for port in ["127.0.0.1:8088", "127.0.0.1:9288", "127.0.0.1:9187", "127.0.0.1:9188"] {
+        text = text.replace(port, &crate::receiver::free_port().to_string());
+    }
+    if !text.contains("[state]") {
+        text.push_str(&format!("\n[state]\ndir = \"{}\"\n", dir.join("state").display()));
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 fn tomls(dir: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -179,8 +199,9 @@ fn tokens_come_from_the_systemd_credentials_directory() {
 /// `check` prints the effective config with secrets masked and exits 0.
 #[test]
 fn check_prints_the_config_with_secrets_masked() {
-    let (code, stdout, stderr) =
-        run_binary(&["check", "--config", "tests/fixtures/config/valid/full.toml"]);
+    let dir = tempfile::tempdir().unwrap();
+    let full = local_fixture(dir.path(), "full.toml");
+    let (code, stdout, stderr) = run_binary(&["check", "--config", full.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("client_token = \"***\""), "{stdout}");
     assert!(stdout.contains("ping_interval = \"15s\""), "{stdout}");
@@ -260,7 +281,9 @@ fn two_properties_with_one_access_token_exit_64() {
 /// printed config untouched) that quotes Mews; a config naming its own client gets none.
 #[test]
 fn check_warns_when_the_mews_client_is_left_at_the_default() {
-    let minimal = "tests/fixtures/config/valid/minimal.toml";
+    let dir = tempfile::tempdir().unwrap();
+    let minimal = local_fixture(dir.path(), "minimal.toml");
+    let minimal = minimal.to_str().unwrap();
     let (code, stdout, stderr) = run_binary(&["check", "--config", minimal]);
     assert_eq!(code, 0, "{stderr}");
     let warnings: Vec<&str> = stderr
@@ -285,8 +308,8 @@ fn check_warns_when_the_mews_client_is_left_at_the_default() {
     assert!(warning.contains("client = \""), "the fix: {warning}");
     assert!(!stdout.contains("warning"), "stdout is the config only");
     stdout.parse::<toml::Table>().expect("still valid TOML");
-    let (code, _, stderr) =
-        run_binary(&["check", "--config", "tests/fixtures/config/valid/full.toml"]);
+    let full = local_fixture(dir.path(), "full.toml");
+    let (code, _, stderr) = run_binary(&["check", "--config", full.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
     assert!(!stderr.contains("warning"), "{stderr}");
 }
