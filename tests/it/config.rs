@@ -14,13 +14,27 @@ use crate::support::*;
 fn local_fixture(dir: &Path, name: &str) -> PathBuf {
     let mut text = std::fs::read_to_string(format!("tests/fixtures/config/valid/{name}"))
         .unwrap()
-        .replace("/var/lib/mews-relay", &dir.join("state").display().to_string())
-        .replace("/var/log/mews-relay", &dir.join("log").display().to_string());
-    for port in ["127.0.0.1:8088", "127.0.0.1:9288", "127.0.0.1:9187", "127.0.0.1:9188"] {
+        .replace(
+            "/var/lib/mews-relay",
+            &dir.join("state").display().to_string(),
+        )
+        .replace(
+            "/var/log/mews-relay",
+            &dir.join("log").display().to_string(),
+        );
+    for port in [
+        "127.0.0.1:8088",
+        "127.0.0.1:9288",
+        "127.0.0.1:9187",
+        "127.0.0.1:9188",
+    ] {
         text = text.replace(port, &crate::receiver::free_port().to_string());
     }
     if !text.contains("[state]") {
-        text.push_str(&format!("\n[state]\ndir = \"{}\"\n", dir.join("state").display()));
+        text.push_str(&format!(
+            "\n[state]\ndir = \"{}\"\n",
+            dir.join("state").display()
+        ));
     }
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
