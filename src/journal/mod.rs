@@ -12,7 +12,9 @@ pub mod commands;
 mod file;
 mod health;
 mod log;
+mod ops;
 mod positions;
+mod read;
 mod store;
 mod tail;
 mod value;
@@ -22,9 +24,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
-use crate::record::Record;
 use crate::stats::Stats;
 
 pub use health::{FileProblem, JournalHealth};
@@ -33,10 +34,7 @@ pub use writer::{JournalWriter, Note, Settle};
 
 pub(crate) use positions::Positions;
 use store::Store;
-use writer::{Append, Op};
-
-/// Reads of at most this many fresh records run on the calling task (see `read_after`).
-const INLINE_READ: usize = 64;
+use writer::Op;
 
 /// File name of the journal inside `state.dir`.
 pub const FILE_NAME: &str = "journal.redb";
@@ -160,274 +158,6 @@ impl Journal {
             positions,
         });
         Ok((journal, writer))
-    }
-
-    /// Queues records for the next group commit. Waits only when the writer is far behind.
-    pub async fn append(&self, records: Vec<Record>) -> Result<(), JournalError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let entries = records.into_iter().map(Entry::Record).collect();
-        self.ops
-            .send(Op::Append(Append {
-                entries,
-                unheal: Vec::new(),
-                waiter: None,
-            }))
-            .await
-            .map_err(|_| JournalError::Closed)
-    }
-
-    /// Appends and waits for the durable commit; returns the last seq given.
-    pub async fn append_committed(&self, entries: Vec<Entry>) -> Result<u64, JournalError> {
-        self.append_healed(entries, Vec::new()).await
-    }
-
-    /// Appends healed records and forgets the heal keys they settle, in one durable commit.
-    pub async fn append_healed(
-        &self,
-        entries: Vec<Entry>,
-        unheal: Vec<String>,
-    ) -> Result<u64, JournalError> {
-        let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(Op::Append(Append {
-                entries,
-                unheal,
-                waiter: Some(tx),
-            }))
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        rx.await.map_err(|_| JournalError::Closed)?
-    }
-
-    /// Takes the pending records of `property`: those journaled so far, then each new one as
-    /// it is committed. Claim before records of the property are appended.
-    pub async fn claim(
-        &self,
-        property: &str,
-    ) -> Result<mpsc::UnboundedReceiver<Note>, JournalError> {
-        let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(Op::Claim(property.to_owned(), tx))
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        rx.await.map_err(|_| JournalError::Closed)
-    }
-
-    /// Settles pending records nobody claimed (their property has no enrichment any more)
-    /// with `reason` as their `enrich_error`.
-    pub async fn release_unclaimed(&self, reason: &str) -> Result<(), JournalError> {
-        let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(Op::ReleaseUnclaimed(reason.to_owned(), tx))
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        rx.await.map_err(|_| JournalError::Closed)
-    }
-
-    /// Gives pending records their final form; sinks may pass them after the commit.
-    pub async fn settle(&self, settled: Vec<Settle>) -> Result<(), JournalError> {
-        if settled.is_empty() {
-            return Ok(());
-        }
-        self.ops
-            .send(Op::Settle(settled))
-            .await
-            .map_err(|_| JournalError::Closed)
-    }
-
-    /// The heal keys (see [`Settle::heal`]) that start with `prefix`.
-    pub async fn heal_keys(&self, prefix: &str) -> Result<Vec<String>, JournalError> {
-        let store = Arc::clone(&self.store);
-        let prefix = prefix.to_owned();
-        tokio::task::spawn_blocking(move || store.heal_keys(&prefix))
-            .await
-            .map_err(|_| JournalError::Closed)?
-    }
-
-    /// The last committed seq, and a way to wait for the next one.
-    pub fn committed(&self) -> watch::Receiver<u64> {
-        self.committed.clone()
-    }
-
-    /// The last seq sinks may read (records after the oldest one still waiting for
-    /// enrichment are held back, so every sink keeps the order), and a way to wait for more.
-    pub fn visible(&self) -> watch::Receiver<u64> {
-        self.visible.clone()
-    }
-
-    /// Where a sink stood when the journal was opened (0 for an empty journal).
-    pub fn cursor(&self, sink: &str) -> u64 {
-        self.cursors.get(sink).copied().unwrap_or(0)
-    }
-
-    /// Records a sink's progress; persisted with the next commit (at the latest within a second).
-    pub async fn advance(&self, sink: &str, seq: u64) -> Result<(), JournalError> {
-        self.advance_acking(sink, seq, Vec::new()).await
-    }
-
-    /// The same, with the Pending commands this sink delivered (`[commands] received_after`):
-    /// their `Received` is queued in the same, durable, transaction.
-    pub async fn advance_acking(
-        &self,
-        sink: &str,
-        seq: u64,
-        acks: Vec<commands::Ack>,
-    ) -> Result<(), JournalError> {
-        self.positions.advance(sink, seq);
-        if acks.is_empty() {
-            // Stored with the next sync, within a second: no message, no wake-up.
-            return Ok(());
-        }
-        self.ops
-            .send(Op::Acks(acks))
-            .await
-            .map_err(|_| JournalError::Closed)
-    }
-
-    /// A key system's request to change a command's state: queued durably (the outcome says
-    /// so) before this returns.
-    pub async fn request(
-        &self,
-        request: commands::Request,
-    ) -> Result<commands::RequestOutcome, JournalError> {
-        let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(Op::Request(request, tx))
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        rx.await.map_err(|_| JournalError::Closed)?
-    }
-
-    /// Records Mews's answer to an outgoing update (it leaves the outbox).
-    pub async fn answered(&self, answered: commands::Answered) -> Result<(), JournalError> {
-        self.ops
-            .send(Op::Answered(answered))
-            .await
-            .map_err(|_| JournalError::Closed)
-    }
-
-    /// Takes the outgoing command updates of `property`: those waiting, then each new one.
-    pub async fn claim_updates(
-        &self,
-        property: &str,
-    ) -> Result<mpsc::UnboundedReceiver<commands::Outgoing>, JournalError> {
-        let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(Op::ClaimUpdates(property.to_owned(), tx))
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        rx.await.map_err(|_| JournalError::Closed)
-    }
-
-    /// What the journal knows of a command.
-    pub async fn command(&self, id: &str) -> Result<Option<commands::CommandEntry>, JournalError> {
-        let store = Arc::clone(&self.store);
-        let id = id.to_owned();
-        tokio::task::spawn_blocking(move || store.command(&id))
-            .await
-            .map_err(|_| JournalError::Closed)?
-    }
-
-    /// Commits everything queued so far, durably; an error if that commit failed.
-    pub async fn flush(&self) -> Result<(), JournalError> {
-        let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(Op::Flush(tx))
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        rx.await.map_err(|_| JournalError::Closed)?
-    }
-
-    /// Returns once the writer has worked through everything queued before: a stuck writer
-    /// never answers (the watchdog relies on this).
-    pub async fn ping(&self) -> Result<(), JournalError> {
-        let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(Op::Ping(tx))
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        rx.await.map_err(|_| JournalError::Closed)
-    }
-
-    /// Up to `max` visible records after `after`, oldest first.
-    pub async fn read_after(
-        &self,
-        after: u64,
-        max: usize,
-    ) -> Result<Vec<StoredRecord>, JournalError> {
-        let upto = *self.visible.borrow();
-        let after = after.max(self.pruned.load(std::sync::atomic::Ordering::Acquire));
-        if after >= upto {
-            return Ok(Vec::new());
-        }
-        // A sink that keeps up reads what the writer has just committed, from memory.
-        if let Some(records) = self.tail.read(after, upto, max) {
-            return Ok(records);
-        }
-        if upto.saturating_sub(after) <= INLINE_READ as u64 {
-            return self.store.read_after(after, upto, max.min(INLINE_READ));
-        }
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || store.read_after(after, upto, max))
-            .await
-            .map_err(|_| JournalError::Closed)?
-    }
-
-    /// Raised by the writer when the journal is over `max_bytes`: the sink should dead-letter
-    /// its records up to this seq and move on.
-    pub fn shed_signal(&self, sink: &str) -> watch::Receiver<u64> {
-        match self.shed.get(sink) {
-            Some(rx) => rx.clone(),
-            None => watch::channel(0).1,
-        }
-    }
-
-    /// Makes `sinks` the journal's sinks while it is open (a reload that adds or removes
-    /// sinks): as at open, a sink new to it starts after its last committed record (stored
-    /// durably before this returns), and the position of one no longer listed is dropped, so
-    /// it holds no record back. Returns where each new sink starts; the handles' own
-    /// [`Journal::cursor`] and [`Journal::shed_signal`] still answer as at open.
-    pub async fn set_sinks(
-        &self,
-        sinks: Vec<String>,
-    ) -> Result<HashMap<String, SinkStart>, JournalError> {
-        let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(Op::Sinks(sinks, tx))
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        rx.await.map_err(|_| JournalError::Closed)?
-    }
-
-    /// A catch-up mark (unix milliseconds), if one was ever set.
-    pub async fn mark(&self, name: &str) -> Result<Option<u64>, JournalError> {
-        let store = Arc::clone(&self.store);
-        let name = name.to_owned();
-        tokio::task::spawn_blocking(move || store.mark(&name))
-            .await
-            .map_err(|_| JournalError::Closed)?
-    }
-
-    /// Sets a catch-up mark durably; call it after the records it covers are committed.
-    pub async fn set_mark(&self, name: &str, at: u64) -> Result<(), JournalError> {
-        let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(Op::Mark(name.to_owned(), at, tx))
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        rx.await.map_err(|_| JournalError::Closed)?
-    }
-
-    /// This journal's random id, part of every record key.
-    pub fn journal_id(&self) -> u64 {
-        self.journal_id
-    }
-
-    /// The journal file.
-    pub fn path(&self) -> &Path {
-        self.store.path()
     }
 }
 

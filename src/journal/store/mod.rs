@@ -10,22 +10,23 @@
 
 mod commit;
 mod migrate;
+mod open;
+mod read;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, TableDefinition};
 
 pub(super) use commit::{CommandWork, Commit, Committed, Seen, Settled};
 
 use super::JournalError;
-use super::commands::{self, COMMANDS, CommandEntry, OUTBOX, Outgoing};
+use super::commands::Outgoing;
 use super::file::{self, Identity};
 use super::health::FileProblem;
-use super::log::{self, Log, segment};
-use super::value::{self, StoredRecord};
+use super::log::{Log, segment};
+use super::value::StoredRecord;
 
 /// Version 1 only: seq -> encoded entry; moved into the log on open.
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
@@ -96,120 +97,7 @@ pub(super) fn storage(path: &Path, err: impl Into<redb::Error>) -> JournalError 
     }
 }
 
-fn log_error(path: &Path, err: std::io::Error) -> JournalError {
-    JournalError::Open {
-        path: path.to_owned(),
-        problem: format!(
-            "cannot open the record log: {err}; check free space and that the mews-relay user owns the state directory"
-        ),
-    }
-}
-
 impl Store {
-    /// Opens `journal.redb` and the log beside it, moves a version-1 journal's records into
-    /// the log, replays the effects of frames a crash left unapplied, registers the sinks.
-    pub fn open(
-        path: &Path,
-        sinks: &[String],
-        max_bytes: u64,
-    ) -> Result<(Store, Opened), JournalError> {
-        let file::Opened { db, held, identity } = file::open(path)?;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let log_dir = dir.join(log::DIR);
-        let applied = migrate::applied_seq(&db, path)?;
-        let (log, recovered) = Log::open(&log_dir, applied, log::segment_bytes(max_bytes))
-            .map_err(|err| log_error(&log_dir, err))?;
-        if recovered.cut > 0 {
-            tracing::warn!(
-                bytes = recovered.cut,
-                dir = %log_dir.display(),
-                "cut a record-log write that a crash interrupted (it was never committed)"
-            );
-        }
-        migrate::records_into_log(&db, path, &log, recovered.last_seq)?;
-        let txn = db.begin_write().map_err(|e| storage(path, e))?;
-        let opened = {
-            for table in [SEEN, MARKS, HEAL] {
-                txn.open_table(table).map_err(|e| storage(path, e))?;
-            }
-            txn.open_table(SETTLED).map_err(|e| storage(path, e))?;
-            txn.open_table(COMMANDS).map_err(|e| storage(path, e))?;
-            let outbox = commands::outbox(&txn.open_table(OUTBOX).map_err(|e| storage(path, e))?)
-                .map_err(|e| storage(path, e))?;
-            let mut meta = txn.open_table(META).map_err(|e| storage(path, e))?;
-            let get = |meta: &redb::Table<&str, u64>, key| -> Result<Option<u64>, JournalError> {
-                Ok(meta
-                    .get(key)
-                    .map_err(|e| storage(path, e))?
-                    .map(|v| v.value()))
-            };
-            let journal_id = match get(&meta, JOURNAL_ID)? {
-                Some(id) => id,
-                None => {
-                    let id = fastrand::u64(..);
-                    meta.insert(JOURNAL_ID, id).map_err(|e| storage(path, e))?;
-                    id
-                }
-            };
-            let last_seq = get(&meta, LAST_SEQ)?
-                .unwrap_or(0)
-                .max(log.last_seq().unwrap_or(0));
-            // What a crash left between the log and these tables: effects replayed.
-            commit::replay(&txn, &recovered.unapplied).map_err(|e| storage(path, e))?;
-            meta.insert(LAST_SEQ, last_seq)
-                .map_err(|e| storage(path, e))?;
-            meta.insert(APPLIED_SEQ, last_seq)
-                .map_err(|e| storage(path, e))?;
-            meta.insert(FORMAT, FORMAT_VERSION)
-                .map_err(|e| storage(path, e))?;
-            let cursors = register_sinks(&txn, path, sinks, last_seq)?;
-            let pending_seqs: Vec<u64> = {
-                let pending = txn.open_table(PENDING).map_err(|e| storage(path, e))?;
-                let mut seqs = Vec::new();
-                for entry in pending.iter().map_err(|e| storage(path, e))? {
-                    seqs.push(entry.map_err(|e| storage(path, e))?.0.value());
-                }
-                seqs
-            };
-            let mut pending = Vec::with_capacity(pending_seqs.len());
-            let mut names = value::Names::default();
-            for seq in pending_seqs {
-                let frames = log
-                    .read(seq - 1, seq, 1)
-                    .map_err(|err| log_error(&log_dir, err))?;
-                if let Some(frame) = frames.into_iter().find(|f| f.seq == seq) {
-                    pending.push(value::decode(
-                        journal_id,
-                        seq,
-                        Bytes::from(frame.value),
-                        &mut names,
-                    ));
-                }
-            }
-            Opened {
-                last_seq,
-                stored_bytes: log.bytes(),
-                journal_id,
-                cursors,
-                pending,
-                outbox,
-            }
-        };
-        txn.commit().map_err(|e| storage(path, e))?;
-        let store = Store {
-            path: path.to_owned(),
-            journal_id: opened.journal_id,
-            db: RwLock::new(Some(Arc::new(db))),
-            log,
-            held,
-            identity,
-            unapplied: std::sync::Mutex::new(Vec::new()),
-            #[cfg(test)]
-            fail_commits: std::sync::atomic::AtomicU32::new(0),
-        };
-        Ok((store, opened))
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -222,114 +110,8 @@ impl Store {
         })
     }
 
-    /// Up to `max` records after `after`, none after `upto`, from the log; a settled record
-    /// with its final value.
-    pub fn read_after(
-        &self,
-        after: u64,
-        upto: u64,
-        max: usize,
-    ) -> Result<Vec<StoredRecord>, JournalError> {
-        if after >= upto {
-            return Ok(Vec::new());
-        }
-        let frames = self
-            .log
-            .read(after, upto, max)
-            .map_err(|err| self.io(err))?;
-        let settled: Vec<u64> = frames
-            .iter()
-            .filter(|f| f.flags & segment::PENDING != 0)
-            .map(|f| f.seq)
-            .collect();
-        let mut finals = HashMap::new();
-        if !settled.is_empty() {
-            let db = self.db()?;
-            let txn = db.begin_read().map_err(|e| storage(&self.path, e))?;
-            let table = txn
-                .open_table(SETTLED)
-                .map_err(|e| storage(&self.path, e))?;
-            for seq in settled {
-                if let Some(value) = table.get(seq).map_err(|e| storage(&self.path, e))? {
-                    finals.insert(seq, value.value().to_vec());
-                }
-            }
-        }
-        let mut names = value::Names::default();
-        Ok(frames
-            .into_iter()
-            .map(|frame| {
-                let value = finals.remove(&frame.seq).unwrap_or(frame.value);
-                value::decode(self.journal_id, frame.seq, Bytes::from(value), &mut names)
-            })
-            .collect())
-    }
-
     fn io(&self, err: std::io::Error) -> JournalError {
         JournalError::Write(format!("record log {}: {err}", self.log.dir().display()))
-    }
-
-    /// Makes `sinks` the registered sinks while the journal is open (a reload), durably: a new
-    /// one starts after `last_seq`, a position no longer listed is dropped. The positions as
-    /// stored (those of sinks already registered may be behind what they reported since).
-    pub fn set_sinks(
-        &self,
-        sinks: &[String],
-        last_seq: u64,
-    ) -> Result<HashMap<String, u64>, JournalError> {
-        let db = self.db()?;
-        let txn = db.begin_write().map_err(|e| storage(&self.path, e))?;
-        let cursors = register_sinks(&txn, &self.path, sinks, last_seq)?;
-        txn.commit().map_err(|e| storage(&self.path, e))?;
-        Ok(cursors)
-    }
-
-    /// A catch-up mark, if one was ever set.
-    pub fn mark(&self, name: &str) -> Result<Option<u64>, JournalError> {
-        let db = self.db()?;
-        let txn = db.begin_read().map_err(|e| storage(&self.path, e))?;
-        let table = txn.open_table(MARKS).map_err(|e| storage(&self.path, e))?;
-        Ok(table
-            .get(name)
-            .map_err(|e| storage(&self.path, e))?
-            .map(|v| v.value()))
-    }
-
-    /// The heal keys starting with `prefix`.
-    pub fn heal_keys(&self, prefix: &str) -> Result<Vec<String>, JournalError> {
-        let db = self.db()?;
-        let txn = db.begin_read().map_err(|e| storage(&self.path, e))?;
-        let table = txn.open_table(HEAL).map_err(|e| storage(&self.path, e))?;
-        let mut keys = Vec::new();
-        for entry in table.range(prefix..).map_err(|e| storage(&self.path, e))? {
-            let (key, _) = entry.map_err(|e| storage(&self.path, e))?;
-            let key = key.value();
-            if !key.starts_with(prefix) {
-                break;
-            }
-            keys.push(key.to_owned());
-        }
-        Ok(keys)
-    }
-
-    /// What the journal knows of a command.
-    pub fn command(&self, id: &str) -> Result<Option<CommandEntry>, JournalError> {
-        let db = self.db()?;
-        let txn = db.begin_read().map_err(|e| storage(&self.path, e))?;
-        let table = txn
-            .open_table(COMMANDS)
-            .map_err(|e| storage(&self.path, e))?;
-        Ok(table
-            .get(id)
-            .map_err(|e| storage(&self.path, e))?
-            .and_then(|v| serde_json::from_slice(v.value()).ok()))
-    }
-
-    /// The seq up to which the oldest records after `after` add up to at least `bytes`.
-    pub fn seq_covering(&self, after: u64, bytes: u64) -> Result<u64, JournalError> {
-        self.log
-            .seq_covering(after, bytes)
-            .map_err(|err| self.io(err))
     }
 
     /// After an I/O error redb refuses further writes until the file is opened again; only
@@ -417,188 +199,5 @@ impl Store {
             txn.commit().map_err(|e| err(e.into()))?;
         }
         Ok(())
-    }
-}
-
-/// The configured sinks' cursors: a new sink starts after the last record; the cursor of a
-/// sink no longer configured is dropped.
-fn register_sinks(
-    txn: &redb::WriteTransaction,
-    path: &Path,
-    sinks: &[String],
-    last_seq: u64,
-) -> Result<HashMap<String, u64>, JournalError> {
-    let mut table = txn.open_table(CURSORS).map_err(|e| storage(path, e))?;
-    let mut stored = HashMap::new();
-    for entry in table.iter().map_err(|e| storage(path, e))? {
-        let (name, seq) = entry.map_err(|e| storage(path, e))?;
-        stored.insert(name.value().to_owned(), seq.value());
-    }
-    let mut cursors = HashMap::new();
-    for name in sinks {
-        let seq = match stored.remove(name) {
-            Some(seq) => seq,
-            None => {
-                tracing::info!(sink = %name, from_seq = last_seq + 1, "new sink: it receives records from now on");
-                table
-                    .insert(name.as_str(), last_seq)
-                    .map_err(|e| storage(path, e))?;
-                last_seq
-            }
-        };
-        cursors.insert(name.clone(), seq);
-    }
-    for (name, seq) in stored {
-        tracing::info!(sink = %name, at_seq = seq, "dropping the position of a sink that is no longer configured");
-        table.remove(name.as_str()).map_err(|e| storage(path, e))?;
-    }
-    Ok(cursors)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::commit::{CommandWork, Commit, Seen};
-    use super::*;
-    use crate::journal::value::Entry;
-    use crate::record::{Enrich, Origin, Record};
-    use serde_json::value::RawValue;
-
-    fn record(id: &str, enrich: Enrich, dedupe: Option<&str>) -> Record {
-        Record {
-            property: Arc::from("p"),
-            origin: Origin::Websocket,
-            received_at: "t".into(),
-            kind: Some("DeviceCommand".into()),
-            id: Some(id.into()),
-            state: Some("Pending".into()),
-            event: RawValue::from_string(format!(r#"{{"Id":"{id}"}}"#)).unwrap(),
-            command: None,
-            enterprise_id: None,
-            integration_id: None,
-            enrich_error: None,
-            dedupe: dedupe.map(str::to_owned),
-            enrich,
-        }
-    }
-
-    fn commit_of(entries: Vec<Entry>) -> Commit {
-        Commit {
-            entries,
-            cursors: Vec::new(),
-            prune_to: None,
-            sync: false,
-            marks: Vec::new(),
-            seen: Seen {
-                now: 1_000,
-                window: 3_600,
-                forget_before: None,
-            },
-            settled: Vec::new(),
-            unheal: Vec::new(),
-            commands: CommandWork::default(),
-        }
-    }
-
-    /// A crash after a record reached the log but before its state transaction: opening the
-    /// journal again replays what the frame carries (held for enrichment, its dedupe key).
-    #[test]
-    fn effects_a_crash_left_unapplied_are_replayed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal.redb");
-        let sinks = ["s".to_owned()];
-        let (store, opened) = Store::open(&path, &sinks, 1 << 30).unwrap();
-        let done = store
-            .commit(
-                opened.last_seq,
-                &commit_of(vec![Entry::Record(record("a", Enrich::None, None))]),
-            )
-            .unwrap();
-        assert_eq!(done.seq, 1);
-        // The crash: the next record's frame is in the log, its state transaction never ran.
-        let pending = Entry::Record(record("b", Enrich::Pending, Some("key-b")));
-        let mut frame = Vec::new();
-        let effects = segment::Effects {
-            pending: true,
-            dedupe: Some("key-b"),
-            heal: None,
-        };
-        segment::encode(&mut frame, 2, &effects, |out| {
-            value::encode(2, &pending, out)
-        });
-        store.log.append(&frame, 2, 2, &[(2, 0)]).unwrap();
-        drop(store);
-
-        let (store, opened) = Store::open(&path, &sinks, 1 << 30).unwrap();
-        assert_eq!(opened.last_seq, 2);
-        assert_eq!(opened.pending.len(), 1, "held back for enrichment again");
-        assert_eq!(opened.pending[0].seq, 2);
-        let again = store
-            .commit(
-                2,
-                &commit_of(vec![Entry::Record(record(
-                    "b",
-                    Enrich::None,
-                    Some("key-b"),
-                ))]),
-            )
-            .unwrap();
-        assert_eq!(again.dropped, [0], "its dedupe key was replayed");
-        let read = store.read_after(0, 2, 10).unwrap();
-        assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
-    }
-
-    /// A journal of format 1 (records in redb) opens: its records move into the log with their
-    /// seqs, a record held for enrichment stays held, cursors stay, seqs go on.
-    #[test]
-    fn a_version_1_journal_is_moved_into_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal.redb");
-        {
-            let db = Database::create(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            {
-                let mut records = txn.open_table(RECORDS).unwrap();
-                for seq in 1..=3u64 {
-                    let mut value = Vec::new();
-                    let entry = Entry::Record(record(&format!("v1-{seq}"), Enrich::None, None));
-                    value::encode(seq, &entry, &mut value);
-                    records.insert(seq, value.as_slice()).unwrap();
-                }
-                let mut meta = txn.open_table(META).unwrap();
-                meta.insert(LAST_SEQ, 3).unwrap();
-                meta.insert(JOURNAL_ID, 0xab).unwrap();
-                txn.open_table(CURSORS).unwrap().insert("s", 1).unwrap();
-                txn.open_table(PENDING).unwrap().insert(3, 1).unwrap();
-            }
-            txn.commit().unwrap();
-        }
-        let sinks = ["s".to_owned()];
-        let (store, opened) = Store::open(&path, &sinks, 1 << 30).unwrap();
-        assert_eq!(opened.last_seq, 3);
-        assert_eq!(opened.cursors["s"], 1);
-        assert_eq!(opened.journal_id, 0xab);
-        assert_eq!(
-            opened.pending.iter().map(|r| r.seq).collect::<Vec<_>>(),
-            [3]
-        );
-        let read = store.read_after(1, 3, 10).unwrap();
-        assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3]);
-        assert!(String::from_utf8_lossy(&read[0].json).contains("v1-2"));
-        let db = store.db().unwrap();
-        let txn = db.begin_read().unwrap();
-        assert!(txn.open_table(RECORDS).is_err(), "the old table is gone");
-        drop(txn);
-        drop(db);
-        let next = store
-            .commit(
-                3,
-                &commit_of(vec![Entry::Record(record("v2", Enrich::None, None))]),
-            )
-            .unwrap();
-        assert_eq!(next.seq, 4);
-        drop(store);
-        let (store, opened) = Store::open(&path, &sinks, 1 << 30).unwrap();
-        assert_eq!(opened.last_seq, 4);
-        assert_eq!(store.read_after(0, 4, 10).unwrap().len(), 4);
     }
 }

@@ -1,6 +1,9 @@
-//! The single journal writer: group commits, cursor updates, pruning; what to do when a write
-//! fails or the file is gone is in [`trouble`].
+//! The single journal writer: group commits, cursor updates, pruning; a batch is gathered in
+//! [`batch`] and committed in [`commit`]; what to do when a write fails or the file is gone is
+//! in [`trouble`].
 
+mod batch;
+mod commit;
 mod sinks;
 mod trouble;
 
@@ -13,10 +16,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::JournalError;
 use super::claims::Claims;
 use super::commands::{Ack, Answered, Outgoing, Request, RequestOutcome};
-use super::store::{CommandWork, Commit, Committed, Opened, Seen, Settled, Store};
-use super::value::{self, Entry};
+use super::store::{Opened, Store};
+use super::value::Entry;
 use crate::record::Record;
 use crate::stats::Stats;
+use batch::Batch;
 use trouble::Outage;
 
 /// Queue depth: how many appends may wait while a commit runs before producers wait too.
@@ -92,9 +96,6 @@ pub(super) enum Op {
 /// Where each sink new to the journal starts, or why the sinks could not be set.
 pub(super) type SinksSet = Result<HashMap<String, super::SinkStart>, JournalError>;
 
-/// Dedupe keys older than the window are forgotten this often.
-const FORGET_EVERY: Duration = Duration::from_secs(600);
-
 /// The task that owns all writes. Run it with [`JournalWriter::run`]; it ends when every
 /// [`super::Journal`] handle is dropped, after a last durable commit.
 pub struct JournalWriter {
@@ -152,77 +153,6 @@ pub(super) struct Setup {
     pub tail: Arc<super::tail::Tail>,
     pub pruned: Arc<std::sync::atomic::AtomicU64>,
     pub positions: super::Positions,
-}
-
-#[derive(Default)]
-struct Batch {
-    records: Vec<Entry>,
-    /// How many of `records` nobody waits for (WebSocket events): lost if the commit fails.
-    /// The others' senders are told and send them again (a webhook is answered 503).
-    unwaited: u64,
-    waiters: Vec<(Waiter, usize)>,
-    flushes: Vec<oneshot::Sender<Result<(), JournalError>>>,
-    pings: Vec<oneshot::Sender<()>>,
-    marks: Vec<(String, u64)>,
-    mark_waiters: Vec<oneshot::Sender<Result<(), JournalError>>>,
-    settled: Vec<Settle>,
-    unheal: Vec<String>,
-    acks: Vec<Ack>,
-    requests: Vec<(
-        Request,
-        oneshot::Sender<Result<RequestOutcome, JournalError>>,
-    )>,
-    answered: Vec<Answered>,
-    /// Claims and releases, handled after the commit (in order with the records before them).
-    claims: Vec<Op>,
-}
-
-impl Batch {
-    fn add(&mut self, op: Op) {
-        match op {
-            Op::Append(append) => {
-                let count = append.entries.len() as u64;
-                self.records.extend(append.entries);
-                self.unheal.extend(append.unheal);
-                match append.waiter {
-                    Some(waiter) => self.waiters.push((waiter, self.records.len())),
-                    None => self.unwaited += count,
-                }
-            }
-            Op::Acks(acks) => self.acks.extend(acks),
-            Op::Request(request, reply) => self.requests.push((request, reply)),
-            Op::Answered(answered) => self.answered.push(answered),
-            Op::Settle(settled) => self.settled.extend(settled),
-            op @ (Op::Claim(..)
-            | Op::ReleaseUnclaimed(..)
-            | Op::ClaimUpdates(..)
-            | Op::Sinks(..)) => self.claims.push(op),
-            Op::Flush(done) => self.flushes.push(done),
-            Op::Ping(done) => self.pings.push(done),
-            Op::Mark(name, at, done) => {
-                self.marks.push((name, at));
-                self.mark_waiters.push(done);
-            }
-        }
-    }
-
-    /// Whether the batch writes anything (bare cursor moves wait for the next sync).
-    fn writes(&self) -> bool {
-        !(self.records.is_empty()
-            && self.flushes.is_empty()
-            && self.marks.is_empty()
-            && self.settled.is_empty()
-            && self.unheal.is_empty()
-            && self.acks.is_empty()
-            && self.requests.is_empty()
-            && self.answered.is_empty())
-    }
-
-    /// Whether the cursors must be stored durably with this commit: a flush asks for it, and an
-    /// acknowledged command must not be queued again after a crash.
-    fn sync(&self) -> bool {
-        !self.flushes.is_empty() || !self.acks.is_empty()
-    }
 }
 
 impl JournalWriter {
@@ -496,281 +426,6 @@ impl JournalWriter {
         let synced = self.synced.values().copied().min().unwrap_or(self.last_seq);
         let min = synced.min(self.visible_seq());
         (min > self.pruned_to).then_some(min)
-    }
-
-    async fn commit(&mut self, batch: Batch, sync: bool) {
-        let Batch {
-            records,
-            unwaited,
-            waiters,
-            flushes,
-            marks,
-            mark_waiters,
-            settled,
-            unheal,
-            acks,
-            requests,
-            answered,
-            ..
-        } = batch;
-        let (requests, replies): (Vec<Request>, Vec<_>) = requests.into_iter().unzip();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let window = self.dedupe_window.as_secs().max(1);
-        let forget = self
-            .last_forget
-            .is_none_or(|at| at.elapsed() >= FORGET_EVERY);
-        let settled_values = settled
-            .iter()
-            .map(|settle| {
-                let mut value = Vec::with_capacity(512);
-                value::encode(
-                    settle.seq,
-                    &Entry::Record(settle.record.clone()),
-                    &mut value,
-                );
-                Settled {
-                    seq: settle.seq,
-                    value,
-                    heal: settle.heal.clone(),
-                }
-            })
-            .collect();
-        let commit = Commit {
-            entries: records,
-            cursors: self.cursors().into_iter().collect(),
-            prune_to: self.prune_target(),
-            sync,
-            marks,
-            seen: Seen {
-                now,
-                window,
-                forget_before: forget.then(|| now.saturating_sub(window)),
-            },
-            settled: settled_values,
-            unheal,
-            commands: CommandWork {
-                track: self.track_commands,
-                requests,
-                acks,
-                answered,
-            },
-        };
-        let Some((result, commit)) = self.run_commit(commit).await else {
-            for done in flushes {
-                let _ = done.send(Err(JournalError::Write("journal commit panicked".into())));
-            }
-            return;
-        };
-        let outcome = match result {
-            Ok(mut committed) if committed.state_error.is_some() => {
-                // The records are stored; the rest of the commit is not.
-                let err = committed.state_error.take().unwrap_or(JournalError::Closed);
-                let message = err.to_string();
-                tracing::error!(error = %err, "the journal's state could not be written after its records were: settles, marks, requests and acknowledgements of this commit go again; check free space on the state directory");
-                self.stats.journal.set_writes(Some(message.clone()));
-                for reply in replies {
-                    let _ = reply.send(Err(JournalError::Write(message.clone())));
-                }
-                for done in mark_waiters {
-                    let _ = done.send(Err(JournalError::Write(message.clone())));
-                }
-                let refused = std::mem::take(&mut committed.queued);
-                drop(refused);
-                for settle in settled.iter() {
-                    self.route(Note {
-                        seq: settle.seq,
-                        record: Record {
-                            command: None,
-                            enrich_error: None,
-                            ..settle.record.clone()
-                        },
-                    });
-                }
-                let mut commit = commit;
-                commit.settled.clear();
-                self.committed_ok(commit, committed, waiters, Vec::new())
-                    .await;
-                Err(message)
-            }
-            Ok(mut committed) => {
-                for (reply, outcome) in replies.into_iter().zip(committed.outcomes.drain(..)) {
-                    let _ = reply.send(Ok(outcome));
-                }
-                for outgoing in committed.queued.drain(..) {
-                    self.updates.route(outgoing);
-                }
-                if forget {
-                    self.last_forget = Some(std::time::Instant::now());
-                }
-                self.committed_ok(commit, committed, waiters, settled).await;
-                for done in mark_waiters {
-                    let _ = done.send(Ok(()));
-                }
-                // Records queued before a flush but lost in an earlier failed commit still
-                // make the flush fail, until records are stored again.
-                match &self.outage {
-                    Some(outage) if outage.lost > 0 => {
-                        Err(format!("{} ({} records lost)", outage.error, outage.lost))
-                    }
-                    _ => Ok(()),
-                }
-            }
-            Err(err) => {
-                let message = err.to_string();
-                for reply in replies {
-                    let _ = reply.send(Err(JournalError::Write(message.clone())));
-                }
-                self.failed(&err, &commit, unwaited, waiters, settled).await;
-                for done in mark_waiters {
-                    let _ = done.send(Err(JournalError::Write(message.clone())));
-                }
-                Err(message)
-            }
-        };
-        for done in flushes {
-            let _ = done.send(outcome.clone().map_err(JournalError::Write));
-        }
-    }
-
-    /// Runs the transaction; `None` if it panicked (logged).
-    async fn run_commit(
-        &self,
-        commit: Commit,
-    ) -> Option<(Result<Committed, JournalError>, Commit)> {
-        // Nothing goes into a file that is no longer at the journal's path: after a restart it
-        // would be gone (see `trouble`).
-        if let Some(problem) = self.stats.journal.file_problem() {
-            return Some((Err(JournalError::Gone(problem.to_string())), commit));
-        }
-        // The writer has its own thread: the commit runs right here.
-        let store = Arc::clone(&self.store);
-        let at = self.last_seq;
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-            let result = store.commit(at, &commit);
-            (result, commit)
-        }));
-        match result {
-            Ok(pair) => Some(pair),
-            Err(_) => {
-                tracing::error!("journal commit panicked");
-                None
-            }
-        }
-    }
-
-    /// After a successful commit: counters, waiters, pending records to their enrichers, and
-    /// the new committed and visible seqs.
-    async fn committed_ok(
-        &mut self,
-        commit: Commit,
-        committed: Committed,
-        waiters: Vec<(Waiter, usize)>,
-        settled: Vec<Settle>,
-    ) {
-        let Committed {
-            seq,
-            bytes,
-            dropped,
-            fresh,
-            cursors_synced,
-            ..
-        } = committed;
-        if cursors_synced {
-            self.synced = commit.cursors.iter().cloned().collect();
-            self.unsynced = false;
-        } else if !fresh.is_empty() {
-            self.unsynced = true; // their state (`applied_seq`) follows with the next sync
-        }
-        let count = commit.entries.len() as u64 - dropped.len() as u64;
-        if !dropped.is_empty() {
-            Stats::add(&self.stats.duplicates_dropped, dropped.len() as u64);
-            tracing::debug!(
-                records = dropped.len(),
-                "dropped records already journaled (live vs catch-up)"
-            );
-        }
-        if !fresh.is_empty() {
-            let appended: usize = fresh.iter().map(|r| r.json.len() + 64).sum();
-            self.appended.push_back((seq, appended as u64));
-        }
-        self.stored_bytes = bytes;
-        self.stats
-            .journal_bytes
-            .store(bytes, std::sync::atomic::Ordering::Relaxed);
-        let kept = || {
-            commit
-                .entries
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !dropped.contains(i))
-                .map(|(_, entry)| entry)
-        };
-        self.stats.committed(kept().filter_map(|entry| match entry {
-            Entry::Record(r) => Some((&*r.property, r.kind.as_deref(), r.origin)),
-            Entry::Replay(_) => None,
-        }));
-        // A commit that fits is no proof of room (the last free blocks may take a small one):
-        // during an outage the probe decides that writes work again.
-        if !commit.entries.is_empty() {
-            if self.outage.is_none() {
-                self.writes_work();
-            } else if self.store.probe().is_ok() {
-                self.writes_work();
-                self.outage = None;
-            }
-        }
-        let first = seq - count;
-        for (at, entry) in (first + 1..).zip(kept()) {
-            if let Entry::Record(record) = entry
-                && record.enrich == crate::record::Enrich::Pending
-            {
-                self.pending.insert(at, Arc::clone(&record.property));
-                self.route(Note {
-                    seq: at,
-                    record: record.clone(),
-                });
-            }
-        }
-        for settle in &settled {
-            self.pending.remove(&settle.seq);
-        }
-        self.tail.push(fresh);
-        if !commit.settled.is_empty() {
-            let journal_id = self.tail.journal_id();
-            let mut names = value::Names::default();
-            self.tail.replace(commit.settled.iter().map(|settled| {
-                value::decode(
-                    journal_id,
-                    settled.seq,
-                    settled.value.clone().into(),
-                    &mut names,
-                )
-            }));
-        }
-        self.last_seq = seq;
-        if let Some(to) = commit.prune_to {
-            self.pruned_to = to;
-            self.pruned.store(to, std::sync::atomic::Ordering::Release);
-        }
-        Stats::add(&self.stats.records_committed, count);
-        if count > 0 {
-            self.committed.send_replace(seq);
-        }
-        let visible = self.visible_seq();
-        self.visible.send_if_modified(|at| {
-            let changed = *at != visible;
-            *at = visible;
-            changed
-        });
-        for (waiter, upto) in waiters {
-            let before = dropped.iter().filter(|&&i| i < upto).count();
-            let _ = waiter.send(Ok(first + (upto - before) as u64));
-        }
-        if self.live_bytes() > self.max_bytes {
-            self.shed_oldest().await;
-        }
     }
 
     /// Hands a pending record to its property's enricher, or keeps it until one claims it.

@@ -1,0 +1,335 @@
+//! Opening the store: the files, a version-1 journal moved into the log, effects a crash left
+//! unapplied replayed, and the sinks registered (at open and on a reload).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use redb::ReadableTable;
+
+use super::{
+    APPLIED_SEQ, CURSORS, FORMAT, FORMAT_VERSION, HEAL, JOURNAL_ID, LAST_SEQ, MARKS, META, Opened,
+    PENDING, SEEN, SETTLED, Store, commit, migrate, storage,
+};
+use crate::journal::JournalError;
+use crate::journal::commands::{self, COMMANDS, OUTBOX};
+use crate::journal::file;
+use crate::journal::log::{self, Log};
+use crate::journal::value;
+
+fn log_error(path: &Path, err: std::io::Error) -> JournalError {
+    JournalError::Open {
+        path: path.to_owned(),
+        problem: format!(
+            "cannot open the record log: {err}; check free space and that the mews-relay user owns the state directory"
+        ),
+    }
+}
+
+impl Store {
+    /// Opens `journal.redb` and the log beside it, moves a version-1 journal's records into
+    /// the log, replays the effects of frames a crash left unapplied, registers the sinks.
+    pub fn open(
+        path: &Path,
+        sinks: &[String],
+        max_bytes: u64,
+    ) -> Result<(Store, Opened), JournalError> {
+        let file::Opened { db, held, identity } = file::open(path)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let log_dir = dir.join(log::DIR);
+        let applied = migrate::applied_seq(&db, path)?;
+        let (log, recovered) = Log::open(&log_dir, applied, log::segment_bytes(max_bytes))
+            .map_err(|err| log_error(&log_dir, err))?;
+        if recovered.cut > 0 {
+            tracing::warn!(
+                bytes = recovered.cut,
+                dir = %log_dir.display(),
+                "cut a record-log write that a crash interrupted (it was never committed)"
+            );
+        }
+        migrate::records_into_log(&db, path, &log, recovered.last_seq)?;
+        let txn = db.begin_write().map_err(|e| storage(path, e))?;
+        let opened = {
+            for table in [SEEN, MARKS, HEAL] {
+                txn.open_table(table).map_err(|e| storage(path, e))?;
+            }
+            txn.open_table(SETTLED).map_err(|e| storage(path, e))?;
+            txn.open_table(COMMANDS).map_err(|e| storage(path, e))?;
+            let outbox = commands::outbox(&txn.open_table(OUTBOX).map_err(|e| storage(path, e))?)
+                .map_err(|e| storage(path, e))?;
+            let mut meta = txn.open_table(META).map_err(|e| storage(path, e))?;
+            let get = |meta: &redb::Table<&str, u64>, key| -> Result<Option<u64>, JournalError> {
+                Ok(meta
+                    .get(key)
+                    .map_err(|e| storage(path, e))?
+                    .map(|v| v.value()))
+            };
+            let journal_id = match get(&meta, JOURNAL_ID)? {
+                Some(id) => id,
+                None => {
+                    let id = fastrand::u64(..);
+                    meta.insert(JOURNAL_ID, id).map_err(|e| storage(path, e))?;
+                    id
+                }
+            };
+            let last_seq = get(&meta, LAST_SEQ)?
+                .unwrap_or(0)
+                .max(log.last_seq().unwrap_or(0));
+            // What a crash left between the log and these tables: effects replayed.
+            commit::replay(&txn, &recovered.unapplied).map_err(|e| storage(path, e))?;
+            meta.insert(LAST_SEQ, last_seq)
+                .map_err(|e| storage(path, e))?;
+            meta.insert(APPLIED_SEQ, last_seq)
+                .map_err(|e| storage(path, e))?;
+            meta.insert(FORMAT, FORMAT_VERSION)
+                .map_err(|e| storage(path, e))?;
+            let cursors = register_sinks(&txn, path, sinks, last_seq)?;
+            let pending_seqs: Vec<u64> = {
+                let pending = txn.open_table(PENDING).map_err(|e| storage(path, e))?;
+                let mut seqs = Vec::new();
+                for entry in pending.iter().map_err(|e| storage(path, e))? {
+                    seqs.push(entry.map_err(|e| storage(path, e))?.0.value());
+                }
+                seqs
+            };
+            let mut pending = Vec::with_capacity(pending_seqs.len());
+            let mut names = value::Names::default();
+            for seq in pending_seqs {
+                let frames = log
+                    .read(seq - 1, seq, 1)
+                    .map_err(|err| log_error(&log_dir, err))?;
+                if let Some(frame) = frames.into_iter().find(|f| f.seq == seq) {
+                    pending.push(value::decode(
+                        journal_id,
+                        seq,
+                        Bytes::from(frame.value),
+                        &mut names,
+                    ));
+                }
+            }
+            Opened {
+                last_seq,
+                stored_bytes: log.bytes(),
+                journal_id,
+                cursors,
+                pending,
+                outbox,
+            }
+        };
+        txn.commit().map_err(|e| storage(path, e))?;
+        let store = Store {
+            path: path.to_owned(),
+            journal_id: opened.journal_id,
+            db: RwLock::new(Some(Arc::new(db))),
+            log,
+            held,
+            identity,
+            unapplied: std::sync::Mutex::new(Vec::new()),
+            #[cfg(test)]
+            fail_commits: std::sync::atomic::AtomicU32::new(0),
+        };
+        Ok((store, opened))
+    }
+
+    /// Makes `sinks` the registered sinks while the journal is open (a reload), durably: a new
+    /// one starts after `last_seq`, a position no longer listed is dropped. The positions as
+    /// stored (those of sinks already registered may be behind what they reported since).
+    pub fn set_sinks(
+        &self,
+        sinks: &[String],
+        last_seq: u64,
+    ) -> Result<HashMap<String, u64>, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(|e| storage(&self.path, e))?;
+        let cursors = register_sinks(&txn, &self.path, sinks, last_seq)?;
+        txn.commit().map_err(|e| storage(&self.path, e))?;
+        Ok(cursors)
+    }
+}
+
+/// The configured sinks' cursors: a new sink starts after the last record; the cursor of a
+/// sink no longer configured is dropped.
+fn register_sinks(
+    txn: &redb::WriteTransaction,
+    path: &Path,
+    sinks: &[String],
+    last_seq: u64,
+) -> Result<HashMap<String, u64>, JournalError> {
+    let mut table = txn.open_table(CURSORS).map_err(|e| storage(path, e))?;
+    let mut stored = HashMap::new();
+    for entry in table.iter().map_err(|e| storage(path, e))? {
+        let (name, seq) = entry.map_err(|e| storage(path, e))?;
+        stored.insert(name.value().to_owned(), seq.value());
+    }
+    let mut cursors = HashMap::new();
+    for name in sinks {
+        let seq = match stored.remove(name) {
+            Some(seq) => seq,
+            None => {
+                tracing::info!(sink = %name, from_seq = last_seq + 1, "new sink: it receives records from now on");
+                table
+                    .insert(name.as_str(), last_seq)
+                    .map_err(|e| storage(path, e))?;
+                last_seq
+            }
+        };
+        cursors.insert(name.clone(), seq);
+    }
+    for (name, seq) in stored {
+        tracing::info!(sink = %name, at_seq = seq, "dropping the position of a sink that is no longer configured");
+        table.remove(name.as_str()).map_err(|e| storage(path, e))?;
+    }
+    Ok(cursors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::RECORDS;
+    use super::super::commit::{CommandWork, Commit, Seen};
+    use super::*;
+    use crate::journal::log::segment;
+    use crate::journal::value::Entry;
+    use crate::record::{Enrich, Origin, Record};
+    use redb::{Database, ReadableDatabase};
+    use serde_json::value::RawValue;
+
+    fn record(id: &str, enrich: Enrich, dedupe: Option<&str>) -> Record {
+        Record {
+            property: Arc::from("p"),
+            origin: Origin::Websocket,
+            received_at: "t".into(),
+            kind: Some("DeviceCommand".into()),
+            id: Some(id.into()),
+            state: Some("Pending".into()),
+            event: RawValue::from_string(format!(r#"{{"Id":"{id}"}}"#)).unwrap(),
+            command: None,
+            enterprise_id: None,
+            integration_id: None,
+            enrich_error: None,
+            dedupe: dedupe.map(str::to_owned),
+            enrich,
+        }
+    }
+
+    fn commit_of(entries: Vec<Entry>) -> Commit {
+        Commit {
+            entries,
+            cursors: Vec::new(),
+            prune_to: None,
+            sync: false,
+            marks: Vec::new(),
+            seen: Seen {
+                now: 1_000,
+                window: 3_600,
+                forget_before: None,
+            },
+            settled: Vec::new(),
+            unheal: Vec::new(),
+            commands: CommandWork::default(),
+        }
+    }
+
+    /// A crash after a record reached the log but before its state transaction: opening the
+    /// journal again replays what the frame carries (held for enrichment, its dedupe key).
+    #[test]
+    fn effects_a_crash_left_unapplied_are_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let sinks = ["s".to_owned()];
+        let (store, opened) = Store::open(&path, &sinks, 1 << 30).unwrap();
+        let done = store
+            .commit(
+                opened.last_seq,
+                &commit_of(vec![Entry::Record(record("a", Enrich::None, None))]),
+            )
+            .unwrap();
+        assert_eq!(done.seq, 1);
+        // The crash: the next record's frame is in the log, its state transaction never ran.
+        let pending = Entry::Record(record("b", Enrich::Pending, Some("key-b")));
+        let mut frame = Vec::new();
+        let effects = segment::Effects {
+            pending: true,
+            dedupe: Some("key-b"),
+            heal: None,
+        };
+        segment::encode(&mut frame, 2, &effects, |out| {
+            value::encode(2, &pending, out)
+        });
+        store.log.append(&frame, 2, 2, &[(2, 0)]).unwrap();
+        drop(store);
+
+        let (store, opened) = Store::open(&path, &sinks, 1 << 30).unwrap();
+        assert_eq!(opened.last_seq, 2);
+        assert_eq!(opened.pending.len(), 1, "held back for enrichment again");
+        assert_eq!(opened.pending[0].seq, 2);
+        let again = store
+            .commit(
+                2,
+                &commit_of(vec![Entry::Record(record(
+                    "b",
+                    Enrich::None,
+                    Some("key-b"),
+                ))]),
+            )
+            .unwrap();
+        assert_eq!(again.dropped, [0], "its dedupe key was replayed");
+        let read = store.read_after(0, 2, 10).unwrap();
+        assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    /// A journal of format 1 (records in redb) opens: its records move into the log with their
+    /// seqs, a record held for enrichment stays held, cursors stay, seqs go on.
+    #[test]
+    fn a_version_1_journal_is_moved_into_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut records = txn.open_table(RECORDS).unwrap();
+                for seq in 1..=3u64 {
+                    let mut value = Vec::new();
+                    let entry = Entry::Record(record(&format!("v1-{seq}"), Enrich::None, None));
+                    value::encode(seq, &entry, &mut value);
+                    records.insert(seq, value.as_slice()).unwrap();
+                }
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert(LAST_SEQ, 3).unwrap();
+                meta.insert(JOURNAL_ID, 0xab).unwrap();
+                txn.open_table(CURSORS).unwrap().insert("s", 1).unwrap();
+                txn.open_table(PENDING).unwrap().insert(3, 1).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let sinks = ["s".to_owned()];
+        let (store, opened) = Store::open(&path, &sinks, 1 << 30).unwrap();
+        assert_eq!(opened.last_seq, 3);
+        assert_eq!(opened.cursors["s"], 1);
+        assert_eq!(opened.journal_id, 0xab);
+        assert_eq!(
+            opened.pending.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [3]
+        );
+        let read = store.read_after(1, 3, 10).unwrap();
+        assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3]);
+        assert!(String::from_utf8_lossy(&read[0].json).contains("v1-2"));
+        let db = store.db().unwrap();
+        let txn = db.begin_read().unwrap();
+        assert!(txn.open_table(RECORDS).is_err(), "the old table is gone");
+        drop(txn);
+        drop(db);
+        let next = store
+            .commit(
+                3,
+                &commit_of(vec![Entry::Record(record("v2", Enrich::None, None))]),
+            )
+            .unwrap();
+        assert_eq!(next.seq, 4);
+        drop(store);
+        let (store, opened) = Store::open(&path, &sinks, 1 << 30).unwrap();
+        assert_eq!(opened.last_seq, 4);
+        assert_eq!(store.read_after(0, 4, 10).unwrap().len(), 4);
+    }
+}
