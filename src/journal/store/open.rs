@@ -148,8 +148,38 @@ impl Store {
     }
 }
 
-/// The configured sinks' cursors: a new sink starts after the last record; the cursor of a
-/// sink no longer configured is dropped.
+/// The type part of a sink's default name (`http:…`, `file:…`, `nats:…`); none for a name the
+/// config gave.
+fn default_kind(name: &str) -> Option<&str> {
+    name.split_once(':')
+        .map(|(kind, _)| kind)
+        .filter(|kind| matches!(*kind, "http" | "file" | "nats"))
+}
+
+/// Renamed sinks: a sink without a `name` of its own is named after its url, path or stream,
+/// so fixing those renames it. Where exactly one such sink of a type left and exactly one of
+/// that type came, the new name goes on from where the old one stood (new → (old, seq)), so
+/// what the old one had not delivered (e.g. while paused on a wrong url) is not skipped.
+fn renamed(stored: &HashMap<String, u64>, sinks: &[String]) -> HashMap<String, (String, u64)> {
+    let mut out = HashMap::new();
+    for kind in ["http", "file", "nats"] {
+        let gone: Vec<(&String, &u64)> = stored
+            .iter()
+            .filter(|(name, _)| !sinks.contains(name) && default_kind(name) == Some(kind))
+            .collect();
+        let came: Vec<&String> = sinks
+            .iter()
+            .filter(|name| !stored.contains_key(*name) && default_kind(name) == Some(kind))
+            .collect();
+        if let ([(old, seq)], [new]) = (gone.as_slice(), came.as_slice()) {
+            out.insert((*new).clone(), ((*old).clone(), **seq));
+        }
+    }
+    out
+}
+
+/// The configured sinks' cursors: a new sink starts after the last record (a renamed one where
+/// its old name stood, see [`renamed`]); the cursor of a sink no longer configured is dropped.
 fn register_sinks(
     txn: &redb::WriteTransaction,
     path: &Path,
@@ -162,10 +192,27 @@ fn register_sinks(
         let (name, seq) = entry.map_err(|e| storage(path, e))?;
         stored.insert(name.value().to_owned(), seq.value());
     }
+    let renamed = renamed(&stored, sinks);
     let mut cursors = HashMap::new();
     for name in sinks {
         let seq = match stored.remove(name) {
             Some(seq) => seq,
+            None if renamed.contains_key(name) => {
+                let (old, seq) = &renamed[name];
+                stored.remove(old);
+                tracing::warn!(
+                    sink = %name,
+                    was = %old,
+                    from_seq = seq + 1,
+                    behind = last_seq.saturating_sub(*seq),
+                    "a sink without a name of its own was renamed by its new url, path or stream: it goes on where the old one stood; its dead letters stay under the old name (give the sink a `name` to keep one across such changes)"
+                );
+                table
+                    .insert(name.as_str(), *seq)
+                    .map_err(|e| storage(path, e))?;
+                table.remove(old.as_str()).map_err(|e| storage(path, e))?;
+                *seq
+            }
             None => {
                 tracing::info!(sink = %name, from_seq = last_seq + 1, "new sink: it receives records from now on");
                 table
@@ -177,7 +224,11 @@ fn register_sinks(
         cursors.insert(name.clone(), seq);
     }
     for (name, seq) in stored {
-        tracing::info!(sink = %name, at_seq = seq, "dropping the position of a sink that is no longer configured");
+        if seq < last_seq {
+            tracing::warn!(sink = %name, at_seq = seq, undelivered = last_seq - seq, "dropping the position of a sink that is no longer configured: the records it had not delivered are not sent anywhere (give a sink a `name` of its own to change its url or path and keep its position)");
+        } else {
+            tracing::info!(sink = %name, at_seq = seq, "dropping the position of a sink that is no longer configured");
+        }
         table.remove(name.as_str()).map_err(|e| storage(path, e))?;
     }
     Ok(cursors)
@@ -228,6 +279,44 @@ mod tests {
             unheal: Vec::new(),
             commands: CommandWork::default(),
         }
+    }
+
+    /// A sink named after its url goes on where it stood when the url changes (one http sink
+    /// left, one came); a named sink and an unrelated type are not paired.
+    #[test]
+    fn a_sink_renamed_by_its_url_keeps_its_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let old = ["http:old.example/hooks".to_owned(), "keys".to_owned()];
+        let (store, opened) = Store::open(&path, &old, 1 << 30).unwrap();
+        let entries = (0..5)
+            .map(|i| Entry::Record(record(&format!("r{i}"), Enrich::None, None)))
+            .collect();
+        let done = store.commit(opened.last_seq, &commit_of(entries)).unwrap();
+        assert_eq!(done.seq, 5);
+        let now = [
+            "http:new.example/hooks".to_owned(),
+            "file:/tmp/x.jsonl".to_owned(),
+            "other".to_owned(),
+        ];
+        let cursors = store.set_sinks(&now, done.seq).unwrap();
+        assert_eq!(
+            cursors["http:new.example/hooks"], 0,
+            "where the old one stood"
+        );
+        assert_eq!(
+            cursors["file:/tmp/x.jsonl"], 5,
+            "a new sink starts with new records"
+        );
+        assert_eq!(cursors["other"], 5, "a named sink is never paired");
+        // Two http sinks coming for one leaving: nobody can tell which is the old one.
+        let two = [
+            "http:a/x".to_owned(),
+            "http:b/x".to_owned(),
+            "other".to_owned(),
+        ];
+        let cursors = store.set_sinks(&two, done.seq).unwrap();
+        assert_eq!((cursors["http:a/x"], cursors["http:b/x"]), (5, 5));
     }
 
     /// A crash after a record reached the log but before its state transaction: opening the
