@@ -33,7 +33,7 @@ async fn readyz_becomes(metrics: SocketAddr, status: u16, what: &str) -> String 
 #[tokio::test]
 async fn an_endpoint_answering_401_pauses_the_sink_until_it_is_fixed() {
     let mut receiver = Receiver::start().await;
-    receiver.set_default(Reply::Status(401, "invalid api key"));
+    receiver.set_default(Reply::Status(401, "invalid api key sk-ECHOED-SECRET"));
     let metrics = free_port();
     let url = receiver.url();
     let mut h = Harness::start_with(|c| {
@@ -51,6 +51,9 @@ async fn an_endpoint_answering_401_pauses_the_sink_until_it_is_fixed() {
     let body = readyz_becomes(metrics, 503, "the sink is paused").await;
     assert!(body.contains("\"hooks\""), "{body}");
     assert!(body.contains("paused") && body.contains("401"), "{body}");
+    // A receiver may echo the key it refused: its answer stays out of the unauthenticated
+    // `/readyz` (and `status`), which carry the status and the fix only.
+    assert!(!body.contains("ECHOED-SECRET"), "{body}");
     let line = h.relay.stats.status_line(Duration::from_secs(60));
     assert!(
         line.contains("hooks: paused"),

@@ -243,13 +243,19 @@ impl HttpSink {
                 reason: format!("HTTP {status}"),
                 after,
             },
-            Answer::Broken(fix) => Outcome::Paused {
-                kind: format!("HTTP {}", status.as_u16()),
-                reason: format!(
-                    "the endpoint answered HTTP {status} ({}): {fix}",
-                    crate::rejects::sample(&excerpt)
-                ),
-            },
+            Answer::Broken(fix) => {
+                // The body stays out of the reason, which reaches `/readyz` and `status`: a
+                // receiver may echo the credential it refused. Debug logs show it.
+                tracing::debug!(
+                    status = status.as_u16(),
+                    response = %crate::rejects::sample(&excerpt),
+                    "the endpoint's answer"
+                );
+                Outcome::Paused {
+                    kind: format!("HTTP {}", status.as_u16()),
+                    reason: format!("the endpoint answered HTTP {status}: {fix}"),
+                }
+            }
         }
     }
 }
