@@ -54,6 +54,13 @@ impl SecretUrl {
     }
 }
 
+/// Serialized masked, as `Display` shows it (`check` prints settings this way).
+impl serde::Serialize for SecretUrl {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
 impl fmt::Display for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&crate::config::redact_url(&self.0))

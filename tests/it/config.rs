@@ -215,6 +215,13 @@ fn tokens_come_from_the_systemd_credentials_directory() {
 fn check_prints_the_config_with_secrets_masked() {
     let dir = tempfile::tempdir().unwrap();
     let full = local_fixture(dir.path(), "full.toml");
+    // `Debug` of the settings (what a panic or a debug log would show) masks them too.
+    let settings = Settings::load(&full, &CredentialsDir::default()).unwrap();
+    let debug = format!("{settings:?}");
+    assert!(
+        !debug.contains("nats-url-password") && debug.contains("nats://***@127.0.0.1:4222"),
+        "{debug}"
+    );
     let (code, stdout, stderr) = run_binary(&["check", "--config", full.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("client_token = \"***\""), "{stdout}");
@@ -230,6 +237,7 @@ fn check_prints_the_config_with_secrets_masked() {
         "0123456789",
         "sig=abc",
         "nats-secret-password",
+        "nats-url-password",
         "api-token-of-the-full-fixture",
     ] {
         assert!(

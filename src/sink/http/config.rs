@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::HttpSink;
 use crate::config::ConfigError;
 use crate::config::shared::{ClientTls, is_cookie_safe, read_secret};
-use crate::config::value::{Dur, human, pick, policy_keys, redacted_url};
+use crate::config::value::{Dur, human, pick, policy_keys};
 use crate::retry::RetryPolicy;
-use crate::secret::Secret;
+use crate::secret::{Secret, SecretUrl};
 use crate::sink::registry::{At, BuildEnv, SinkType};
 
 /// Defaults of `type = "http"`.
@@ -63,8 +63,7 @@ pub struct HttpSinkFile {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HttpSettings {
     /// The endpoint (`check` shows it without user info and query, which may hold secrets).
-    #[serde(serialize_with = "redacted_url")]
-    pub url: String,
+    pub url: SecretUrl,
     /// `POST`, `PUT` or `PATCH`.
     pub method: String,
     /// Extra request headers; values are secrets (they often hold bearer tokens).
@@ -156,7 +155,7 @@ impl SinkType for HttpSettings {
             file.client_key,
         )?;
         Ok(HttpSettings {
-            url: file.url,
+            url: SecretUrl::new(file.url),
             method,
             headers,
             timeout,
@@ -170,7 +169,7 @@ impl SinkType for HttpSettings {
 
     /// `http:<host>/<path>`, without user info and query, which may hold secrets.
     fn default_name(&self) -> String {
-        let Ok(uri) = self.url.parse::<Uri>() else {
+        let Ok(uri) = self.url.as_str().parse::<Uri>() else {
             return "http".into();
         };
         format!(

@@ -92,7 +92,7 @@ impl HttpSink {
             .redirect(reqwest::redirect::Policy::limited(5))
             .build()
             .map_err(|err| io::Error::other(err.without_url()))?;
-        let url = reqwest::Url::parse(&settings.url)
+        let url = reqwest::Url::parse(settings.url.as_str())
             .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
         let method = Method::from_bytes(settings.method.as_bytes())
             .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;

@@ -10,7 +10,7 @@ use super::NatsSink;
 use crate::config::ConfigError;
 use crate::config::shared::{ClientTls, read_secret};
 use crate::config::value::{Dur, human, pick};
-use crate::secret::Secret;
+use crate::secret::{Secret, SecretUrl};
 use crate::sink::registry::{At, BuildEnv, SinkType};
 
 /// Defaults of `type = "nats"`.
@@ -77,8 +77,8 @@ pub enum NatsAuth {
 /// `type = "nats"`
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NatsSettings {
-    /// `nats://` or `tls://` URLs.
-    pub servers: Vec<String>,
+    /// `nats://` or `tls://` URLs (user info and query masked in `Debug` and `check`).
+    pub servers: Vec<SecretUrl>,
     /// Subject template: `{property}` and `{type}` are replaced.
     pub subject: String,
     /// The JetStream stream that covers the subjects.
@@ -138,7 +138,7 @@ impl SinkType for NatsSettings {
             file.client_key,
         )?;
         Ok(NatsSettings {
-            servers: file.servers,
+            servers: file.servers.into_iter().map(SecretUrl::new).collect(),
             subject,
             stream: file.stream,
             create_stream: file.create_stream.unwrap_or(false),

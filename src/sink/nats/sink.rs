@@ -47,7 +47,10 @@ impl NatsSink {
             NatsAuth::Nkey(seed) => options.nkey(seed.expose().to_owned()),
             NatsAuth::CredsFile(path) => options.credentials_file(path).await?,
         };
-        if settings.servers.iter().any(|s| s.starts_with("tls://"))
+        if settings
+            .servers
+            .iter()
+            .any(|s| s.as_str().starts_with("tls://"))
             || !settings.tls.extra_roots.is_empty()
             || settings.tls.client_auth.is_some()
         {
@@ -58,7 +61,7 @@ impl NatsSink {
             .servers
             .iter()
             .map(|s| {
-                s.parse().map_err(|err| {
+                s.as_str().parse().map_err(|err| {
                     io::Error::new(io::ErrorKind::InvalidInput, format!("{s}: {err}"))
                 })
             })
