@@ -119,14 +119,7 @@ impl Store {
                 "simulated: no space left on device".into(),
             ));
         }
-        let db = match self.db() {
-            Ok(db) => db,
-            // An earlier reopen failed (e.g. still no space): try again now.
-            Err(_) => {
-                self.reopen()?;
-                self.db()?
-            }
-        };
+        let db = self.db_or_reopen()?;
         let err = |e: redb::Error| storage(&self.path, e);
         let mut unapplied = self.unapplied.lock().unwrap_or_else(|p| p.into_inner());
         let txn = if needs_state(commit) || !unapplied.is_empty() {

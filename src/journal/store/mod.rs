@@ -110,6 +110,17 @@ impl Store {
         })
     }
 
+    /// The database, opened again first if an earlier reopen failed (e.g. still no space).
+    fn db_or_reopen(&self) -> Result<Arc<Database>, JournalError> {
+        match self.db() {
+            Ok(db) => Ok(db),
+            Err(_) => {
+                self.reopen()?;
+                self.db()
+            }
+        }
+    }
+
     fn io(&self, err: std::io::Error) -> JournalError {
         JournalError::Write(format!("record log {}: {err}", self.log.dir().display()))
     }
@@ -177,13 +188,7 @@ impl Store {
     /// has room again.
     pub fn probe(&self) -> Result<(), JournalError> {
         self.log.probe(PROBE_BYTES).map_err(|err| self.io(err))?;
-        let db = match self.db() {
-            Ok(db) => db,
-            Err(_) => {
-                self.reopen()?;
-                self.db()?
-            }
-        };
+        let db = self.db_or_reopen()?;
         let err = |e: redb::Error| storage(&self.path, e);
         let blob = vec![0u8; PROBE_BYTES];
         for value in [Some(blob.as_slice()), None] {
