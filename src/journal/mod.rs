@@ -164,8 +164,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Enrich, Origin, Record};
-    use serde_json::value::RawValue;
+    use crate::record::{Enrich, Record};
 
     fn record(id: &str, pending: bool) -> Record {
         let enrich = if pending {
@@ -173,21 +172,7 @@ mod tests {
         } else {
             Enrich::None
         };
-        Record {
-            property: Arc::from("p"),
-            origin: Origin::Websocket,
-            received_at: "t".into(),
-            kind: Some("DeviceCommand".into()),
-            id: Some(id.into()),
-            state: Some("Pending".into()),
-            event: RawValue::from_string(format!(r#"{{"Id":"{id}"}}"#)).unwrap(),
-            command: None,
-            enterprise_id: None,
-            integration_id: None,
-            enrich_error: None,
-            dedupe: None,
-            enrich,
-        }
+        value::test_record(id, enrich, None)
     }
 
     fn open(dir: &Path) -> (Journal, tokio::task::JoinHandle<()>) {

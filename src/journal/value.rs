@@ -152,6 +152,26 @@ pub(super) fn decode(journal_id: u64, seq: u64, value: Bytes, names: &mut Names)
     }
 }
 
+/// A DeviceCommand record of property `p`, for the journal's tests.
+#[cfg(test)]
+pub(crate) fn test_record(id: &str, enrich: crate::record::Enrich, dedupe: Option<&str>) -> Record {
+    Record {
+        property: std::sync::Arc::from("p"),
+        origin: crate::record::Origin::Websocket,
+        received_at: "t".into(),
+        kind: Some("DeviceCommand".into()),
+        id: Some(id.into()),
+        state: Some("Pending".into()),
+        event: serde_json::value::RawValue::from_string(format!(r#"{{"Id":"{id}"}}"#)).unwrap(),
+        command: None,
+        enterprise_id: None,
+        integration_id: None,
+        enrich_error: None,
+        dedupe: dedupe.map(str::to_owned),
+        enrich,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -240,28 +240,9 @@ mod tests {
     use super::super::commit::{CommandWork, Commit, Seen};
     use super::*;
     use crate::journal::log::segment;
-    use crate::journal::value::Entry;
-    use crate::record::{Enrich, Origin, Record};
+    use crate::journal::value::{Entry, test_record};
+    use crate::record::Enrich;
     use redb::{Database, ReadableDatabase};
-    use serde_json::value::RawValue;
-
-    fn record(id: &str, enrich: Enrich, dedupe: Option<&str>) -> Record {
-        Record {
-            property: Arc::from("p"),
-            origin: Origin::Websocket,
-            received_at: "t".into(),
-            kind: Some("DeviceCommand".into()),
-            id: Some(id.into()),
-            state: Some("Pending".into()),
-            event: RawValue::from_string(format!(r#"{{"Id":"{id}"}}"#)).unwrap(),
-            command: None,
-            enterprise_id: None,
-            integration_id: None,
-            enrich_error: None,
-            dedupe: dedupe.map(str::to_owned),
-            enrich,
-        }
-    }
 
     fn commit_of(entries: Vec<Entry>) -> Commit {
         Commit {
@@ -290,7 +271,7 @@ mod tests {
         let old = ["http:old.example/hooks".to_owned(), "keys".to_owned()];
         let (store, opened) = Store::open(&path, &old, 1 << 30).unwrap();
         let entries = (0..5)
-            .map(|i| Entry::Record(record(&format!("r{i}"), Enrich::None, None)))
+            .map(|i| Entry::Record(test_record(&format!("r{i}"), Enrich::None, None)))
             .collect();
         let done = store.commit(opened.last_seq, &commit_of(entries)).unwrap();
         assert_eq!(done.seq, 5);
@@ -330,12 +311,12 @@ mod tests {
         let done = store
             .commit(
                 opened.last_seq,
-                &commit_of(vec![Entry::Record(record("a", Enrich::None, None))]),
+                &commit_of(vec![Entry::Record(test_record("a", Enrich::None, None))]),
             )
             .unwrap();
         assert_eq!(done.seq, 1);
         // The crash: the next record's frame is in the log, its state transaction never ran.
-        let pending = Entry::Record(record("b", Enrich::Pending, Some("key-b")));
+        let pending = Entry::Record(test_record("b", Enrich::Pending, Some("key-b")));
         let mut frame = Vec::new();
         let effects = segment::Effects {
             pending: true,
@@ -355,7 +336,7 @@ mod tests {
         let again = store
             .commit(
                 2,
-                &commit_of(vec![Entry::Record(record(
+                &commit_of(vec![Entry::Record(test_record(
                     "b",
                     Enrich::None,
                     Some("key-b"),
@@ -380,7 +361,8 @@ mod tests {
                 let mut records = txn.open_table(RECORDS).unwrap();
                 for seq in 1..=3u64 {
                     let mut value = Vec::new();
-                    let entry = Entry::Record(record(&format!("v1-{seq}"), Enrich::None, None));
+                    let entry =
+                        Entry::Record(test_record(&format!("v1-{seq}"), Enrich::None, None));
                     value::encode(seq, &entry, &mut value);
                     records.insert(seq, value.as_slice()).unwrap();
                 }
@@ -412,7 +394,7 @@ mod tests {
         let next = store
             .commit(
                 3,
-                &commit_of(vec![Entry::Record(record("v2", Enrich::None, None))]),
+                &commit_of(vec![Entry::Record(test_record("v2", Enrich::None, None))]),
             )
             .unwrap();
         assert_eq!(next.seq, 4);
