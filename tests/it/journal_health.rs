@@ -9,7 +9,7 @@ use std::path::Path;
 use mews_relay::journal::FILE_NAME;
 use nix::sys::signal::Signal;
 
-use crate::listeners::{TOKEN, counter, get, listeners, listening};
+use crate::listeners::{TOKEN, counter, get, listeners, listening, readyz_becomes};
 use crate::receiver::free_port;
 use crate::support::*;
 
@@ -52,22 +52,6 @@ async fn seq_of(out: &Path, id: &str) -> u64 {
     };
     wait_until(&format!("{id} is delivered"), || find().is_some()).await;
     find().unwrap()
-}
-
-/// Waits until `/readyz` answers `status`; returns the body.
-async fn readyz_becomes(metrics: SocketAddr, status: u16, what: &str) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (got, body) = get(metrics, "/readyz").await;
-        if got == status {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz never answered {status} ({what}); last: {got} {body}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }
 
 /// While the state disk is full (RLIMIT_FSIZE), `/readyz` is 503 naming the journal and the

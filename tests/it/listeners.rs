@@ -35,6 +35,22 @@ pub async fn listening(addr: SocketAddr) {
 }
 
 /// `GET path` on the metrics listener: status and body.
+/// Waits until `/readyz` answers `status`; returns the body.
+pub async fn readyz_becomes(metrics: SocketAddr, status: u16, what: &str) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (got, body) = get(metrics, "/readyz").await;
+        if got == status {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never answered {status} ({what}); last: {got} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let response = http_client()
         .get(format!("http://{addr}{path}"))

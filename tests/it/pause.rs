@@ -2,30 +2,13 @@
 //! is dead-lettered, `/readyz` and `STATUS=` name the sink, and once the endpoint answers
 //! again every record is delivered within 5 s with the default retry settings (issue 15).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::listeners::get;
+use crate::listeners::readyz_becomes;
 use crate::receiver::{Receiver, Reply, free_port};
 use crate::support::*;
-
-/// Waits until `/readyz` answers `status`; returns the body.
-async fn readyz_becomes(metrics: SocketAddr, status: u16, what: &str) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (got, body) = get(metrics, "/readyz").await;
-        if got == status {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz never answered {status} ({what}); last: {got} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// 401 for a while: the records wait (no dead letter), `/readyz` is 503 naming the sink and
 /// why, the status line names it; then 200, and every record arrives within 5 s of the fix
