@@ -10,6 +10,26 @@ use crate::support::*;
 /// A token for old-town other than [`ACCESS_TOKEN`].
 const OTHER_TOKEN: &str = "D77EF7B239D24632943D115EDE9CB810-EA00F8FD8294692C940F6B5A8F9453D";
 
+/// The relay of the config file `config`, started with its signal handler (reloads read that
+/// file): the relay, the handler's signal channel and its task.
+fn with_signals(
+    config: &std::path::Path,
+) -> (
+    Relay,
+    mpsc::Sender<Signal>,
+    tokio::task::JoinHandle<Handled>,
+) {
+    let relay = Relay::start_with(Settings::load(config, &CredentialsDir::default()).unwrap());
+    let (signal, signals) = mpsc::channel(4);
+    let handler = tokio::spawn(signals::handle(
+        signals,
+        relay.control.shutdown.clone(),
+        Some(relay.steer.clone()),
+        Some(config.to_owned()),
+    ));
+    (relay, signal, handler)
+}
+
 /// Waits until reload request `generation` is done with; returns its outcome.
 async fn reloaded(stats: &mews_relay::stats::Stats, generation: u64) -> Result<String, String> {
     wait_until(&format!("reload {generation} is done with"), || {
@@ -39,15 +59,7 @@ async fn sighup_restarts_only_what_changed_and_refuses_an_invalid_config() {
         dir.path(),
         &config_text(&server.url(), dir.path(), &file_sink(&a)),
     );
-    let settings = Settings::load(&config, &CredentialsDir::default()).unwrap();
-    let relay = Relay::start_with(settings);
-    let (signal, signals) = mpsc::channel(4);
-    let handler = tokio::spawn(signals::handle(
-        signals,
-        relay.control.shutdown.clone(),
-        Some(relay.steer.clone()),
-        Some(config.clone()),
-    ));
+    let (relay, signal, handler) = with_signals(&config);
     let mut first = server.next().await;
     first.send(&commands(0, 2)).await;
     wait_for_lines(&a, 2).await;
@@ -145,14 +157,7 @@ async fn sigusr1_reopens_files_without_a_reconnect() {
         dir.path(),
         &config_text(&server.url(), dir.path(), &file_sink(&a)),
     );
-    let relay = Relay::start_with(Settings::load(&config, &CredentialsDir::default()).unwrap());
-    let (signal, signals) = mpsc::channel(4);
-    let handler = tokio::spawn(signals::handle(
-        signals,
-        relay.control.shutdown.clone(),
-        Some(relay.steer.clone()),
-        Some(config.clone()),
-    ));
+    let (relay, signal, handler) = with_signals(&config);
     let mut conn = server.next().await;
     conn.send(&commands(0, 2)).await;
     wait_for_lines(&a, 2).await;
