@@ -1,6 +1,5 @@
 //! What a journal entry holds on disk, and the record a sink reads back.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -99,20 +98,27 @@ fn put(out: &mut Vec<u8>, field: Option<&str>) {
 }
 
 /// The property names and event types of the records read together, each allocated once per
-/// read rather than once per record (a batch has a few of each).
+/// read rather than once per record (a batch has a few of each). A handful kept inline: a
+/// single-record read allocates no more than two strings, as before.
 #[derive(Default)]
 pub(super) struct Names {
-    known: HashMap<Box<[u8]>, Arc<str>>,
+    known: [Option<Arc<str>>; 8],
 }
 
 impl Names {
     fn get(&mut self, bytes: &[u8]) -> Arc<str> {
-        if let Some(name) = self.known.get(bytes) {
-            return Arc::clone(name);
+        for slot in &mut self.known {
+            match slot {
+                Some(name) if name.as_bytes() == bytes => return Arc::clone(name),
+                Some(_) => {}
+                None => {
+                    let name: Arc<str> = Arc::from(String::from_utf8_lossy(bytes));
+                    *slot = Some(Arc::clone(&name));
+                    return name;
+                }
+            }
         }
-        let name: Arc<str> = Arc::from(String::from_utf8_lossy(bytes));
-        self.known.insert(bytes.into(), Arc::clone(&name));
-        name
+        Arc::from(String::from_utf8_lossy(bytes))
     }
 }
 
@@ -221,6 +227,30 @@ mod tests {
         );
         assert_eq!(stored.only_sink.as_deref(), Some("hooks"));
         assert_eq!(&stored.json[..], br#"{"seq":3}"#);
+    }
+
+    #[test]
+    fn records_read_together_share_their_names() {
+        let mut names = Names::default();
+        let mut read = |seq| {
+            let mut buf = Vec::new();
+            encode(
+                seq,
+                &Entry::Record(test_record("a", Enrich::None, None)),
+                &mut buf,
+            );
+            decode(1, seq, buf.into(), &mut names)
+        };
+        let (a, b) = (read(1), read(2));
+        assert!(std::sync::Arc::ptr_eq(&a.property, &b.property));
+        assert!(std::sync::Arc::ptr_eq(
+            a.kind.as_ref().unwrap(),
+            b.kind.as_ref().unwrap()
+        ));
+        // Beyond the inline slots a name is still read right, just not shared.
+        for i in 0..20 {
+            assert_eq!(&*names.get(format!("p{i}").as_bytes()), format!("p{i}"));
+        }
     }
 
     #[test]
