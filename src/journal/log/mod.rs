@@ -3,6 +3,7 @@
 //! whole segments removed once every sink has passed them. The state around the records
 //! (cursors, dedupe keys, pending records, …) stays in redb (see `super::store`).
 
+mod active;
 pub mod segment;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+use active::Active;
 use segment::Frame;
 
 use crate::files;
@@ -40,13 +42,6 @@ struct Segment {
     last_seq: u64,
     /// Where some frames start: (seq, offset), ascending; reads start from the nearest.
     marks: Vec<(u64, u64)>,
-}
-
-/// The segment being appended to.
-struct Active {
-    first_seq: u64,
-    file: File,
-    len: u64,
 }
 
 /// What the log found when it was opened.
@@ -146,17 +141,23 @@ impl Log {
                 size
             };
             if end < size {
-                if !last {
+                // Past the last whole frame: zeros written ahead (`active::PREALLOCATE`), and possibly
+                // a write a crash cut short before them.
+                let written = written_end(&segment.file, end, size)?;
+                if !last && written > end {
                     return Err(invalid(
                         &segment.path,
                         format!("damaged at byte {end} of {size}, before the last segment"),
                     ));
                 }
-                // A write cut short by a crash: nothing in it was committed.
-                let write = files::open_read_write(&segment.path, false)?;
-                write.set_len(end)?;
-                write.sync_all()?;
-                recovered.cut = size - end;
+                if last {
+                    // Nothing after `end` was committed; the zeros are written again when
+                    // appends go on.
+                    let write = files::open_read_write(&segment.path, false)?;
+                    write.set_len(end)?;
+                    write.sync_all()?;
+                    recovered.cut = written - end;
+                }
                 segment.len = end;
             }
             segments.insert(first, segment);
@@ -217,6 +218,9 @@ impl Log {
             None => !self.can_continue_last(first)?,
         };
         if needs_new {
+            if let Some(full) = active.take() {
+                full.trim();
+            }
             *active = Some(self.start_segment(first)?);
         } else if active.is_none() {
             *active = Some(self.continue_last()?);
@@ -224,17 +228,7 @@ impl Log {
         let Some(open) = active.as_mut() else {
             return Err(io::Error::other("no active segment"));
         };
-        let at = open.len;
-        if let Err(err) = open
-            .file
-            .write_all_at(frames, at)
-            .and_then(|()| open.file.sync_data())
-        {
-            // Whatever part reached the file is cut off again (a commit is all or nothing).
-            let _ = open.file.set_len(at);
-            return Err(err);
-        }
-        open.len += frames.len() as u64;
+        let at = open.append(frames, self.segment_bytes)?;
         let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
         if let Some(segment) = segments.get_mut(&open.first_seq) {
             segment.len = open.len;
@@ -262,12 +256,7 @@ impl Log {
             .iter()
             .next_back()
             .ok_or_else(|| io::Error::other("no segment to continue"))?;
-        let file = files::open_read_write(&segment.path, false)?;
-        Ok(Active {
-            first_seq: *first,
-            file,
-            len: segment.len,
-        })
+        Active::open(&segment.path, *first, segment.len)
     }
 
     /// A new segment starting at `first`: created (0600), its header written, the folder
@@ -282,6 +271,8 @@ impl Log {
         file.write_all_at(&segment::header(first), 0)?;
         file.sync_all()?;
         File::open(&self.dir)?.sync_all()?;
+        drop(file);
+        let active = Active::open(&path, first, segment::HEADER)?;
         let read = files::open_read(&path)?;
         let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
         segments.insert(
@@ -294,11 +285,7 @@ impl Log {
                 marks: Vec::new(),
             },
         );
-        Ok(Active {
-            first_seq: first,
-            file,
-            len: segment::HEADER,
-        })
+        Ok(active)
     }
 
     /// Up to `max` frames after `after`, none after `upto`, oldest first.
@@ -434,14 +421,30 @@ impl Log {
     }
 }
 
+/// Where the bytes of `file` after `from` (up to `size`) stop being zeros: `from` when they all
+/// are.
+fn written_end(file: &File, from: u64, size: u64) -> io::Result<u64> {
+    let mut buf = vec![0u8; 64 << 10];
+    let (mut at, mut written) = (from, from);
+    while at < size {
+        let n = ((size - at) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], at)?;
+        if let Some(last) = buf[..n].iter().rposition(|b| *b != 0) {
+            written = at + last as u64 + 1;
+        }
+        at += n as u64;
+    }
+    Ok(written)
+}
+
 /// A mark is kept at least every this many bytes of frames.
 const MARK_EVERY: u64 = 64 * 1024;
 
 #[cfg(test)]
 mod tests {
+    use super::active::PREALLOCATE;
     use super::segment::{Effects, encode};
     use super::*;
-    use std::io::Write;
 
     /// Frames for seqs `from..=to` with marks every 10.
     fn frames(from: u64, to: u64) -> (Vec<u8>, Vec<(u64, u64)>) {
@@ -492,18 +495,23 @@ mod tests {
         let (buf, marks) = frames(1, 10);
         log.append(&buf, 1, 10, &marks).unwrap();
         drop(log);
-        // A crash in the middle of the next write leaves half a frame.
+        // A crash in the middle of the next write leaves half a frame, in the zeros written
+        // ahead of the frames.
         let path = dir.path().join(name(1));
+        let size = std::fs::metadata(&path).unwrap().len();
+        let at = segment::HEADER + buf.len() as u64;
+        assert!(size >= at + PREALLOCATE, "zeros are written ahead");
         let (more, _) = frames(11, 12);
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap();
-        file.write_all(&more[..more.len() - 5]).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&more[..more.len() - 5], at).unwrap();
         drop(file);
         let (log, recovered) = Log::open(dir.path(), 10, SEGMENT_BYTES).unwrap();
         assert_eq!(recovered.last_seq, 11, "the whole frame 11 stays");
-        assert!(recovered.cut > 0);
+        assert_eq!(
+            recovered.cut,
+            more.len() as u64 - 5 - (more.len() / 2) as u64,
+            "only the torn frame 12 counts as cut, not the zeros after it"
+        );
         let (buf, marks) = frames(12, 13);
         log.append(&buf, 12, 13, &marks).unwrap();
         assert_eq!(
@@ -538,5 +546,52 @@ mod tests {
         drop(log);
         let (_, recovered) = Log::open(dir.path(), 5, SEGMENT_BYTES).unwrap();
         assert_eq!(recovered.last_seq, 5);
+    }
+
+    #[test]
+    fn zeros_written_ahead_are_neither_records_nor_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = 64 << 10;
+        let (log, _) = Log::open(dir.path(), 0, small).unwrap();
+        let (buf, marks) = frames(1, 10);
+        log.append(&buf, 1, 10, &marks).unwrap();
+        let path = dir.path().join(name(1));
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(
+            size, small,
+            "written ahead up to the segment's size, not past it"
+        );
+        assert_eq!(log.bytes(), segment::HEADER + buf.len() as u64);
+        // A full segment rolls over; a crash leaves its zeros (the trim never reached the disk).
+        let big = vec![b'x'; small as usize];
+        let mut frame = Vec::new();
+        encode(&mut frame, 11, &Effects::default(), |o| {
+            o.extend_from_slice(&big)
+        });
+        log.append(&frame, 11, 11, &[]).unwrap();
+        let (buf, marks) = frames(12, 20);
+        log.append(&buf, 12, 20, &marks).unwrap();
+        drop(log);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(small * 3)
+            .unwrap();
+        let (log, recovered) = Log::open(dir.path(), 0, small).unwrap();
+        assert_eq!(recovered.cut, 0, "zeros are not a torn write");
+        assert_eq!(recovered.last_seq, 20);
+        assert_eq!(
+            seqs(&recovered.unapplied),
+            (1..=20).collect::<Vec<_>>(),
+            "every frame is read back, across the zero tail of the first segment"
+        );
+        assert_eq!(
+            seqs(&log.read(0, 20, 100).unwrap()),
+            (1..=20).collect::<Vec<_>>()
+        );
+        let (buf, marks) = frames(21, 22);
+        log.append(&buf, 21, 22, &marks).unwrap();
+        assert_eq!(seqs(&log.read(19, 22, 100).unwrap()), [20, 21, 22]);
     }
 }

@@ -1,0 +1,270 @@
+//! The segment being appended to, and how an append reaches the disk.
+//!
+//! - Zeros are written ahead of the frames ([`PREALLOCATE`]): appends overwrite bytes already
+//!   in the file, so the file's size does not change and a durable write need not write the
+//!   inode, which on ext4 is one wait for the disk fewer per commit. A write into written
+//!   zeros also cannot fail for lack of space. Zeros end a scan as a torn frame does
+//!   (`segment::parse`), so a crash leaves nothing to mistake for a record.
+//! - Where the file system takes it, frames go out as direct, synchronous writes
+//!   (`O_DIRECT | O_DSYNC`) of whole 4 KiB blocks: one system call, no page-cache writeback.
+//!   The block the frames start in is written again with the bytes it already holds (kept in
+//!   memory), so a write torn by a power cut can only damage the new frames, which a scan
+//!   then cuts off. Measured at 1,000 commits/s on this project's CI machine (`python3`, see
+//!   the closing note of issue 17): 35 µs of CPU per commit against 65 µs for `write` +
+//!   `fdatasync`, with the same waits for the disk. Elsewhere (`EINVAL`): buffered writes and
+//!   `fdatasync`.
+//!
+//! Readers keep their own buffered handle; Linux drops cached pages of a range a direct write
+//! covered when the write completes, and readers never read past the length published after
+//! it.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use crate::files;
+
+/// The active segment is written ahead with zeros this far past its frames (never past the
+/// segment's size).
+pub const PREALLOCATE: u64 = 1 << 20;
+
+/// Direct writes need offsets, lengths and memory aligned to the device's logical block; 4 KiB
+/// is a multiple of every common one.
+const BLOCK: u64 = 4096;
+
+fn round_down(at: u64) -> u64 {
+    at & !(BLOCK - 1)
+}
+
+fn round_up(at: u64) -> u64 {
+    round_down(at + BLOCK - 1)
+}
+
+/// The segment being appended to.
+pub(super) struct Active {
+    pub first_seq: u64,
+    /// Buffered read-write handle (buffered appends, cutting a failed write off).
+    pub file: File,
+    /// Bytes of whole frames (header included): where the next append goes.
+    pub len: u64,
+    /// How far the file holds written bytes (frames, then zeros written ahead).
+    allocated: u64,
+    /// Direct writes, where the file system takes them.
+    direct: Option<Direct>,
+}
+
+/// The direct-write handle, and the bytes of the block the next frames start in.
+struct Direct {
+    file: File,
+    /// `round_down(len)..len`: written again with the next frames.
+    tail: Vec<u8>,
+    /// Reused for every write (an aligned window of it is written).
+    buf: Vec<u8>,
+}
+
+impl Active {
+    /// Opens the segment at `path` for appends after its first `len` bytes.
+    pub fn open(path: &Path, first_seq: u64, len: u64) -> io::Result<Active> {
+        Active::open_with(path, first_seq, len, true)
+    }
+
+    /// [`Active::open`], with direct writes only if `try_direct`.
+    fn open_with(path: &Path, first_seq: u64, len: u64, try_direct: bool) -> io::Result<Active> {
+        let file = files::open_read_write(path, false)?;
+        let allocated = file.metadata()?.len().max(len);
+        let handle = if try_direct {
+            open_direct(path)
+        } else {
+            Err(io::Error::from_raw_os_error(nix::libc::EINVAL))
+        };
+        let direct = match handle {
+            Ok(handle) => {
+                let mut tail = vec![0u8; (len - round_down(len)) as usize];
+                file.read_exact_at(&mut tail, round_down(len))?;
+                Some(Direct {
+                    file: handle,
+                    tail,
+                    buf: Vec::new(),
+                })
+            }
+            Err(err) if err.raw_os_error() == Some(nix::libc::EINVAL) => None,
+            Err(err) => return Err(err),
+        };
+        Ok(Active {
+            first_seq,
+            file,
+            len,
+            allocated,
+            direct,
+        })
+    }
+
+    /// Appends `frames` durably at `len` (all or nothing), writing zeros ahead up to
+    /// `PREALLOCATE` further (at most to `limit`). Returns where the frames went.
+    pub fn append(&mut self, frames: &[u8], limit: u64) -> io::Result<u64> {
+        let at = self.len;
+        let result = match self.direct.as_mut() {
+            Some(direct) => match direct.append(at, frames, self.allocated, limit) {
+                Err(err) if err.raw_os_error() == Some(nix::libc::EINVAL) => {
+                    // The file system refused a direct write after all: buffered from now on.
+                    self.direct = None;
+                    buffered(&self.file, at, frames, self.allocated, limit)
+                }
+                other => other,
+            },
+            None => buffered(&self.file, at, frames, self.allocated, limit),
+        };
+        match result {
+            Ok(allocated) => {
+                self.allocated = allocated;
+                self.len += frames.len() as u64;
+                Ok(at)
+            }
+            Err(err) => {
+                // Whatever part reached the file is cut off again (a commit is all or nothing).
+                let _ = self.file.set_len(at);
+                self.allocated = at;
+                Err(err)
+            }
+        }
+    }
+
+    /// Cuts off the zeros written ahead (the segment is full; a crash before this reaches the
+    /// disk leaves them, which `Log::open` accepts).
+    pub fn trim(&self) {
+        let _ = self
+            .file
+            .set_len(self.len)
+            .and_then(|()| self.file.sync_data());
+    }
+}
+
+fn open_direct(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(
+            nix::libc::O_DIRECT | nix::libc::O_DSYNC | nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC,
+        )
+        .open(path)
+}
+
+/// Where zeros must be written ahead of a write ending at `end`: `None` when the file
+/// already holds written bytes that far.
+fn ahead(end: u64, allocated: u64, limit: u64) -> Option<u64> {
+    (end > allocated).then(|| end.max((end + PREALLOCATE).min(limit)))
+}
+
+/// `write` + zeros ahead + `fdatasync`; the new allocated length.
+fn buffered(file: &File, at: u64, frames: &[u8], allocated: u64, limit: u64) -> io::Result<u64> {
+    let end = at + frames.len() as u64;
+    file.write_all_at(frames, at)?;
+    let to = ahead(end, allocated, limit);
+    if let Some(to) = to {
+        write_zeros(file, end.max(allocated), to, &mut Vec::new())?;
+    }
+    file.sync_data()?;
+    Ok(to.unwrap_or(allocated))
+}
+
+impl Direct {
+    /// Zeros ahead (synced), then the frames in whole blocks from the block `at` is in; the
+    /// new allocated length.
+    fn append(&mut self, at: u64, frames: &[u8], allocated: u64, limit: u64) -> io::Result<u64> {
+        let start = at - self.tail.len() as u64;
+        let end = at + frames.len() as u64;
+        let padded = round_up(end);
+        let to = ahead(padded, allocated, limit).map(round_up);
+        if let Some(to) = to {
+            // Zeros first, so that the frames' write changes no size; from a block boundary.
+            let from = padded.max(round_down(allocated));
+            write_zeros(&self.file, from, to, &mut self.buf)?;
+        }
+        let size = (padded - start) as usize;
+        let block = aligned(&mut self.buf, size)?;
+        let tail = self.tail.len();
+        block[..tail].copy_from_slice(&self.tail);
+        block[tail..tail + frames.len()].copy_from_slice(frames);
+        block[tail + frames.len()..].fill(0);
+        self.file.write_all_at(block, start)?;
+        let kept = (round_down(end) - start) as usize;
+        self.tail.clear();
+        self.tail
+            .extend_from_slice(&block[kept..tail + frames.len()]);
+        Ok(to.unwrap_or(allocated).max(padded))
+    }
+}
+
+/// A window of `size` bytes of `buf` starting at a block-aligned address.
+fn aligned(buf: &mut Vec<u8>, size: usize) -> io::Result<&mut [u8]> {
+    buf.resize(size + BLOCK as usize, 0);
+    let offset = buf.as_ptr().align_offset(BLOCK as usize);
+    buf.get_mut(offset..offset + size)
+        .ok_or_else(|| io::Error::from_raw_os_error(nix::libc::EINVAL))
+}
+
+/// Writes zeros over `from..to` of `file` (block-aligned when `file` is direct).
+fn write_zeros(file: &File, mut from: u64, to: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+    const CHUNK: u64 = 256 << 10;
+    while from < to {
+        let n = (to - from).min(CHUNK) as usize;
+        let zeros = aligned(buf, n)?;
+        zeros.fill(0);
+        file.write_all_at(zeros, from)?;
+        from += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file after appends of sizes that start and end anywhere in a block, with a reopen
+    /// in between: the frames in order, then only zeros; written ahead, within the limit.
+    fn appends(try_direct: bool) -> (Vec<u8>, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.seg");
+        std::fs::write(&path, b"HEADER-16-BYTES.").unwrap();
+        let limit = 3 << 20;
+        let mut expected = b"HEADER-16-BYTES.".to_vec();
+        let mut active = Active::open_with(&path, 1, 16, try_direct).unwrap();
+        if try_direct && open_direct(&path).is_ok() {
+            assert!(active.direct.is_some(), "direct writes where they open");
+        }
+        let mut rng = fastrand::Rng::with_seed(7);
+        for i in 0..300u32 {
+            if i == 150 {
+                active = Active::open_with(&path, 1, active.len, try_direct).unwrap();
+            }
+            let size = rng.usize(1..9000);
+            let frames: Vec<u8> = (0..size).map(|_| rng.u8(1..)).collect();
+            let at = active.append(&frames, limit).unwrap();
+            assert_eq!(at as usize, expected.len());
+            expected.extend_from_slice(&frames);
+            if i == 0 {
+                let size = std::fs::metadata(&path).unwrap().len();
+                assert!(size >= expected.len() as u64 + PREALLOCATE, "written ahead");
+            }
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let size = bytes.len() as u64;
+        assert_eq!(&bytes[..expected.len()], &expected[..]);
+        assert!(
+            bytes[expected.len()..].iter().all(|b| *b == 0),
+            "only zeros after the frames"
+        );
+        assert!(size >= expected.len() as u64 && size <= limit, "{size}");
+        active.trim();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), active.len);
+        (expected, size)
+    }
+
+    #[test]
+    fn direct_and_buffered_appends_leave_the_same_frames_and_zeros() {
+        let (direct, direct_size) = appends(true);
+        let (buffered, buffered_size) = appends(false);
+        assert_eq!(direct, buffered);
+        assert!(direct_size.abs_diff(buffered_size) < 4096);
+    }
+}
