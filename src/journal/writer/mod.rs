@@ -228,8 +228,10 @@ impl JournalWriter {
         let thread = std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || {
+                // Timers only: without an I/O driver the thread sleeps on a futex, not in
+                // `epoll_wait`, and a hand-off wakes it without an eventfd write.
                 let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
+                    .enable_time()
                     .build();
                 match runtime {
                     Ok(runtime) => runtime.block_on(self.serve()),
