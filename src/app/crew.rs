@@ -52,16 +52,17 @@ impl<T: Send + 'static> Crew<T> {
         }
     }
 
-    /// Starts `task` as `name`; `stop` is what [`Crew::stop`] and [`Crew::retire`] cancel.
+    /// Starts `task` as `name`; `stop` is what [`Crew::stop`] and [`Crew::retire`] cancel. A
+    /// task already running as `name` is told to stop (as by [`Crew::retire`]): two of one
+    /// name would both drive the same sink or connection.
     pub fn spawn<F>(&mut self, name: &str, stop: CancellationToken, task: F)
     where
         F: Future<Output = T> + Send + 'static,
     {
+        self.retire(name);
         let task = self.set.spawn(task);
         self.names.insert(task.id(), name.to_owned());
-        if let Some(old) = self.members.insert(name.to_owned(), Member { task, stop }) {
-            self.leaving.insert(old.task.id());
-        }
+        self.members.insert(name.to_owned(), Member { task, stop });
     }
 
     /// Cancels `name`'s token and lets it end in its own time (its end is expected).
@@ -163,5 +164,43 @@ impl<T: Send + 'static> Crew<T> {
     pub async fn abort_all(&mut self) {
         self.set.abort_all();
         self.join_all().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_started_under_a_taken_name_stops_the_one_before() {
+        let mut crew = Crew::new("sink");
+        let (first_stop, second_stop) = (CancellationToken::new(), CancellationToken::new());
+        let token = first_stop.clone();
+        crew.spawn("file", first_stop.clone(), async move {
+            token.cancelled().await;
+            "first"
+        });
+        let token = second_stop.clone();
+        crew.spawn("file", second_stop.clone(), async move {
+            token.cancelled().await;
+            "second"
+        });
+        assert!(
+            first_stop.is_cancelled(),
+            "the replaced task is told to stop"
+        );
+        assert!(!second_stop.is_cancelled());
+        assert_eq!(
+            crew.stop("file", Duration::from_secs(5)).await,
+            Some("second")
+        );
+        // The first one ends too, and its end was expected.
+        tokio::time::timeout(Duration::from_secs(5), crew.join_all())
+            .await
+            .expect("the replaced task ended");
+        assert!(
+            crew.unbidden.is_empty(),
+            "the replaced task's end is not unbidden"
+        );
     }
 }
