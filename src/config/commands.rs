@@ -101,6 +101,14 @@ impl ApiFile {
             ));
         }
         mews.needs_rest(ctx, "api")?;
+        if !listen.ip().is_loopback() {
+            ctx.warn(
+                "api.listen",
+                format!(
+                    "{listen} is not a loopback address, and the local API speaks plain HTTP: its bearer token and every command state cross the network unencrypted; keep it on 127.0.0.1 with the key system on this host, or reach it through a TLS proxy or tunnel"
+                ),
+            );
+        }
         Ok(Api { listen, token })
     }
 }

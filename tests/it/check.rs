@@ -409,3 +409,37 @@ fn completions_generate_for_bash_zsh_and_fish() {
     let (code, _, stderr) = run_binary(&["completions", "tcsh"]);
     assert_eq!(code, 2, "clap refuses an unknown shell: {stderr}");
 }
+
+/// `[api]` on an address other than loopback is a warning (plain HTTP carries its token);
+/// on loopback, the default, it is not.
+#[test]
+fn an_api_listening_beyond_loopback_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = |listen: &str| {
+        let extra =
+            format!("\n[api]\nlisten = \"{listen}\"\ntoken = \"an-api-token-of-24-chars\"\n");
+        let path = config(dir.path(), dir.path(), &dir.path().join("e.jsonl"), &extra);
+        let text = std::fs::read_to_string(&path).unwrap().replacen(
+            "[mews]\n",
+            "[mews]\napi_url = \"http://127.0.0.1:9\"\n",
+            1,
+        );
+        std::fs::write(&path, text).unwrap();
+        let (code, _, stderr) = run_binary(&["check", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{stderr}");
+        warnings(&stderr)
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let far = api("0.0.0.0:0");
+    assert_eq!(far.len(), 1, "{far:?}");
+    assert!(
+        far[0].contains("api.listen")
+            && far[0].contains("plain HTTP")
+            && !far[0].contains("an-api-token"),
+        "{}",
+        far[0]
+    );
+    assert_eq!(api("127.0.0.1:0"), Vec::<String>::new());
+}
