@@ -13,6 +13,10 @@
 //!   monotonic clock); latency to the line in the output file (tailed every 100 µs); the relay
 //!   once with a file sink and once with the stdout sink (stdout redirected to the file); and
 //!   the client's CPU time and context switches (all threads, /proc) per event over the run.
+//!   Beside it, the disk's own floor: one thread alone doing what the journal must do per
+//!   event at that rate (a 400-byte write into a written-ahead file, then `fdatasync`), with
+//!   its CPU time and context switches per write (the sleep between writes counted, as the
+//!   relay's wait for the next message is).
 //! - idle: one connection to the simulator, no events, `--idle-secs`: RSS and CPU time.
 //! - With `MEWS_RELAY_BASELINE=/path/to/an/older/mews-relay`, that binary takes the reference's
 //!   column: two builds of the relay side by side (for checking a change, not for the README).
@@ -377,6 +381,48 @@ fn fleet(rt: &tokio::runtime::Runtime, client: Client, n: usize, secs: u64) -> O
     })
 }
 
+/// The disk's floor at `rate` durable appends per second for `secs`: CPU ms and context
+/// switches per append of one thread that writes 400 bytes into a file written ahead with zeros
+/// (as the journal's segments are), calls `fdatasync`, and sleeps until the next one is due.
+fn disk_floor(rate: u32, secs: u32) -> (f64, f64) {
+    use nix::sys::resource::{UsageWho, getrusage};
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(dir.path().join("floor"))
+        .unwrap();
+    file.write_all_at(&vec![0u8; 4 << 20], 0).unwrap();
+    file.sync_all().unwrap();
+    let record = [b'x'; 400];
+    let count = (rate * secs) as u64;
+    let every = Duration::from_secs(1) / rate;
+    let usage = || {
+        let u = getrusage(UsageWho::RUSAGE_THREAD).unwrap();
+        let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        let cpu = secs(u.user_time()) + secs(u.system_time());
+        (
+            cpu,
+            u.voluntary_context_switches() + u.involuntary_context_switches(),
+        )
+    };
+    let (cpu0, sw0) = usage();
+    let start = Instant::now();
+    for i in 0..count {
+        file.write_all_at(&record, (i * 400) % (4 << 20)).unwrap();
+        file.sync_data().unwrap();
+        let due = start + every * (i + 1) as u32;
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    }
+    let (cpu1, sw1) = usage();
+    (
+        (cpu1 - cpu0) * 1e3 / count as f64,
+        (sw1 - sw0) as f64 / count as f64,
+    )
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -457,6 +503,20 @@ fn main() {
         }
     }
     if only("steady") {
+        let mut floor = [Vec::new(), Vec::new()];
+        for _ in 0..runs {
+            let (cpu, switches) = disk_floor(1000, steady_secs);
+            floor[0].push(cpu);
+            floor[1].push(switches);
+        }
+        println!(
+            "| the disk alone: 1,000 durable 400-byte appends/s (write, `fdatasync`, sleep), one thread: CPU per append (ms) | — | {:.4} | — | |",
+            median(floor[0].clone())
+        );
+        println!(
+            "| the disk alone, the same: context switches per append | — | {:.2} | — | |",
+            median(floor[1].clone())
+        );
         for output in [Output::File, Output::Stdout] {
             // Per client: p50, p99, p99.9, CPU ms/event, switches/event.
             let mut p: [[Vec<f64>; 5]; 2] = Default::default();
