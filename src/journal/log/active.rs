@@ -29,6 +29,11 @@ use crate::files;
 /// segment's size).
 pub const PREALLOCATE: u64 = 1 << 20;
 
+/// Commits larger than this are written through the page cache even where direct writes
+/// work: a burst's large commits cost no more that way, and sinks that fall behind in a burst
+/// read them back from memory instead of from the disk.
+const DIRECT_MAX: usize = 32 << 10;
+
 /// Direct writes need offsets, lengths and memory aligned to the device's logical block; 4 KiB
 /// is a multiple of every common one.
 const BLOCK: u64 = 4096;
@@ -105,14 +110,20 @@ impl Active {
     pub fn append(&mut self, frames: &[u8], limit: u64) -> io::Result<u64> {
         let at = self.len;
         let result = match self.direct.as_mut() {
-            Some(direct) => match direct.append(at, frames, self.allocated, limit) {
-                Err(err) if err.raw_os_error() == Some(nix::libc::EINVAL) => {
-                    // The file system refused a direct write after all: buffered from now on.
-                    self.direct = None;
-                    buffered(&self.file, at, frames, self.allocated, limit)
+            Some(direct) if frames.len() <= DIRECT_MAX => {
+                match direct.append(at, frames, self.allocated, limit) {
+                    Err(err) if err.raw_os_error() == Some(nix::libc::EINVAL) => {
+                        // The file system refused a direct write after all: buffered from now
+                        // on.
+                        self.direct = None;
+                        buffered(&self.file, at, frames, self.allocated, limit)
+                    }
+                    other => other,
                 }
-                other => other,
-            },
+            }
+            Some(direct) => buffered(&self.file, at, frames, self.allocated, limit).inspect(|_| {
+                direct.follow(frames);
+            }),
             None => buffered(&self.file, at, frames, self.allocated, limit),
         };
         match result {
@@ -168,6 +179,19 @@ fn buffered(file: &File, at: u64, frames: &[u8], allocated: u64, limit: u64) -> 
 }
 
 impl Direct {
+    /// Keeps `tail` right after `frames` were appended another way.
+    fn follow(&mut self, frames: &[u8]) {
+        let start = self.tail.len() as u64; // where the frames start in the block
+        let end = start + frames.len() as u64;
+        let keep = (end - round_down(end)) as usize;
+        if keep <= frames.len() {
+            self.tail.clear();
+            self.tail.extend_from_slice(&frames[frames.len() - keep..]);
+        } else {
+            self.tail.extend_from_slice(frames);
+        }
+    }
+
     /// Zeros ahead (synced), then the frames in whole blocks from the block `at` is in; the
     /// new allocated length.
     fn append(&mut self, at: u64, frames: &[u8], allocated: u64, limit: u64) -> io::Result<u64> {
@@ -226,7 +250,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.seg");
         std::fs::write(&path, b"HEADER-16-BYTES.").unwrap();
-        let limit = 3 << 20;
+        let limit = 8 << 20;
         let mut expected = b"HEADER-16-BYTES.".to_vec();
         let mut active = Active::open_with(&path, 1, 16, try_direct).unwrap();
         if try_direct && open_direct(&path).is_ok() {
@@ -237,7 +261,11 @@ mod tests {
             if i == 150 {
                 active = Active::open_with(&path, 1, active.len, try_direct).unwrap();
             }
-            let size = rng.usize(1..9000);
+            let size = if i % 7 == 0 {
+                rng.usize(DIRECT_MAX..DIRECT_MAX * 3)
+            } else {
+                rng.usize(1..9000)
+            };
             let frames: Vec<u8> = (0..size).map(|_| rng.u8(1..)).collect();
             let at = active.append(&frames, limit).unwrap();
             assert_eq!(at as usize, expected.len());
