@@ -344,6 +344,17 @@ pub fn render(stats: &Stats) -> String {
         "mews_relay_journal_bytes {}",
         Stats::get(&stats.journal_bytes)
     );
+    family(
+        &mut out,
+        "mews_relay_command_updates_waiting",
+        "gauge",
+        "Command state updates in the journal's outbox that Mews has not answered yet.",
+    );
+    let _ = writeln!(
+        out,
+        "mews_relay_command_updates_waiting {}",
+        Stats::get(&stats.command_updates_waiting)
+    );
     let properties = stats
         .properties
         .lock()

@@ -66,6 +66,8 @@ pub struct Stats {
     pub command_updates_applied: AtomicU64,
     /// Command state updates Mews refused for good (the answer is kept).
     pub command_updates_refused: AtomicU64,
+    /// Command state updates in the journal's outbox, not yet answered by Mews.
+    pub command_updates_waiting: AtomicU64,
     /// Per property.
     pub properties: Mutex<BTreeMap<String, PropertyStats>>,
     /// Per sink.

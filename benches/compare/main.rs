@@ -14,9 +14,10 @@
 //!   once with a file sink and once with the stdout sink (stdout redirected to the file); and
 //!   the client's CPU time and context switches (all threads, /proc) per event over the run.
 //!   Beside it, the disk's own floor: one thread alone doing what the journal must do per
-//!   event at that rate (a 400-byte write into a written-ahead file, then `fdatasync`), with
-//!   its CPU time and context switches per write (the sleep between writes counted, as the
-//!   relay's wait for the next message is).
+//!   event at that rate (a durable 400-byte append into a written-ahead file, both as the
+//!   journal does it and with `write` + `fdatasync`), with its CPU time and context switches
+//!   per append (the sleep between appends counted, as the relay's wait for the next message
+//!   is).
 //! - idle: one connection to the simulator, no events, `--idle-secs`: RSS and CPU time.
 //! - With `MEWS_RELAY_BASELINE=/path/to/an/older/mews-relay`, that binary takes the reference's
 //!   column: two builds of the relay side by side (for checking a change, not for the README).
@@ -382,21 +383,30 @@ fn fleet(rt: &tokio::runtime::Runtime, client: Client, n: usize, secs: u64) -> O
 }
 
 /// The disk's floor at `rate` durable appends per second for `secs`: CPU ms and context
-/// switches per append of one thread that writes 400 bytes into a file written ahead with zeros
-/// (as the journal's segments are), calls `fdatasync`, and sleeps until the next one is due.
-fn disk_floor(rate: u32, secs: u32) -> (f64, f64) {
+/// switches per append of one thread that appends 400 bytes into a file written ahead with
+/// zeros (as the journal's segments are), durably, and sleeps until the next one is due.
+/// `direct`: as the journal appends where it can (the block the bytes end in, written with
+/// `O_DIRECT | O_DSYNC`); else `write` + `fdatasync`.
+fn disk_floor(rate: u32, secs: u32, direct: bool) -> (f64, f64) {
     use nix::sys::resource::{UsageWho, getrusage};
-    use std::os::unix::fs::FileExt;
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("floor");
+    std::fs::write(&path, vec![0u8; 4 << 20]).unwrap();
+    std::fs::File::open(&path).unwrap().sync_all().unwrap();
+    let flags = if direct {
+        nix::libc::O_DIRECT | nix::libc::O_DSYNC
+    } else {
+        0
+    };
     let file = std::fs::OpenOptions::new()
-        .read(true)
         .write(true)
-        .create_new(true)
-        .open(dir.path().join("floor"))
+        .custom_flags(flags)
+        .open(&path)
         .unwrap();
-    file.write_all_at(&vec![0u8; 4 << 20], 0).unwrap();
-    file.sync_all().unwrap();
-    let record = [b'x'; 400];
+    let mut buf = vec![b'x'; 8192];
+    let offset = buf.as_ptr().align_offset(4096);
+    let block = &mut buf[offset..offset + 4096];
     let count = (rate * secs) as u64;
     let every = Duration::from_secs(1) / rate;
     let usage = || {
@@ -411,8 +421,13 @@ fn disk_floor(rate: u32, secs: u32) -> (f64, f64) {
     let (cpu0, sw0) = usage();
     let start = Instant::now();
     for i in 0..count {
-        file.write_all_at(&record, (i * 400) % (4 << 20)).unwrap();
-        file.sync_data().unwrap();
+        let at = (i * 400) % (4 << 20);
+        if direct {
+            file.write_all_at(block, at / 4096 * 4096).unwrap();
+        } else {
+            file.write_all_at(&block[..400], at).unwrap();
+            file.sync_data().unwrap();
+        }
         let due = start + every * (i + 1) as u32;
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
     }
@@ -503,20 +518,22 @@ fn main() {
         }
     }
     if only("steady") {
-        let mut floor = [Vec::new(), Vec::new()];
-        for _ in 0..runs {
-            let (cpu, switches) = disk_floor(1000, steady_secs);
-            floor[0].push(cpu);
-            floor[1].push(switches);
+        for (direct, how) in [
+            (true, "direct synchronous block write, as the journal does"),
+            (false, "`write` + `fdatasync`"),
+        ] {
+            let mut floor = [Vec::new(), Vec::new()];
+            for _ in 0..runs {
+                let (cpu, switches) = disk_floor(1000, steady_secs, direct);
+                floor[0].push(cpu);
+                floor[1].push(switches);
+            }
+            println!(
+                "| the disk alone, one thread: 1,000 durable 400-byte appends/s ({how}, then sleep): CPU (ms) / context switches per append | — | {:.4} / {:.2} | — | |",
+                median(floor[0].clone()),
+                median(floor[1].clone())
+            );
         }
-        println!(
-            "| the disk alone: 1,000 durable 400-byte appends/s (write, `fdatasync`, sleep), one thread: CPU per append (ms) | — | {:.4} | — | |",
-            median(floor[0].clone())
-        );
-        println!(
-            "| the disk alone, the same: context switches per append | — | {:.2} | — | |",
-            median(floor[1].clone())
-        );
         for output in [Output::File, Output::Stdout] {
             // Per client: p50, p99, p99.9, CPU ms/event, switches/event.
             let mut p: [[Vec<f64>; 5]; 2] = Default::default();

@@ -71,6 +71,7 @@ pub fn status_of(stats: &Stats, settings: &Settings) -> Value {
         "CommandUpdates": {
             "Applied": Stats::get(&stats.command_updates_applied),
             "Refused": Stats::get(&stats.command_updates_refused),
+            "Waiting": Stats::get(&stats.command_updates_waiting),
         },
     })
 }

@@ -315,6 +315,9 @@ async fn an_update_survives_a_mews_outage_and_a_restart_and_is_applied_once() {
             .any(|c| c.operation == "commands/update" && c.status == 503)
     })
     .await;
+    let (_, status) = get(&base, "/v1/status").await;
+    let waiting = status["CommandUpdates"]["Waiting"].as_u64().unwrap_or(0);
+    assert!(waiting >= 1, "the update waits in the outbox: {status}");
     daemon.child.kill().unwrap();
     daemon.wait().await;
     hotel.set_down(false);
@@ -333,6 +336,10 @@ async fn an_update_survives_a_mews_outage_and_a_restart_and_is_applied_once() {
     assert_eq!(updates_of(&hotel, &id), [CommandState::Processed]);
     let (_, shown) = get(&base, &format!("/v1/commands/{id}")).await;
     assert_eq!(shown["Waiting"], 0, "{shown}");
+    wait_until_async("the status counts no update waiting", || async {
+        get(&base, "/v1/status").await.1["CommandUpdates"]["Waiting"] == 0
+    })
+    .await;
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(daemon.wait().await, Some(0));
 }

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use redb::{Durability, ReadableTable};
+use redb::{Durability, ReadableTable, ReadableTableMetadata};
 
 use super::super::JournalError;
 use super::super::commands::{
@@ -93,6 +93,8 @@ pub(in crate::journal) struct Committed {
     pub fresh: Vec<StoredRecord>,
     /// The cursors were stored durably.
     pub cursors_synced: bool,
+    /// Updates waiting in the outbox after this commit, when it changed them.
+    pub outbox: Option<u64>,
     /// The records are stored, but the state transaction after them failed: what it carried
     /// besides their effects (settles, marks, requests, acknowledgements, cursors) is not.
     pub state_error: Option<JournalError>,
@@ -147,6 +149,7 @@ impl Store {
             outcomes: Vec::new(),
             fresh: Vec::new(),
             cursors_synced: false,
+            outbox: None,
             state_error: None,
         };
         if let Some((txn, _)) = &txn {
@@ -212,7 +215,7 @@ impl Store {
                 .enumerate()
                 .filter(|(i, _)| !out.dropped.contains(i))
                 .map(|(_, entry)| entry);
-            (out.queued, out.outcomes) = command_work(txn, &mut meta, commit, kept)?;
+            (out.queued, out.outcomes, out.outbox) = command_work(txn, &mut meta, commit, kept)?;
         }
         meta.insert(LAST_SEQ, seq)?;
         meta.insert(APPLIED_SEQ, seq)?;
@@ -433,7 +436,7 @@ fn command_work<'a>(
     meta: &mut redb::Table<&str, u64>,
     commit: &Commit,
     kept: impl Iterator<Item = &'a Entry>,
-) -> Result<(Vec<Outgoing>, Vec<RequestOutcome>), redb::Error> {
+) -> Result<(Vec<Outgoing>, Vec<RequestOutcome>, Option<u64>), redb::Error> {
     let now = commit.seen.now;
     let mut tables = CommandTables {
         commands: txn.open_table(COMMANDS)?,
@@ -471,5 +474,10 @@ fn command_work<'a>(
         tables.forget()?;
     }
     meta.insert(OUTBOX_KEY, tables.next_key)?;
-    Ok((tables.queued, outcomes))
+    let outbox = if tables.queued.is_empty() && work.answered.is_empty() {
+        None
+    } else {
+        Some(tables.outbox.len()?)
+    };
+    Ok((tables.queued, outcomes, outbox))
 }

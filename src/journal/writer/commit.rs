@@ -196,8 +196,14 @@ impl JournalWriter {
             dropped,
             fresh,
             cursors_synced,
+            outbox,
             ..
         } = committed;
+        if let Some(waiting) = outbox {
+            self.stats
+                .command_updates_waiting
+                .store(waiting, std::sync::atomic::Ordering::Relaxed);
+        }
         if cursors_synced {
             self.synced = commit.cursors.iter().cloned().collect();
             self.unsynced = false;

@@ -160,6 +160,10 @@ impl JournalWriter {
         // A journal opened again (a reload, e.g. after its file was put back) starts healthy.
         setup.stats.journal.set_file(None);
         setup.stats.journal.set_writes(None);
+        setup.stats.command_updates_waiting.store(
+            setup.opened.outbox.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let mut pending = std::collections::BTreeMap::new();
         let mut notes = Vec::new();
         for stored in setup.opened.pending {
