@@ -71,6 +71,9 @@ pub async fn drive(
 ) {
     let span = tracing::info_span!("sink", sink = %settings.name);
     ctl.position.store(start.cursor, Ordering::Release);
+    // Trouble noted by a driver before this one (a reload) described its settings, not these:
+    // the records it held may not even go to this sink any more.
+    ctl.stats.sink(&settings.name, |s| s.trouble = None);
     let driver = Driver {
         filter: settings.filter(),
         cursor: start.cursor,

@@ -188,3 +188,66 @@ async fn a_reload_with_the_right_key_resumes_a_paused_sink_where_it_stood() {
     assert!(!h.dir.path().join("dead-letter/hooks.jsonl").exists());
     h.relay.stop().await;
 }
+
+/// A paused sink whose held records a reload filters out (its `events` no longer name them)
+/// is not left paused: the trouble of the driver before the reload is not this one's, and
+/// `/readyz` is ready again although nothing more is delivered.
+#[tokio::test]
+async fn a_reload_that_filters_out_the_held_records_clears_the_pause() {
+    let mut receiver = Receiver::start().await;
+    receiver.set_default(Reply::Status(401, "invalid api key"));
+    let url = receiver.url();
+    let metrics = free_port();
+    let sink = |events: &str| {
+        format!(
+            "\n[[sink]]\ntype = \"http\"\nname = \"hooks\"\nurl = \"{url}\"\nretry_min = \"50ms\"\nretry_max = \"200ms\"\n{events}"
+        )
+    };
+    let mut h =
+        Harness::start_with(|c| format!("{c}\n[metrics]\nlisten = \"{metrics}\"\n") + &sink(""))
+            .await;
+    let mut conn = h.server.next().await;
+    conn.send(&commands(0, 3)).await;
+    wait_for_lines(&h.out, 3).await;
+    readyz_becomes(metrics, 503, "the sink is paused").await;
+
+    let filtered = h
+        .config
+        .replacen(&sink(""), &sink("events = [\"Reservation\"]\n"), 1);
+    let settings = mews_relay::config::Settings::from_toml(
+        &filtered,
+        std::path::Path::new("test.toml"),
+        &mews_relay::config::CredentialsDir::default(),
+    )
+    .unwrap();
+    h.relay
+        .steer
+        .reloads
+        .request(Ok(std::sync::Arc::new(settings)));
+    wait_until("the reload is applied", || {
+        h.relay
+            .stats
+            .last_reload
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|r| {
+                r.outcome
+                    .as_ref()
+                    .is_ok_and(|c| c.contains("changed hooks"))
+            })
+    })
+    .await;
+    readyz_becomes(metrics, 200, "the pause ends with the driver that hit it").await;
+    wait_until("the sink passed the records it no longer takes", || {
+        h.relay.stats.sinks.lock().unwrap()["hooks"].lag_records == 0
+    })
+    .await;
+    assert!(
+        h.relay.stats.sinks.lock().unwrap()["hooks"]
+            .trouble
+            .is_none(),
+        "no trouble is noted for the new settings"
+    );
+    h.relay.stop().await;
+}
