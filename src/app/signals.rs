@@ -59,7 +59,7 @@ pub async fn handle(
     while let Some(signal) = signals.recv().await {
         match (signal, &steer) {
             (Signal::Hangup, Some(steer)) => {
-                reload(steer, config.as_deref());
+                reload(steer, config.as_deref()).await;
                 continue;
             }
             (Signal::User1, Some(steer)) => {
@@ -83,14 +83,18 @@ pub async fn handle(
     Handled::Closed
 }
 
-/// SIGHUP: files reopen; the config, if any, is read again and handed to the relay.
-fn reload(steer: &ControlHandle, config: Option<&Path>) {
+/// SIGHUP: files reopen; the config, if any, is read again (on the blocking pool: a file on a
+/// hung mount or a slow credential must not hold up an async worker) and handed to the relay.
+async fn reload(steer: &ControlHandle, config: Option<&Path>) {
     steer.reopen.send_modify(|n| *n += 1);
     let Some(path) = config else {
         return tracing::info!("SIGHUP: files reopened");
     };
     tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration (what changed restarts)");
-    steer.reloads.reload_file(path);
+    let (reloads, path) = (steer.reloads.clone(), path.to_owned());
+    if let Err(err) = tokio::task::spawn_blocking(move || reloads.reload_file(&path)).await {
+        tracing::error!(error = %err, "reading the configuration failed");
+    }
 }
 
 /// The process's SIGTERM, SIGINT, SIGHUP and SIGUSR1, as a channel.
