@@ -114,11 +114,16 @@ pub async fn replay_into(
     let path = path_for(state_dir, sink);
     let lock = lock_of(&path);
     let _turn = lock.lock().await;
-    let lines = read_lines(&path)?;
-    if lines.is_empty() {
+    // Read and parsed on the blocking pool: the file may be large, the disk slow.
+    let entries = {
+        let (file, sink) = (path.clone(), sink.to_owned());
+        tokio::task::spawn_blocking(move || entries(&file, &sink, &read_lines(&file)?))
+            .await
+            .map_err(|err| ReplayError::File(path.clone(), err.to_string()))??
+    };
+    if entries.is_empty() {
         return Ok(0);
     }
-    let entries = entries(&path, sink, &lines)?;
     let count = entries.len();
     journal.append_committed(entries).await?;
     let stamp = SystemTime::now()
