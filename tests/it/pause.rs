@@ -194,7 +194,7 @@ async fn a_reload_with_the_right_key_resumes_a_paused_sink_where_it_stood() {
 /// `/readyz` is ready again although nothing more is delivered.
 #[tokio::test]
 async fn a_reload_that_filters_out_the_held_records_clears_the_pause() {
-    let mut receiver = Receiver::start().await;
+    let receiver = Receiver::start().await;
     receiver.set_default(Reply::Status(401, "invalid api key"));
     let url = receiver.url();
     let metrics = free_port();

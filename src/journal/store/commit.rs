@@ -209,13 +209,16 @@ impl Store {
         settle(txn, commit, now)?;
         let mut meta = txn.open_table(META)?;
         if commit.commands.track || !commit.commands.is_empty() {
+            let dropped = std::mem::take(&mut out.dropped);
             let kept = commit
                 .entries
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| !out.dropped.contains(i))
+                .filter(|(i, _)| !dropped.contains(i))
                 .map(|(_, entry)| entry);
-            (out.queued, out.outcomes, out.outbox) = command_work(txn, &mut meta, commit, kept)?;
+            let done = command_work(txn, &mut meta, commit, kept, out);
+            out.dropped = dropped;
+            done?;
         }
         meta.insert(LAST_SEQ, seq)?;
         meta.insert(APPLIED_SEQ, seq)?;
@@ -436,7 +439,8 @@ fn command_work<'a>(
     meta: &mut redb::Table<&str, u64>,
     commit: &Commit,
     kept: impl Iterator<Item = &'a Entry>,
-) -> Result<(Vec<Outgoing>, Vec<RequestOutcome>, Option<u64>), redb::Error> {
+    out: &mut Committed,
+) -> Result<(), redb::Error> {
     let now = commit.seen.now;
     let mut tables = CommandTables {
         commands: txn.open_table(COMMANDS)?,
@@ -474,10 +478,10 @@ fn command_work<'a>(
         tables.forget()?;
     }
     meta.insert(OUTBOX_KEY, tables.next_key)?;
-    let outbox = if tables.queued.is_empty() && work.answered.is_empty() {
-        None
-    } else {
-        Some(tables.outbox.len()?)
-    };
-    Ok((tables.queued, outcomes, outbox))
+    if !tables.queued.is_empty() || !work.answered.is_empty() {
+        out.outbox = Some(tables.outbox.len()?);
+    }
+    out.queued = tables.queued;
+    out.outcomes = outcomes;
+    Ok(())
 }
