@@ -167,7 +167,7 @@ fn counters(stats: &Stats) -> [(&'static str, &'static str, &AtomicU64); 13] {
     [
         (
             "mews_relay_records_lost_total",
-            "WebSocket events received but not stored (journal write failed); Mews does not send them again.",
+            "WebSocket events received but not stored (journal write failed), or stored and then lost by the disk; Mews does not send them again.",
             &stats.records_lost,
         ),
         (

@@ -35,7 +35,8 @@ pub struct Stats {
     /// Records durably committed to the journal.
     pub records_committed: AtomicU64,
     /// Records that reached the relay but could not be stored and will not come again:
-    /// WebSocket events whose commit failed (Mews does not send them again).
+    /// WebSocket events whose commit failed (Mews does not send them again), and committed
+    /// records the record log no longer held when the journal opened (the disk lost them).
     pub records_lost: AtomicU64,
     /// Records that could not be stored whose sender was told and sends them again: webhooks
     /// answered 503, catch-up and healing steps retried, dead-letter replays left in their file.

@@ -25,8 +25,9 @@ use std::path::Path;
 
 use crate::files;
 
-/// The active segment is written ahead with zeros this far past its frames (never past the
-/// segment's size).
+/// The active segment is written ahead with zeros this far past its frames (not past the
+/// segment's size, rounded up to a block). Where the disk has no room for them, the frames
+/// are written without.
 pub const PREALLOCATE: u64 = 1 << 20;
 
 /// Commits larger than this are written through the page cache even where direct writes
@@ -170,12 +171,16 @@ fn ahead(end: u64, allocated: u64, limit: u64) -> Option<u64> {
 fn buffered(file: &File, at: u64, frames: &[u8], allocated: u64, limit: u64) -> io::Result<u64> {
     let end = at + frames.len() as u64;
     file.write_all_at(frames, at)?;
-    let to = ahead(end, allocated, limit);
-    if let Some(to) = to {
-        write_zeros(file, end.max(allocated), to, &mut Vec::new())?;
-    }
+    let to = match ahead(end, allocated, limit) {
+        Some(to) => match write_zeros(file, end.max(allocated), to, &mut Vec::new()) {
+            Ok(()) => to,
+            Err(err) if no_room(&err) => end, // the frames fit; their sync tells
+            Err(err) => return Err(err),
+        },
+        None => allocated,
+    };
     file.sync_data()?;
-    Ok(to.unwrap_or(allocated))
+    Ok(to)
 }
 
 impl Direct {
@@ -198,11 +203,16 @@ impl Direct {
         let start = at - self.tail.len() as u64;
         let end = at + frames.len() as u64;
         let padded = round_up(end);
-        let to = ahead(padded, allocated, limit).map(round_up);
-        if let Some(to) = to {
+        let mut to = ahead(padded, allocated, limit).map(round_up);
+        if let Some(end_of_zeros) = to {
             // Zeros first, so that the frames' write changes no size; from a block boundary.
             let from = padded.max(round_down(allocated));
-            write_zeros(&self.file, from, to, &mut self.buf)?;
+            match write_zeros(&self.file, from, end_of_zeros, &mut self.buf) {
+                Ok(()) => {}
+                // No room for them: the frames may still fit (their own write tells).
+                Err(err) if no_room(&err) => to = None,
+                Err(err) => return Err(err),
+            }
         }
         let size = (padded - start) as usize;
         let block = aligned(&mut self.buf, size)?;
@@ -217,6 +227,14 @@ impl Direct {
             .extend_from_slice(&block[kept..tail + frames.len()]);
         Ok(to.unwrap_or(allocated).max(padded))
     }
+}
+
+/// Whether `err` says the disk (or the file-size limit) has no room.
+fn no_room(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(nix::libc::ENOSPC | nix::libc::EFBIG | nix::libc::EDQUOT)
+    )
 }
 
 /// A window of `size` bytes of `buf` starting at a block-aligned address.

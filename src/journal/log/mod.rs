@@ -150,6 +150,15 @@ impl Log {
                         format!("damaged at byte {end} of {size}, before the last segment"),
                     ));
                 }
+                if let Some(next) = nexts[i].filter(|next| segment.last_seq + 1 < *next) {
+                    // Zeros where frames should be: the disk lost them.
+                    tracing::error!(
+                        segment = %segment.path.display(),
+                        missing_from = segment.last_seq + 1,
+                        missing_to = next - 1,
+                        "records of a record-log segment read back as zeros (the disk lost writes or the file was damaged): they cannot be delivered"
+                    );
+                }
                 if last {
                     // Nothing after `end` was committed; the zeros are written again when
                     // appends go on.
@@ -218,8 +227,9 @@ impl Log {
             None => !self.can_continue_last(first)?,
         };
         if needs_new {
-            if let Some(full) = active.take() {
-                full.trim();
+            match active.take() {
+                Some(full) => full.trim(),
+                None => self.trim_last(),
             }
             *active = Some(self.start_segment(first)?);
         } else if active.is_none() {
@@ -247,6 +257,16 @@ impl Log {
         Ok(segments.iter().next_back().is_some_and(|(_, segment)| {
             segment.len < self.segment_bytes && segment.last_seq + 1 == first
         }))
+    }
+
+    /// Cuts the zeros written ahead off the last segment (a new one starts after it while no
+    /// handle of it is open: after an I/O error, or a gap in seqs).
+    fn trim_last(&self) {
+        let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, segment)) = segments.iter().next_back() {
+            let _ = files::open_read_write(&segment.path, false)
+                .and_then(|file| file.set_len(segment.len).and_then(|()| file.sync_data()));
+        }
     }
 
     /// Opens the last segment for appending.

@@ -70,6 +70,9 @@ pub(super) struct Opened {
     pub pending: Vec<StoredRecord>,
     /// Command updates still waiting to be applied in Mews, in order.
     pub outbox: Vec<Outgoing>,
+    /// Records the state says were committed but the log no longer holds (lost writes,
+    /// damage): logged as an error when the journal opens.
+    pub lost: u64,
 }
 
 /// The journal: redb for state, the log for records.

@@ -73,9 +73,20 @@ impl Store {
                     id
                 }
             };
-            let last_seq = get(&meta, LAST_SEQ)?
-                .unwrap_or(0)
-                .max(log.last_seq().unwrap_or(0));
+            // The state's last seq is written after the log append it follows: a log that
+            // ends before it lost committed records (the disk lost writes, or was damaged).
+            let stored = get(&meta, LAST_SEQ)?.unwrap_or(0);
+            let logged = log.last_seq().unwrap_or(0);
+            let lost = stored.saturating_sub(logged);
+            if lost > 0 {
+                tracing::error!(
+                    dir = %log_dir.display(),
+                    log_ends_at = logged,
+                    committed_up_to = stored,
+                    "the record log has lost {lost} committed records (the disk lost writes or the log was damaged): they cannot be delivered; new records follow the last seq"
+                );
+            }
+            let last_seq = stored.max(logged);
             // What a crash left between the log and these tables: effects replayed.
             commit::replay(&txn, &recovered.unapplied).map_err(|e| storage(path, e))?;
             meta.insert(LAST_SEQ, last_seq)
@@ -115,6 +126,7 @@ impl Store {
                 cursors,
                 pending,
                 outbox,
+                lost,
             }
         };
         txn.commit().map_err(|e| storage(path, e))?;
@@ -298,6 +310,43 @@ mod tests {
         ];
         let cursors = store.set_sinks(&two, done.seq).unwrap();
         assert_eq!((cursors["http:a/x"], cursors["http:b/x"]), (5, 5));
+    }
+
+    /// Committed records whose bytes the disk lost (read back as zeros, which also end a
+    /// preallocated tail) are not passed over silently: the open counts them as lost, and
+    /// new records follow the last seq the state knew.
+    #[test]
+    fn records_the_log_lost_are_counted_not_skipped_silently() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let sinks = ["s".to_owned()];
+        let (store, opened) = Store::open(&path, &sinks, 1 << 30).unwrap();
+        let entries = (0..3)
+            .map(|i| Entry::Record(test_record(&format!("r{i}"), Enrich::None, None)))
+            .collect();
+        let commit = Commit {
+            sync: true,
+            ..commit_of(entries)
+        };
+        assert_eq!(store.commit(opened.last_seq, &commit).unwrap().seq, 3);
+        drop(store);
+        // The disk gives back zeros where the frames were.
+        let segment = dir.path().join("log").join(format!("{:020}.seg", 1));
+        let size = std::fs::metadata(&segment).unwrap().len();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap();
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(
+            &vec![0u8; (size - segment::HEADER) as usize],
+            segment::HEADER,
+        )
+        .unwrap();
+        drop(file);
+        let (_, opened) = Store::open(&path, &sinks, 1 << 30).unwrap();
+        assert_eq!(opened.lost, 3);
+        assert_eq!(opened.last_seq, 3, "new records do not reuse the lost seqs");
     }
 
     /// A crash after a record reached the log but before its state transaction: opening the

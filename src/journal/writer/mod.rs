@@ -160,6 +160,7 @@ impl JournalWriter {
         // A journal opened again (a reload, e.g. after its file was put back) starts healthy.
         setup.stats.journal.set_file(None);
         setup.stats.journal.set_writes(None);
+        Stats::add(&setup.stats.records_lost, setup.opened.lost);
         setup.stats.command_updates_waiting.store(
             setup.opened.outbox.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
