@@ -221,7 +221,8 @@ pub struct SimulateArgs {
     /// Fault: every N-th WebSocket message is malformed JSON.
     #[arg(long, default_value_t = 0)]
     pub malformed_every: u32,
-    /// Fault: every N-th REST call is answered 429 with Retry-After: 1.
+    /// Fault: every N-th REST call is answered 429 with Retry-After: 1 (on top of Mews's own
+    /// limit, always on: 200 calls per AccessToken in any 30 s).
     #[arg(long, default_value_t = 0)]
     rest_429_every: u32,
     /// Fault: the 429s of --rest-429-every come without Retry-After (Mews: "In some cases the

@@ -78,7 +78,39 @@ fn page<'a, T>(
     (page, cursor)
 }
 
+/// Mews (`guidelines/environments.md`): "200 requests per `AccessToken` within 30 seconds".
+pub(in crate::simulator) const RATE_LIMIT: usize = 200;
+/// The sliding window of [`RATE_LIMIT`].
+pub(in crate::simulator) const RATE_WINDOW: std::time::Duration =
+    std::time::Duration::from_secs(30);
+
 impl Hotel {
+    /// Mews's request limit, always on: past 200 calls of one AccessToken in 30 s, 429 with
+    /// `Retry-After` (the seconds until the oldest call leaves the window).
+    fn rate_limit(&self, body: &Value) -> Result<(), Refusal> {
+        let token = body["AccessToken"].as_str().unwrap_or_default();
+        let now = std::time::Instant::now();
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let calls = recent.entry(token.to_owned()).or_default();
+        while calls
+            .front()
+            .is_some_and(|at| now.duration_since(*at) >= RATE_WINDOW)
+        {
+            calls.pop_front();
+        }
+        if calls.len() >= RATE_LIMIT {
+            let free_in = calls
+                .front()
+                .map_or(RATE_WINDOW, |at| RATE_WINDOW - now.duration_since(*at));
+            return Err(Refusal {
+                retry_after: Some(free_in.as_secs_f64().ceil().max(1.0) as u64),
+                ..Refusal::new(429, "Too many requests.")
+            });
+        }
+        calls.push_back(now);
+        Ok(())
+    }
+
     /// Answers one REST call (tokens and `Client` already checked by the HTTP side).
     pub(in crate::simulator) fn rest(
         &self,
@@ -88,6 +120,7 @@ impl Hotel {
         if !OPERATIONS.contains(&operation) {
             return Err(Refusal::new(404, format!("Unknown operation {operation}")));
         }
+        self.rate_limit(body)?;
         self.fault(operation, body)?;
         let token = body["AccessToken"].as_str().unwrap_or_default();
         match operation {
@@ -222,14 +255,28 @@ impl State {
     fn reservations_page(&self, body: &Value) -> Result<Value, Refusal> {
         let limitation = limitation(body, true)?.ok_or_else(|| Refusal::invalid("Limitation"))?;
         let interval = &body["UpdatedUtc"];
-        let (from, to) = match (interval["StartUtc"].as_str(), interval["EndUtc"].as_str()) {
+        // The docs name no error for an interval that ends before it starts or has one bound:
+        // the strictest reading refuses both (an empty page would let a client move its mark
+        // past a window it never read). Equal bounds filter for that instant (`_objects.md`).
+        let (from, to) = match (interval.get("StartUtc"), interval.get("EndUtc")) {
+            (None, None) => (0, u64::MAX),
             (Some(a), Some(b)) => (
-                parse_ms(a).ok_or_else(|| Refusal::invalid("UpdatedUtc"))?,
-                parse_ms(b).ok_or_else(|| Refusal::invalid("UpdatedUtc"))?,
+                a.as_str()
+                    .and_then(parse_ms)
+                    .ok_or_else(|| Refusal::invalid("UpdatedUtc"))?,
+                b.as_str()
+                    .and_then(parse_ms)
+                    .ok_or_else(|| Refusal::invalid("UpdatedUtc"))?,
             ),
-            _ => (0, u64::MAX),
+            _ => return Err(Refusal::invalid("UpdatedUtc")),
         };
-        if to.saturating_sub(from) > 92 * 86_400_000 {
+        if to < from {
+            return Err(Refusal::new(
+                400,
+                "Invalid UpdatedUtc: EndUtc is before StartUtc.",
+            ));
+        }
+        if !interval.is_null() && to - from > 92 * 86_400_000 {
             return Err(Refusal::new(
                 400,
                 "Invalid UpdatedUtc: longer than 3 months.",
@@ -238,7 +285,13 @@ impl State {
         let matching: Vec<&super::Reservation> = self
             .reservations
             .iter()
-            .filter(|r| r.updated_ms >= from && (r.updated_ms < to || from == to))
+            .filter(|r| {
+                if from == to {
+                    r.updated_ms == from
+                } else {
+                    r.updated_ms >= from && r.updated_ms < to
+                }
+            })
             .collect();
         let (found, cursor) = page(&matching, &limitation, |r| r.id.as_str());
         let reservations: Vec<Value> = found
@@ -264,9 +317,14 @@ impl State {
     }
 }
 
-/// Parses `2026-11-23T12:00:00Z` (with or without fractions) into unix milliseconds.
+/// Parses `2026-11-23T12:00:00Z` (with or without fractions) into unix milliseconds: the `T`
+/// and the `Z` are required, as Mews's serialization guideline writes them.
 fn parse_ms(text: &str) -> Option<u64> {
-    let at = humantime::parse_rfc3339_weak(text.trim_end_matches('Z')).ok()?;
+    let utc = text.strip_suffix('Z')?;
+    if utc.as_bytes().get(10) != Some(&b'T') {
+        return None;
+    }
+    let at = humantime::parse_rfc3339_weak(utc).ok()?;
     Some(at.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64)
 }
 
@@ -421,5 +479,45 @@ mod tests {
                 .status,
             404
         );
+    }
+
+    #[test]
+    fn two_hundred_calls_of_one_token_in_30_s_are_the_limit() {
+        let hotel = Hotel::new();
+        let body = json!({"AccessToken": "A"});
+        for _ in 0..super::RATE_LIMIT {
+            assert!(hotel.rest("commands/getAllActive", &body).is_ok());
+        }
+        let over = hotel.rest("commands/getAllActive", &body).unwrap_err();
+        assert_eq!(over.status, 429);
+        assert!(over.retry_after.is_some_and(|s| (1..=30).contains(&s)));
+        assert!(
+            hotel
+                .rest("commands/getAllActive", &json!({"AccessToken": "B"}))
+                .is_ok(),
+            "per AccessToken"
+        );
+    }
+
+    #[test]
+    fn updated_utc_is_checked_as_strictly_as_the_docs_allow() {
+        let hotel = Hotel::new();
+        let ask = |interval: Value| {
+            hotel.rest(
+                "reservations/getAll/2023-06-06",
+                &json!({"Limitation": {"Count": 10}, "UpdatedUtc": interval}),
+            )
+        };
+        let backwards =
+            json!({"StartUtc": "2026-11-23T12:00:00Z", "EndUtc": "2026-11-22T12:00:00Z"});
+        assert_eq!(ask(backwards).unwrap_err().status, 400);
+        let one_bound = json!({"StartUtc": "2026-11-23T12:00:00Z"});
+        assert_eq!(ask(one_bound).unwrap_err().status, 400);
+        let no_z = json!({"StartUtc": "2026-11-22T12:00:00", "EndUtc": "2026-11-23T12:00:00Z"});
+        assert_eq!(ask(no_z).unwrap_err().status, 400);
+        let space = json!({"StartUtc": "2026-11-22 12:00:00Z", "EndUtc": "2026-11-23T12:00:00Z"});
+        assert_eq!(ask(space).unwrap_err().status, 400);
+        let fine = json!({"StartUtc": "2026-11-22T12:00:00.5Z", "EndUtc": "2026-11-23T12:00:00Z"});
+        assert!(ask(fine).is_ok());
     }
 }
