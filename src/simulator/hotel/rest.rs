@@ -250,8 +250,10 @@ impl State {
 
     /// `reservations/getAll/2023-06-06` with `UpdatedUtc` (half-open, as `_objects.md` defines
     /// a Time interval; at most 3 months) and the required `Limitation`. Pages follow the order
-    /// the reservations were made in, so a reservation updated between two pages neither moves
-    /// nor hides the cursor.
+    /// the reservations were made in, and a cursor stands for its reservation's place in that
+    /// order: a reservation updated between two pages (out of the window now) neither moves
+    /// nor hides the next page. (The docs say nothing of it; a cursor that ended the listing
+    /// early would be a Mews bug that loses the rest of the window.)
     fn reservations_page(&self, body: &Value) -> Result<Value, Refusal> {
         let limitation = limitation(body, true)?.ok_or_else(|| Refusal::invalid("Limitation"))?;
         let interval = &body["UpdatedUtc"];
@@ -282,8 +284,20 @@ impl State {
                 "Invalid UpdatedUtc: longer than 3 months.",
             ));
         }
-        let matching: Vec<&super::Reservation> = self
-            .reservations
+        let after = match &limitation.cursor {
+            // An unknown cursor is past everything (as `page` has it).
+            Some(cursor) => self
+                .reservations
+                .iter()
+                .position(|r| r.id == *cursor)
+                .map_or(self.reservations.len(), |i| i + 1),
+            None => 0,
+        };
+        let limitation = Limitation {
+            cursor: None,
+            ..limitation
+        };
+        let matching: Vec<&super::Reservation> = self.reservations[after..]
             .iter()
             .filter(|r| {
                 if from == to {
@@ -519,5 +533,41 @@ mod tests {
         assert_eq!(ask(space).unwrap_err().status, 400);
         let fine = json!({"StartUtc": "2026-11-22T12:00:00.5Z", "EndUtc": "2026-11-23T12:00:00Z"});
         assert!(ask(fine).is_ok());
+    }
+
+    #[test]
+    fn a_reservation_updated_between_two_pages_does_not_end_the_listing() {
+        let hotel = Hotel::new();
+        hotel.add_reservations(3, SystemTime::now() - Duration::from_secs(60));
+        let now = now_secs();
+        let window = json!({"StartUtc": time(now - 3600), "EndUtc": time(now + 1)});
+        let ask = |cursor: Value| {
+            let mut limitation = json!({"Count": 1});
+            if !cursor.is_null() {
+                limitation["Cursor"] = cursor;
+            }
+            hotel
+                .rest(
+                    "reservations/getAll/2023-06-06",
+                    &json!({"UpdatedUtc": window, "Limitation": limitation}),
+                )
+                .unwrap()
+        };
+        let first = ask(Value::Null);
+        // The window's reservations, in the order they were made (the three added last).
+        let (ids, at): (Vec<String>, Vec<usize>) = {
+            let state = hotel.state();
+            let n = state.reservations.len();
+            (n - 3..n)
+                .map(|i| (state.reservations[i].id.clone(), i))
+                .unzip()
+        };
+        assert_eq!(first["Reservations"][0]["Id"], ids[0].as_str());
+        // Updated meanwhile: out of the window now.
+        hotel.state().reservations[at[0]].updated_ms = (now + 7200) * 1000;
+        let second = ask(first["Cursor"].clone());
+        assert_eq!(second["Reservations"][0]["Id"], ids[1].as_str());
+        let third = ask(second["Cursor"].clone());
+        assert_eq!(third["Reservations"][0]["Id"], ids[2].as_str());
     }
 }
