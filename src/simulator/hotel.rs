@@ -119,6 +119,8 @@ struct RestFaults {
     max_page: Option<u64>,
     /// Every call gets 503 (an outage of the REST API).
     down: bool,
+    /// The next this-many `commands/update` calls are applied, then answered 408.
+    timeout_after_apply: u32,
 }
 
 /// One REST request the simulator answered.
@@ -324,6 +326,13 @@ impl Hotel {
     /// While `down`, every REST call gets 503 Service Unavailable (Mews: a server error; retry).
     pub fn set_down(&self, down: bool) {
         self.faults().down = down;
+    }
+
+    /// The next `n` `commands/update` calls are applied, then answered 408 Request Timeout
+    /// (`guidelines/responses.md`: a request that took too long; the client cannot tell
+    /// whether it was done), as if the answer were lost after Mews did the work.
+    pub fn time_out_after_applying(&self, n: u32) {
+        self.faults().timeout_after_apply = n;
     }
 
     /// Paged requests whose `Limitation.Count` is above `count` get 408 (`None`: never).

@@ -394,3 +394,51 @@ async fn the_command_line_sets_states_through_the_running_relay() {
     assert_eq!(code, 69, "{stderr}");
     assert!(stderr.contains("no mews-relay answers"), "{stderr}");
 }
+
+/// Mews applies an update and its answer is lost (408 after the work was done): the relay
+/// tries again, Mews refuses the repeat, and the relay sees from the command's state that it
+/// was applied — once, and shown as accepted.
+#[tokio::test]
+async fn an_update_whose_answer_is_lost_after_mews_applied_it_counts_as_applied_once() {
+    let mut site = Site::start().await;
+    let hotel = Arc::clone(&site.hotel);
+    let (api, base) = api_tables();
+    let relay = Relay::start(&keys_config(&site, &api));
+    let mut conn = site.server.next().await;
+    api_up(&base).await;
+    let id = hotel.create_key_command(false);
+    conn.send(&live_command(&id, "Pending")).await;
+    wait_for_lines(&site.out, 1).await;
+
+    hotel.time_out_after_applying(1);
+    let done = r#"{"State":"Processed","Notes":"2 keys cut"}"#;
+    assert_eq!(post(&base, &id, Some(TOKEN), done).await.0, 202);
+    wait_until_async("the relay shows the update accepted", || async {
+        get(&base, &format!("/v1/commands/{id}")).await.1["Mews"]["Accepted"] == true
+    })
+    .await;
+    assert_eq!(
+        updates_of(&hotel, &id),
+        [CommandState::Processed],
+        "applied once"
+    );
+    let answers: Vec<u16> = hotel
+        .answers()
+        .iter()
+        .filter(|c| c.operation == "commands/update")
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(
+        answers[..2],
+        [408, 400],
+        "a lost answer, then the refused repeat: {answers:?}"
+    );
+    let (_, shown) = get(&base, &format!("/v1/commands/{id}")).await;
+    assert!(
+        shown["Mews"]["Message"]
+            .as_str()
+            .is_some_and(|m| m.contains("already had this state")),
+        "{shown}"
+    );
+    relay.stop().await;
+}

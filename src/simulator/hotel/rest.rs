@@ -126,7 +126,18 @@ impl Hotel {
         match operation {
             "commands/getAllActive" => Ok(self.state().active_commands(token)),
             "commands/getAllByIds" => self.state().commands_by_ids(token, body),
-            "commands/update" => self.update_command(body),
+            "commands/update" => {
+                let applied = self.update_command(body)?;
+                let mut faults = self.faults();
+                if faults.timeout_after_apply > 0 {
+                    faults.timeout_after_apply -= 1;
+                    return Err(Refusal::new(
+                        408,
+                        "The request timed out (simulated: the update was applied, its answer lost).",
+                    ));
+                }
+                Ok(applied)
+            }
             _ => self.state().reservations_page(body),
         }
     }
