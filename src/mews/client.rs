@@ -173,8 +173,9 @@ pub struct Rest {
     client: String,
     limiter: Limiter,
     stats: Arc<Stats>,
-    /// A run of 401s is logged once, until a request succeeds again.
-    refused: Mutex<FailureLog>,
+    /// Operations answered 401, until each succeeds: a wrong token refuses them all, a
+    /// missing permission only its operation. One ERROR when the first is refused.
+    unauthorized: Mutex<HashSet<String>>,
     /// Operations refused with 403: logged at WARN once, until that operation succeeds.
     refused_operations: Mutex<HashSet<String>>,
     /// Waits after 429s without `Retry-After`: growing while they come in a row.
@@ -217,7 +218,7 @@ impl Rest {
             client: setup.client.to_owned(),
             limiter: setup.limiter,
             stats: setup.stats,
-            refused: Mutex::default(),
+            unauthorized: Mutex::new(HashSet::new()),
             refused_operations: Mutex::new(HashSet::new()),
             throttled: Mutex::new(schedules::REST_THROTTLED.backoff()),
             failing: Mutex::default(),
@@ -301,10 +302,10 @@ impl Rest {
         if lock(&self.failing).recovered().is_some() {
             tracing::info!(operation, "Mews REST API answers again");
         }
-        if lock(&self.refused).recovered().is_some() {
+        if lock(&self.unauthorized).remove(operation) {
             tracing::info!(
                 operation,
-                "Mews REST API accepts this property's tokens again"
+                "Mews accepts this property's calls of {operation} again"
             );
         }
         let was_refused = lock(&self.refused_operations).remove(operation);
@@ -319,13 +320,21 @@ impl Rest {
         let request_id = err.request_id().unwrap_or("-");
         match err {
             RestError::Unauthorized { message, .. } => {
-                if lock(&self.refused).failed("401").is_news() {
+                // The first 401 while none is outstanding: a wrong token refuses every
+                // operation (one ERROR, not one per operation), a missing permission one
+                // operation, again on every connection (one ERROR until it succeeds).
+                let first = {
+                    let mut unauthorized = lock(&self.unauthorized);
+                    let none_before = unauthorized.is_empty();
+                    unauthorized.insert(operation.to_owned()) && none_before
+                };
+                if first {
                     tracing::error!(
                         operation,
                         status = 401,
                         mews_message = %message,
                         request_id,
-                        "Mews refused this property's tokens for {operation}: check client_token and this property's access_token (demo and production tokens differ), that the integration is enabled for the enterprise, and that it may use {operation}; no catch-up or enrichment until a call succeeds"
+                        "Mews refused {operation} for this property (401): check client_token and this property's access_token (demo and production tokens differ) and that the integration is enabled for the enterprise; if other operations work, the integration lacks permission for {operation} (Mews grants it through certification)"
                     );
                 } else {
                     tracing::debug!(

@@ -115,6 +115,8 @@ struct RestFaults {
     retry_after: Option<u64>,
     /// Operations answered 403 (a business rule refuses them).
     refused: HashSet<String>,
+    /// Operations answered 401 (the integration lacks the permission for them).
+    unpermitted: HashSet<String>,
     /// Paged requests asking for more than this many items get 408.
     max_page: Option<u64>,
     /// Every call gets 503 (an outage of the REST API).
@@ -321,6 +323,13 @@ impl Hotel {
     /// `operation` is answered 403 from now on: a business rule refuses it.
     pub fn refuse(&self, operation: &str) {
         self.faults().refused.insert(operation.to_owned());
+    }
+
+    /// `operation` is answered 401 from now on, the tokens being right: Mews
+    /// (`guidelines/responses.md`) answers 401 also when "The client does not have permission
+    /// to perform the requested operation".
+    pub fn deny_permission(&self, operation: &str) {
+        self.faults().unpermitted.insert(operation.to_owned());
     }
 
     /// While `down`, every REST call gets 503 Service Unavailable (Mews: a server error; retry).

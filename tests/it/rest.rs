@@ -253,3 +253,38 @@ async fn throttled_calls_without_retry_after_wait_longer_each_time() {
     assert!(gaps[2] > gaps[0], "waits grow: {gaps:?}");
     assert_eq!(mews_relay::stats::Stats::get(&stats.rest_throttled), 3);
 }
+
+/// A 401 for one operation, the tokens being right (Mews: "The client does not have
+/// permission to perform the requested operation"), stops that step only: active commands are
+/// still caught up, on this connection and the next; one ERROR names the operation.
+#[tokio::test]
+async fn a_401_for_one_operation_leaves_the_other_catch_up_steps_working() {
+    let mut site = Site::start().await;
+    let hotel = Arc::clone(&site.hotel);
+    hotel.deny_permission(RESERVATIONS);
+    let first = hotel.create_key_command(false);
+    let daemon = spawn_relay(&site, &site.config("[catch_up]\nreservations = true\n"));
+    let conn = site.server.next().await;
+    let got = wait_for_lines(&site.out, 1).await;
+    assert_eq!(
+        (got[0]["id"].as_str(), got[0]["origin"].as_str()),
+        (Some(first.as_str()), Some("catch_up"))
+    );
+    wait_until("reservations were denied", || {
+        calls(&hotel, RESERVATIONS) == 1
+    })
+    .await;
+    let second = hotel.create_key_command(false);
+    conn.reset();
+    let _conn = site.server.next().await;
+    let got = wait_for_lines(&site.out, 2).await;
+    assert_eq!(got[1]["id"], second.as_str());
+    wait_until("the next connection asked for reservations again", || {
+        calls(&hotel, RESERVATIONS) == 2
+    })
+    .await;
+    let logs = stop(daemon).await;
+    let denied = logged(&logs, "ERROR", 401);
+    assert_eq!(denied.len(), 1, "one ERROR per property: {denied:?}");
+    assert_eq!(denied[0]["fields"]["operation"], RESERVATIONS);
+}

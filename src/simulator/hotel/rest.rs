@@ -161,6 +161,14 @@ impl Hotel {
                 ..Refusal::new(429, "Too many requests.")
             });
         }
+        if faults.unpermitted.contains(operation) {
+            return Err(Refusal::new(
+                401,
+                format!(
+                    "The client does not have permission to perform {operation} (simulated: the integration lacks it)."
+                ),
+            ));
+        }
         if faults.refused.contains(operation) {
             return Err(Refusal::new(
                 403,
