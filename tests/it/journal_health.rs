@@ -266,16 +266,7 @@ async fn a_reload_puts_a_deleted_journal_back_and_goes_on_from_it() {
     })
     .await;
 
-    let settings = mews_relay::config::Settings::from_toml(
-        &h.config,
-        Path::new("test.toml"),
-        &mews_relay::config::CredentialsDir::default(),
-    )
-    .unwrap();
-    h.relay
-        .steer
-        .reloads
-        .request(Ok(std::sync::Arc::new(settings)));
+    h.reload(&h.config);
     let mut conn = h.server.next().await; // reconnected after the reload
     wait_until("the journal is healthy again", || {
         h.relay.stats.journal.is_ok()

@@ -136,30 +136,7 @@ async fn a_reload_with_the_right_key_resumes_a_paused_sink_where_it_stood() {
 
     let fixed = h.config.clone() + &sink("new-key");
     let fixed = fixed.replacen(&sink("old-key"), "", 1);
-    let settings = mews_relay::config::Settings::from_toml(
-        &fixed,
-        std::path::Path::new("test.toml"),
-        &mews_relay::config::CredentialsDir::default(),
-    )
-    .unwrap();
-    h.relay
-        .steer
-        .reloads
-        .request(Ok(std::sync::Arc::new(settings)));
-    wait_until("the reload is applied", || {
-        h.relay
-            .stats
-            .last_reload
-            .lock()
-            .unwrap()
-            .as_ref()
-            .is_some_and(|r| {
-                r.outcome
-                    .as_ref()
-                    .is_ok_and(|c| c.contains("changed hooks"))
-            })
-    })
-    .await;
+    h.reload_changing(&fixed, "changed hooks").await;
     receiver.set_default(Reply::Ok);
     let mut delivered = std::collections::BTreeSet::new();
     while delivered.len() < 3 {
@@ -214,30 +191,7 @@ async fn a_reload_that_filters_out_the_held_records_clears_the_pause() {
     let filtered = h
         .config
         .replacen(&sink(""), &sink("events = [\"Reservation\"]\n"), 1);
-    let settings = mews_relay::config::Settings::from_toml(
-        &filtered,
-        std::path::Path::new("test.toml"),
-        &mews_relay::config::CredentialsDir::default(),
-    )
-    .unwrap();
-    h.relay
-        .steer
-        .reloads
-        .request(Ok(std::sync::Arc::new(settings)));
-    wait_until("the reload is applied", || {
-        h.relay
-            .stats
-            .last_reload
-            .lock()
-            .unwrap()
-            .as_ref()
-            .is_some_and(|r| {
-                r.outcome
-                    .as_ref()
-                    .is_ok_and(|c| c.contains("changed hooks"))
-            })
-    })
-    .await;
+    h.reload_changing(&filtered, "changed hooks").await;
     readyz_becomes(metrics, 200, "the pause ends with the driver that hit it").await;
     wait_until("the sink passed the records it no longer takes", || {
         h.relay.stats.sinks.lock().unwrap()["hooks"].lag_records == 0

@@ -56,16 +56,14 @@ fn request_ids(hotel: &Hotel, operation: &str, status: u16) -> Vec<String> {
         .collect()
 }
 
-/// A 403 on `reservations/getAll` refuses that step only: active commands are still caught
-/// up, on this connection and the next; the refusal is logged once with Mews's `Message` and
-/// `Request-Id`, and the refused step is not called again on the same connection.
-#[tokio::test]
-async fn a_403_on_reservations_leaves_the_commands_catch_up_working() {
-    let mut site = Site::start().await;
+/// With `reservations/getAll` refused (the fault set on the site's hotel), a relay catching
+/// up reservations: a key command caught up on the first connection, another on the next one
+/// (the commands step is not held up by the refused one), and reservations asked for exactly
+/// once per connection. Returns the relay's log lines.
+async fn catch_up_twice_with_reservations_refused(site: &mut Site) -> Vec<Value> {
     let hotel = Arc::clone(&site.hotel);
-    hotel.refuse(RESERVATIONS);
     let first = hotel.create_key_command(false);
-    let daemon = spawn_relay(&site, &site.config("[catch_up]\nreservations = true\n"));
+    let daemon = spawn_relay(site, &site.config("[catch_up]\nreservations = true\n"));
     let conn = site.server.next().await;
     let got = wait_for_lines(&site.out, 1).await;
     assert_eq!(
@@ -91,6 +89,18 @@ async fn a_403_on_reservations_leaves_the_commands_catch_up_working() {
         2,
         "one try per connection, not hammered"
     );
+    logs
+}
+
+/// A 403 on `reservations/getAll` refuses that step only: active commands are still caught
+/// up, on this connection and the next; the refusal is logged once with Mews's `Message` and
+/// `Request-Id`, and the refused step is not called again on the same connection.
+#[tokio::test]
+async fn a_403_on_reservations_leaves_the_commands_catch_up_working() {
+    let mut site = Site::start().await;
+    let hotel = Arc::clone(&site.hotel);
+    hotel.refuse(RESERVATIONS);
+    let logs = catch_up_twice_with_reservations_refused(&mut site).await;
     let refused = logged(&logs, "WARN", 403);
     assert_eq!(refused.len(), 1, "once until it succeeds: {refused:?}");
     let fields = &refused[0]["fields"];
@@ -260,30 +270,8 @@ async fn throttled_calls_without_retry_after_wait_longer_each_time() {
 #[tokio::test]
 async fn a_401_for_one_operation_leaves_the_other_catch_up_steps_working() {
     let mut site = Site::start().await;
-    let hotel = Arc::clone(&site.hotel);
-    hotel.deny_permission(RESERVATIONS);
-    let first = hotel.create_key_command(false);
-    let daemon = spawn_relay(&site, &site.config("[catch_up]\nreservations = true\n"));
-    let conn = site.server.next().await;
-    let got = wait_for_lines(&site.out, 1).await;
-    assert_eq!(
-        (got[0]["id"].as_str(), got[0]["origin"].as_str()),
-        (Some(first.as_str()), Some("catch_up"))
-    );
-    wait_until("reservations were denied", || {
-        calls(&hotel, RESERVATIONS) == 1
-    })
-    .await;
-    let second = hotel.create_key_command(false);
-    conn.reset();
-    let _conn = site.server.next().await;
-    let got = wait_for_lines(&site.out, 2).await;
-    assert_eq!(got[1]["id"], second.as_str());
-    wait_until("the next connection asked for reservations again", || {
-        calls(&hotel, RESERVATIONS) == 2
-    })
-    .await;
-    let logs = stop(daemon).await;
+    site.hotel.deny_permission(RESERVATIONS);
+    let logs = catch_up_twice_with_reservations_refused(&mut site).await;
     let denied = logged(&logs, "ERROR", 401);
     assert_eq!(denied.len(), 1, "one ERROR per property: {denied:?}");
     assert_eq!(denied[0]["fields"]["operation"], RESERVATIONS);

@@ -321,6 +321,36 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// Hands `text` to the running relay as a reloaded config (what SIGHUP does with the
+    /// file).
+    pub fn reload(&self, text: &str) {
+        let settings = mews_relay::config::Settings::from_toml(
+            text,
+            std::path::Path::new("test.toml"),
+            &mews_relay::config::CredentialsDir::default(),
+        )
+        .unwrap();
+        self.relay
+            .steer
+            .reloads
+            .request(Ok(std::sync::Arc::new(settings)));
+    }
+
+    /// [`Harness::reload`], then waits until the relay says the reload changed `what`.
+    pub async fn reload_changing(&self, text: &str, what: &str) {
+        self.reload(text);
+        wait_until("the reload is applied", || {
+            self.relay
+                .stats
+                .last_reload
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_some_and(|r| r.outcome.as_ref().is_ok_and(|c| c.contains(what)))
+        })
+        .await;
+    }
+
     pub async fn start() -> Harness {
         Self::start_with(|config| config).await
     }
