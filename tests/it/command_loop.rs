@@ -38,6 +38,40 @@ fn api_tables() -> (String, String) {
     )
 }
 
+/// A relay with `[api]` whose file sink "keys" has delivered one Pending key command `id`.
+struct Delivered {
+    site: Site,
+    hotel: Arc<Hotel>,
+    relay: Relay,
+    /// The API's base URL.
+    base: String,
+    id: String,
+    /// The WebSocket, kept open.
+    _conn: Conn,
+}
+
+impl Delivered {
+    async fn start() -> Delivered {
+        let mut site = Site::start().await;
+        let hotel = Arc::clone(&site.hotel);
+        let (api, base) = api_tables();
+        let relay = Relay::start(&keys_config(&site, &api));
+        let mut conn = site.server.next().await;
+        api_up(&base).await;
+        let id = hotel.create_key_command(false);
+        conn.send(&live_command(&id, "Pending")).await;
+        wait_for_lines(&site.out, 1).await;
+        Delivered {
+            site,
+            hotel,
+            relay,
+            base,
+            id,
+            _conn: conn,
+        }
+    }
+}
+
 /// POSTs a state to the API; returns the status and the JSON body.
 async fn post(base: &str, id: &str, token: Option<&str>, body: &str) -> (u16, Value) {
     let mut request = http_client()
@@ -198,15 +232,14 @@ async fn received_is_not_set_before_delivery_nor_for_a_dead_letter() {
 /// final state; `GET` shows Mews's answer with its `Request-Id`.
 #[tokio::test]
 async fn the_api_checks_requests_and_applies_states_in_mews() {
-    let mut site = Site::start().await;
-    let hotel = Arc::clone(&site.hotel);
-    let (api, base) = api_tables();
-    let relay = Relay::start(&keys_config(&site, &api));
-    let mut conn = site.server.next().await;
-    api_up(&base).await;
-    let id = hotel.create_key_command(false);
-    conn.send(&live_command(&id, "Pending")).await;
-    wait_for_lines(&site.out, 1).await;
+    let Delivered {
+        site: _site,
+        hotel,
+        relay,
+        base,
+        id,
+        _conn,
+    } = Delivered::start().await;
 
     let processing = r#"{"State":"Processing","Progress":0.5}"#;
     assert_eq!(post(&base, &id, None, processing).await.0, 401);
@@ -400,15 +433,14 @@ async fn the_command_line_sets_states_through_the_running_relay() {
 /// was applied — once, and shown as accepted.
 #[tokio::test]
 async fn an_update_whose_answer_is_lost_after_mews_applied_it_counts_as_applied_once() {
-    let mut site = Site::start().await;
-    let hotel = Arc::clone(&site.hotel);
-    let (api, base) = api_tables();
-    let relay = Relay::start(&keys_config(&site, &api));
-    let mut conn = site.server.next().await;
-    api_up(&base).await;
-    let id = hotel.create_key_command(false);
-    conn.send(&live_command(&id, "Pending")).await;
-    wait_for_lines(&site.out, 1).await;
+    let Delivered {
+        site: _site,
+        hotel,
+        relay,
+        base,
+        id,
+        _conn,
+    } = Delivered::start().await;
 
     hotel.time_out_after_applying(1);
     let done = r#"{"State":"Processed","Notes":"2 keys cut"}"#;
