@@ -153,6 +153,12 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// A gauge with one sample.
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    family(out, name, "gauge", help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
 /// A family of one figure per property or per sink: name, type, help, and how to read the
 /// figure (none: no sample for that one).
 type Family<T> = (
@@ -322,38 +328,23 @@ pub fn render(stats: &Stats) -> String {
             "mews_relay_listener_refusals_total{{listener=\"{listener}\",reason=\"{reason}\"}} {n}"
         );
     }
-    family(
+    gauge(
         &mut out,
         "mews_relay_journal_ok",
-        "gauge",
         "1 while the journal stores records; 0 while writes fail or its file was deleted or replaced (/readyz says why).",
+        u64::from(stats.journal.is_ok()),
     );
-    let _ = writeln!(
-        out,
-        "mews_relay_journal_ok {}",
-        u8::from(stats.journal.is_ok())
-    );
-    family(
+    gauge(
         &mut out,
         "mews_relay_journal_bytes",
-        "gauge",
         "Bytes of records held in the journal.",
+        Stats::get(&stats.journal_bytes),
     );
-    let _ = writeln!(
-        out,
-        "mews_relay_journal_bytes {}",
-        Stats::get(&stats.journal_bytes)
-    );
-    family(
+    gauge(
         &mut out,
         "mews_relay_command_updates_waiting",
-        "gauge",
         "Command state updates in the journal's outbox that Mews has not answered yet.",
-    );
-    let _ = writeln!(
-        out,
-        "mews_relay_command_updates_waiting {}",
-        Stats::get(&stats.command_updates_waiting)
+        Stats::get(&stats.command_updates_waiting),
     );
     let properties = stats
         .properties
