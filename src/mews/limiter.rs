@@ -24,6 +24,33 @@ struct LimiterState {
     blocked_until: Option<Instant>,
 }
 
+impl LimiterState {
+    /// The earliest start from `now` that keeps the budget and `Retry-After`.
+    fn earliest(&self, now: Instant) -> Instant {
+        let mut at = now;
+        if let Some(until) = self.blocked_until {
+            at = at.max(until);
+        }
+        if let Some(last) = self.starts.back() {
+            at = at.max(*last);
+        }
+        if self.starts.len() >= self.limit
+            && let Some(oldest) = self.starts.front()
+        {
+            at = at.max(*oldest + self.window);
+        }
+        at
+    }
+
+    /// Records a start at `at` (the oldest leaves once the budget is full).
+    fn take(&mut self, at: Instant) {
+        if self.starts.len() >= self.limit {
+            self.starts.pop_front();
+        }
+        self.starts.push_back(at);
+    }
+}
+
 impl Limiter {
     /// At most `limit` requests in any `window`.
     pub fn new(limit: u32, window: Duration) -> Self {
@@ -40,38 +67,28 @@ impl Limiter {
     /// Reserves the earliest start that keeps the budget; the caller waits until then.
     pub fn reserve(&self) -> Instant {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut at = Instant::now();
-        if let Some(until) = s.blocked_until {
-            at = at.max(until);
-        }
-        if let Some(last) = s.starts.back() {
-            at = at.max(*last);
-        }
-        if s.starts.len() >= s.limit
-            && let Some(oldest) = s.starts.pop_front()
-        {
-            at = at.max(oldest + s.window);
-        }
-        s.starts.push_back(at);
+        let at = s.earliest(Instant::now());
+        s.take(at);
         at
+    }
+
+    /// Starts a request now if the budget allows it; else how long until it would (a server
+    /// refusing with 429 and `Retry-After`, as the simulator does).
+    pub fn try_start(&self) -> Result<(), Duration> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let at = s.earliest(now);
+        if at > now {
+            return Err(at - now);
+        }
+        s.take(now);
+        Ok(())
     }
 
     /// The earliest a request could start now (budget and `Retry-After`), without reserving it.
     pub fn next_start(&self) -> Instant {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut at = Instant::now();
-        if let Some(until) = s.blocked_until {
-            at = at.max(until);
-        }
-        if let Some(last) = s.starts.back() {
-            at = at.max(*last);
-        }
-        if s.starts.len() >= s.limit
-            && let Some(oldest) = s.starts.front()
-        {
-            at = at.max(*oldest + s.window);
-        }
-        at
+        s.earliest(Instant::now())
     }
 
     /// Nothing starts before `until` (Mews said 429 with `Retry-After`).

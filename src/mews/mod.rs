@@ -4,7 +4,7 @@
 pub mod catch_up;
 pub mod client;
 pub mod enrich;
-mod limiter;
+pub(crate) mod limiter;
 pub mod update;
 
 use std::sync::Arc;

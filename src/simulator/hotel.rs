@@ -163,8 +163,8 @@ pub struct Hotel {
     /// Messages for connected WebSockets (command events caused by REST or `/sim/commands`).
     live: broadcast::Sender<Live>,
     calls: AtomicU64,
-    /// Start times of each AccessToken's calls in the last 30 s (Mews's request limit).
-    recent: Mutex<HashMap<String, VecDeque<std::time::Instant>>>,
+    /// Mews's request limit, per AccessToken.
+    limits: Mutex<HashMap<String, crate::mews::limiter::Limiter>>,
     log: Mutex<Vec<Call>>,
     updates: Mutex<Vec<CommandUpdate>>,
     connected: std::sync::atomic::AtomicUsize,
@@ -250,7 +250,7 @@ impl Hotel {
             }),
             live,
             calls: AtomicU64::new(0),
-            recent: Mutex::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
             log: Mutex::new(Vec::new()),
             updates: Mutex::new(Vec::new()),
             connected: std::sync::atomic::AtomicUsize::new(0),

@@ -86,29 +86,18 @@ pub(in crate::simulator) const RATE_WINDOW: std::time::Duration =
 
 impl Hotel {
     /// Mews's request limit, always on: past 200 calls of one AccessToken in 30 s, 429 with
-    /// `Retry-After` (the seconds until the oldest call leaves the window).
+    /// `Retry-After` (the seconds until the oldest call leaves the window). The window is the
+    /// relay's own [`Limiter`](crate::mews::limiter::Limiter), refusing instead of waiting.
     fn rate_limit(&self, body: &Value) -> Result<(), Refusal> {
         let token = body["AccessToken"].as_str().unwrap_or_default();
-        let now = std::time::Instant::now();
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let calls = recent.entry(token.to_owned()).or_default();
-        while calls
-            .front()
-            .is_some_and(|at| now.duration_since(*at) >= RATE_WINDOW)
-        {
-            calls.pop_front();
-        }
-        if calls.len() >= RATE_LIMIT {
-            let free_in = calls
-                .front()
-                .map_or(RATE_WINDOW, |at| RATE_WINDOW - now.duration_since(*at));
-            return Err(Refusal {
-                retry_after: Some(free_in.as_secs_f64().ceil().max(1.0) as u64),
-                ..Refusal::new(429, "Too many requests.")
-            });
-        }
-        calls.push_back(now);
-        Ok(())
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        let limiter = limits
+            .entry(token.to_owned())
+            .or_insert_with(|| crate::mews::limiter::Limiter::new(RATE_LIMIT as u32, RATE_WINDOW));
+        limiter.try_start().map_err(|wait| Refusal {
+            retry_after: Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+            ..Refusal::new(429, "Too many requests.")
+        })
     }
 
     /// Answers one REST call (tokens and `Client` already checked by the HTTP side).
