@@ -2,10 +2,11 @@
 //! around them (a position per sink, dedupe keys, pending records, marks, the command loop) in
 //! redb (`journal.redb`), pruning behind every sink.
 //!
-//! Producers hand records to [`Journal::append`]; one writer, on its own thread, appends
-//! whatever arrived meanwhile with one write and one `fdatasync` (group commit), then publishes
-//! the new last seq and keeps the fresh records in memory ([`tail`]) for sinks that keep up.
-//! Sinks only ever see committed records.
+//! Producers queue records ([`Journal::append`], [`Journal::queue`]); one commit at a time
+//! appends whatever is queued with one durable write (group commit), then publishes the new last
+//! seq and keeps the fresh records in memory ([`tail`]) for sinks that keep up. Sinks only ever
+//! see committed records. Commits run on the writer's own thread, or on a WebSocket reader's
+//! that has read all its socket holds and finds no commit running (`writer/serve.rs`).
 
 mod claims;
 pub mod commands;
@@ -34,7 +35,6 @@ pub use writer::{JournalWriter, Note, Settle};
 
 pub(crate) use positions::Positions;
 use store::Store;
-use writer::Op;
 
 /// File name of the journal inside `state.dir`.
 pub const FILE_NAME: &str = "journal.redb";
@@ -84,7 +84,7 @@ pub struct SinkStart {
 #[derive(Clone)]
 pub struct Journal {
     store: Arc<Store>,
-    ops: mpsc::Sender<Op>,
+    link: Arc<ops::Link>,
     committed: watch::Receiver<u64>,
     visible: watch::Receiver<u64>,
     cursors: Arc<HashMap<String, u64>>,
@@ -132,20 +132,9 @@ impl Journal {
         let pruned = Arc::new(std::sync::atomic::AtomicU64::new(
             opened.cursors.values().copied().min().unwrap_or(0),
         ));
-        let journal = Journal {
-            pruned: Arc::clone(&pruned),
-            tail: Arc::clone(&tail),
+        let (cursors, journal_id) = (opened.cursors.clone(), opened.journal_id);
+        let core = writer::Core::new(writer::Setup {
             store: Arc::clone(&store),
-            ops: ops_tx,
-            committed: committed_rx,
-            visible: visible_rx,
-            cursors: Arc::new(opened.cursors.clone()),
-            positions: positions.clone(),
-            shed: Arc::new(shed_rx),
-            journal_id: opened.journal_id,
-        };
-        let writer = JournalWriter::new(writer::Setup {
-            store,
             ops: ops_rx,
             committed: committed_tx,
             visible: visible_tx,
@@ -153,10 +142,24 @@ impl Journal {
             max_bytes,
             shed: shed_tx,
             stats,
-            tail,
-            pruned,
-            positions,
+            tail: Arc::clone(&tail),
+            pruned: Arc::clone(&pruned),
+            positions: positions.clone(),
         });
+        let shared = writer::Shared::new(core);
+        let journal = Journal {
+            pruned,
+            tail,
+            store,
+            link: Arc::new(ops::Link::new(ops_tx, Arc::clone(&shared))),
+            committed: committed_rx,
+            visible: visible_rx,
+            cursors: Arc::new(cursors),
+            positions,
+            shed: Arc::new(shed_rx),
+            journal_id,
+        };
+        let writer = JournalWriter::new(shared);
         Ok((journal, writer))
     }
 }

@@ -5,25 +5,92 @@ use std::collections::HashMap;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::writer::{Append, Op};
+use std::sync::Arc;
+
+use super::writer::{Append, Op, Shared};
 use super::{Entry, Journal, JournalError, Note, Settle, SinkStart, commands};
 use crate::record::Record;
 
+/// A handle's way to the writer: its queue, and the bell that wakes the writer's thread.
+pub(super) struct Link {
+    ops: Option<mpsc::Sender<Op>>,
+    shared: Option<Arc<Shared>>,
+    bell: Arc<tokio::sync::Notify>,
+}
+
+impl Link {
+    pub(super) fn new(ops: mpsc::Sender<Op>, shared: Arc<Shared>) -> Link {
+        Link {
+            ops: Some(ops),
+            bell: shared.bell(),
+            shared: Some(shared),
+        }
+    }
+
+    fn shared(&self) -> &Shared {
+        self.shared.as_deref().expect("set until dropped")
+    }
+}
+
+impl Drop for Link {
+    /// The last handle is gone: the writer's thread wakes to find its queue closed, and holds
+    /// the last reference to the journal, which it closes before its `run` returns.
+    fn drop(&mut self) {
+        self.ops = None;
+        self.shared = None;
+        self.bell.notify_one();
+    }
+}
+
 impl Journal {
+    /// Queues a request and wakes the writer's thread. Waits only when the writer is far behind.
+    pub(super) async fn send(&self, op: Op) -> Result<(), JournalError> {
+        let ops = self.link.ops.as_ref().ok_or(JournalError::Closed)?;
+        ops.send(op).await.map_err(|_| JournalError::Closed)?;
+        self.link.shared().kick();
+        Ok(())
+    }
+
     /// Queues records for the next group commit. Waits only when the writer is far behind.
     pub async fn append(&self, records: Vec<Record>) -> Result<(), JournalError> {
         if records.is_empty() {
             return Ok(());
         }
-        let entries = records.into_iter().map(Entry::Record).collect();
-        self.ops
-            .send(Op::Append(Append {
-                entries,
-                unheal: Vec::new(),
-                waiter: None,
-            }))
-            .await
-            .map_err(|_| JournalError::Closed)
+        self.send(unwaited(records)).await
+    }
+
+    /// Queues records for the next group commit, as [`Journal::append`], but leaves the commit
+    /// to the caller's [`Journal::commit_queued`] (a WebSocket reader calls it once its socket
+    /// holds nothing more) — unless `burst` (more came before it did): then the writer's thread
+    /// commits them, in groups, while the reader goes on.
+    pub async fn queue(&self, records: Vec<Record>, burst: bool) -> Result<(), JournalError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let ops = self.link.ops.as_ref().ok_or(JournalError::Closed)?;
+        match ops.try_send(unwaited(records)) {
+            Ok(()) if !burst => return Ok(()),
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(op)) => {
+                self.link.shared().kick();
+                ops.send(op).await.map_err(|_| JournalError::Closed)?;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(JournalError::Closed),
+        }
+        self.link.shared().kick();
+        Ok(())
+    }
+
+    /// Commits the records queued on the calling thread if no commit is running, or else has
+    /// the writer's thread commit them next (see `writer/serve.rs`). Never waits.
+    pub fn commit_queued(&self) {
+        self.link.shared().commit_queued();
+    }
+
+    /// Wakes the writer's thread to commit what is queued (a reader that stops before it
+    /// called [`Journal::commit_queued`]).
+    pub fn kick(&self) {
+        self.link.shared().kick();
     }
 
     /// Appends and waits for the durable commit; returns the last seq given.
@@ -38,14 +105,12 @@ impl Journal {
         unheal: Vec<String>,
     ) -> Result<u64, JournalError> {
         let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(Op::Append(Append {
-                entries,
-                unheal,
-                waiter: Some(tx),
-            }))
-            .await
-            .map_err(|_| JournalError::Closed)?;
+        self.send(Op::Append(Append {
+            entries,
+            unheal,
+            waiter: Some(tx),
+        }))
+        .await?;
         rx.await.map_err(|_| JournalError::Closed)?
     }
 
@@ -56,10 +121,7 @@ impl Journal {
         property: &str,
     ) -> Result<mpsc::UnboundedReceiver<Note>, JournalError> {
         let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(Op::Claim(property.to_owned(), tx))
-            .await
-            .map_err(|_| JournalError::Closed)?;
+        self.send(Op::Claim(property.to_owned(), tx)).await?;
         rx.await.map_err(|_| JournalError::Closed)
     }
 
@@ -67,10 +129,8 @@ impl Journal {
     /// with `reason` as their `enrich_error`.
     pub async fn release_unclaimed(&self, reason: &str) -> Result<(), JournalError> {
         let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(Op::ReleaseUnclaimed(reason.to_owned(), tx))
-            .await
-            .map_err(|_| JournalError::Closed)?;
+        self.send(Op::ReleaseUnclaimed(reason.to_owned(), tx))
+            .await?;
         rx.await.map_err(|_| JournalError::Closed)
     }
 
@@ -79,10 +139,7 @@ impl Journal {
         if settled.is_empty() {
             return Ok(());
         }
-        self.ops
-            .send(Op::Settle(settled))
-            .await
-            .map_err(|_| JournalError::Closed)
+        self.send(Op::Settle(settled)).await
     }
 
     /// Records a sink's progress; persisted with the next commit (at the latest within a second).
@@ -103,10 +160,7 @@ impl Journal {
             // Stored with the next sync, within a second: no message, no wake-up.
             return Ok(());
         }
-        self.ops
-            .send(Op::Acks(acks))
-            .await
-            .map_err(|_| JournalError::Closed)
+        self.send(Op::Acks(acks)).await
     }
 
     /// A key system's request to change a command's state: queued durably (the outcome says
@@ -116,19 +170,13 @@ impl Journal {
         request: commands::Request,
     ) -> Result<commands::RequestOutcome, JournalError> {
         let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(Op::Request(request, tx))
-            .await
-            .map_err(|_| JournalError::Closed)?;
+        self.send(Op::Request(request, tx)).await?;
         rx.await.map_err(|_| JournalError::Closed)?
     }
 
     /// Records Mews's answer to an outgoing update (it leaves the outbox).
     pub async fn answered(&self, answered: commands::Answered) -> Result<(), JournalError> {
-        self.ops
-            .send(Op::Answered(answered))
-            .await
-            .map_err(|_| JournalError::Closed)
+        self.send(Op::Answered(answered)).await
     }
 
     /// Takes the outgoing command updates of `property`: those waiting, then each new one.
@@ -137,20 +185,14 @@ impl Journal {
         property: &str,
     ) -> Result<mpsc::UnboundedReceiver<commands::Outgoing>, JournalError> {
         let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(Op::ClaimUpdates(property.to_owned(), tx))
-            .await
-            .map_err(|_| JournalError::Closed)?;
+        self.send(Op::ClaimUpdates(property.to_owned(), tx)).await?;
         rx.await.map_err(|_| JournalError::Closed)
     }
 
     /// Commits everything queued so far, durably; an error if that commit failed.
     pub async fn flush(&self) -> Result<(), JournalError> {
         let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(Op::Flush(tx))
-            .await
-            .map_err(|_| JournalError::Closed)?;
+        self.send(Op::Flush(tx)).await?;
         rx.await.map_err(|_| JournalError::Closed)?
     }
 
@@ -158,10 +200,7 @@ impl Journal {
     /// never answers (the watchdog relies on this).
     pub async fn ping(&self) -> Result<(), JournalError> {
         let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(Op::Ping(tx))
-            .await
-            .map_err(|_| JournalError::Closed)?;
+        self.send(Op::Ping(tx)).await?;
         rx.await.map_err(|_| JournalError::Closed)
     }
 
@@ -175,20 +214,23 @@ impl Journal {
         sinks: Vec<String>,
     ) -> Result<HashMap<String, SinkStart>, JournalError> {
         let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(Op::Sinks(sinks, tx))
-            .await
-            .map_err(|_| JournalError::Closed)?;
+        self.send(Op::Sinks(sinks, tx)).await?;
         rx.await.map_err(|_| JournalError::Closed)?
     }
 
     /// Sets a catch-up mark durably; call it after the records it covers are committed.
     pub async fn set_mark(&self, name: &str, at: u64) -> Result<(), JournalError> {
         let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(Op::Mark(name.to_owned(), at, tx))
-            .await
-            .map_err(|_| JournalError::Closed)?;
+        self.send(Op::Mark(name.to_owned(), at, tx)).await?;
         rx.await.map_err(|_| JournalError::Closed)?
     }
+}
+
+/// Records nobody waits for (a WebSocket's events).
+fn unwaited(records: Vec<Record>) -> Op {
+    Op::Append(Append {
+        entries: records.into_iter().map(Entry::Record).collect(),
+        unheal: Vec::new(),
+        waiter: None,
+    })
 }

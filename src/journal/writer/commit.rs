@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::batch::Batch;
-use super::{JournalWriter, Note, Settle, Waiter};
+use super::{Core, Note, Settle, Waiter};
 use crate::journal::JournalError;
 use crate::journal::commands::Request;
 use crate::journal::store::{CommandWork, Commit, Committed, Seen, Settled};
@@ -16,10 +16,10 @@ use crate::stats::Stats;
 /// Dedupe keys older than the window are forgotten this often.
 const FORGET_EVERY: Duration = Duration::from_secs(600);
 
-impl JournalWriter {
+impl Core {
     /// Stores a batch in one commit (`sync`: with the cursors, durably) and answers everyone
     /// waiting on it.
-    pub(super) async fn commit(&mut self, batch: Batch, sync: bool) {
+    pub(super) fn commit(&mut self, batch: Batch, sync: bool) {
         let Batch {
             records,
             unwaited,
@@ -78,7 +78,7 @@ impl JournalWriter {
                 answered,
             },
         };
-        let Some((result, commit)) = self.run_commit(commit).await else {
+        let Some((result, commit)) = self.run_commit(commit) else {
             for done in flushes {
                 let _ = done.send(Err(JournalError::Write("journal commit panicked".into())));
             }
@@ -111,8 +111,7 @@ impl JournalWriter {
                 }
                 let mut commit = commit;
                 commit.settled.clear();
-                self.committed_ok(commit, committed, waiters, Vec::new())
-                    .await;
+                self.committed_ok(commit, committed, waiters, Vec::new());
                 Err(message)
             }
             Ok(mut committed) => {
@@ -125,7 +124,7 @@ impl JournalWriter {
                 if forget {
                     self.last_forget = Some(std::time::Instant::now());
                 }
-                self.committed_ok(commit, committed, waiters, settled).await;
+                self.committed_ok(commit, committed, waiters, settled);
                 for done in mark_waiters {
                     let _ = done.send(Ok(()));
                 }
@@ -143,7 +142,7 @@ impl JournalWriter {
                 for reply in replies {
                     let _ = reply.send(Err(JournalError::Write(message.clone())));
                 }
-                self.failed(&err, &commit, unwaited, waiters, settled).await;
+                self.failed(&err, &commit, unwaited, waiters, settled);
                 for done in mark_waiters {
                     let _ = done.send(Err(JournalError::Write(message.clone())));
                 }
@@ -156,16 +155,14 @@ impl JournalWriter {
     }
 
     /// Runs the transaction; `None` if it panicked (logged).
-    async fn run_commit(
-        &self,
-        commit: Commit,
-    ) -> Option<(Result<Committed, JournalError>, Commit)> {
+    fn run_commit(&self, commit: Commit) -> Option<(Result<Committed, JournalError>, Commit)> {
         // Nothing goes into a file that is no longer at the journal's path: after a restart it
         // would be gone (see `trouble`).
         if let Some(problem) = self.stats.journal.file_problem() {
             return Some((Err(JournalError::Gone(problem.to_string())), commit));
         }
-        // The writer has its own thread: the commit runs right here.
+        // The commit runs right here, blocking: on the writer's thread, or on a reader's that
+        // found no commit running (see `serve`), where it is what the reader waits for anyway.
         let store = Arc::clone(&self.store);
         let at = self.last_seq;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
@@ -183,7 +180,7 @@ impl JournalWriter {
 
     /// After a successful commit: counters, waiters, pending records to their enrichers, and
     /// the new committed and visible seqs.
-    async fn committed_ok(
+    fn committed_ok(
         &mut self,
         commit: Commit,
         committed: Committed,
@@ -294,9 +291,6 @@ impl JournalWriter {
         for (waiter, upto) in waiters {
             let before = dropped.iter().filter(|&&i| i < upto).count();
             let _ = waiter.send(Ok(first + (upto - before) as u64));
-        }
-        if self.live_bytes() > self.max_bytes {
-            self.shed_oldest().await;
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod batch;
 mod commit;
+mod serve;
 mod sinks;
 mod trouble;
 
@@ -21,6 +22,8 @@ use super::value::Entry;
 use crate::record::Record;
 use crate::stats::Stats;
 use batch::Batch;
+pub use serve::JournalWriter;
+pub(super) use serve::Shared;
 use trouble::Outage;
 
 /// Queue depth: how many appends may wait while a commit runs before producers wait too.
@@ -96,9 +99,9 @@ pub(super) enum Op {
 /// Where each sink new to the journal starts, or why the sinks could not be set.
 pub(super) type SinksSet = Result<HashMap<String, super::SinkStart>, JournalError>;
 
-/// The task that owns all writes. Run it with [`JournalWriter::run`]; it ends when every
-/// [`super::Journal`] handle is dropped, after a last durable commit.
-pub struct JournalWriter {
+/// Everything the writer keeps: one group commit at a time runs under the lock around it
+/// (see [`serve`]), on the writer's thread or on a WebSocket reader's that found it free.
+pub(crate) struct Core {
     store: Arc<Store>,
     ops: mpsc::Receiver<Op>,
     committed: watch::Sender<u64>,
@@ -137,11 +140,17 @@ pub struct JournalWriter {
     /// Settles refused while the journal file is gone: handed back if it comes back.
     parked: Vec<Note>,
     dedupe_window: Duration,
+    /// Set once the writer runs with its settings: before, only its thread commits.
+    serving: bool,
+    /// How many records the last group commit took.
+    last_batch: usize,
+    /// The request a reader's commit stopped at: the writer's thread takes it first.
+    carry: Option<Op>,
     last_forget: Option<std::time::Instant>,
 }
 
 /// What [`JournalWriter::new`] needs.
-pub(super) struct Setup {
+pub(in crate::journal) struct Setup {
     pub store: Arc<Store>,
     pub ops: mpsc::Receiver<Op>,
     pub committed: watch::Sender<u64>,
@@ -155,8 +164,8 @@ pub(super) struct Setup {
     pub positions: super::Positions,
 }
 
-impl JournalWriter {
-    pub(super) fn new(setup: Setup) -> Self {
+impl Core {
+    pub(in crate::journal) fn new(setup: Setup) -> Self {
         // A journal opened again (a reload, e.g. after its file was put back) starts healthy.
         setup.stats.journal.set_file(None);
         setup.stats.journal.set_writes(None);
@@ -181,7 +190,7 @@ impl JournalWriter {
                 ),
             }
         }
-        JournalWriter {
+        Core {
             store: setup.store,
             ops: setup.ops,
             committed: setup.committed,
@@ -209,104 +218,11 @@ impl JournalWriter {
             outage: None,
             parked: Vec::new(),
             dedupe_window: crate::config::defaults::DEDUPE_WINDOW,
+            serving: false,
+            last_batch: 0,
+            carry: None,
             last_forget: None,
         }
-    }
-
-    /// Tracks every DeviceCommand record for the command loop (`[commands]`, `[api]`).
-    pub fn track_commands(mut self, on: bool) -> Self {
-        self.track_commands = on;
-        self
-    }
-
-    /// How long dedupe keys are remembered (`catch_up.dedupe_window`; default 24 h).
-    pub fn dedupe_window(mut self, window: Duration) -> Self {
-        self.dedupe_window = window;
-        self
-    }
-
-    /// Commits until every handle is gone.
-    /// Runs the writer on a thread of its own (commits block in `fdatasync`; on its own thread
-    /// they hold up no other task and need no hand-off), until every handle is gone.
-    pub async fn run(self) {
-        let (done_tx, done_rx) = oneshot::channel();
-        let thread = std::thread::Builder::new()
-            .name("journal-writer".into())
-            .spawn(move || {
-                // Timers only: without an I/O driver the thread sleeps on a futex, not in
-                // `epoll_wait`, and a hand-off wakes it without an eventfd write.
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build();
-                match runtime {
-                    Ok(runtime) => runtime.block_on(self.serve()),
-                    Err(err) => tracing::error!(error = %err, "cannot start the journal writer"),
-                }
-                let _ = done_tx.send(());
-            });
-        match thread {
-            Ok(_) => {
-                let _ = done_rx.await;
-            }
-            Err(err) => tracing::error!(error = %err, "cannot start the journal writer's thread"),
-        }
-    }
-
-    /// The writer's loop: group commits, cursor syncs, checks of the journal file.
-    async fn serve(mut self) {
-        let mut sync = tokio::time::interval(CURSOR_SYNC_AFTER);
-        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        sync.reset();
-        let mut check = tokio::time::interval(CHECK_EVERY);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        check.reset();
-        let mut last_batch = 0;
-        loop {
-            let first = tokio::select! {
-                op = self.ops.recv() => op,
-                _ = sync.tick() => {
-                    if self.dirty() {
-                        self.commit(Batch::default(), true).await;
-                    }
-                    continue;
-                }
-                _ = check.tick() => {
-                    self.check().await;
-                    continue;
-                }
-            };
-            let Some(first) = first else { break };
-            // As many slots as the last batch had records: a burst grows the vector once.
-            let mut batch = Batch {
-                records: Vec::with_capacity(last_batch),
-                ..Batch::default()
-            };
-            batch.add(first);
-            while batch.records.len() < MAX_BATCH_RECORDS && batch.claims.is_empty() {
-                match self.ops.try_recv() {
-                    Ok(op) => batch.add(op),
-                    Err(_) => break,
-                }
-            }
-            last_batch = batch.records.len();
-            let pings = std::mem::take(&mut batch.pings);
-            let claims = std::mem::take(&mut batch.claims);
-            if batch.writes() {
-                let sync = batch.sync();
-                self.commit(batch, sync).await;
-            }
-            for op in claims {
-                self.claim_or_release(op).await;
-            }
-            for ping in pings {
-                let _ = ping.send(());
-            }
-        }
-        if self.dirty() {
-            self.commit(Batch::default(), true).await;
-        }
-        self.put_back_if_gone().await;
-        tracing::debug!(last_seq = self.last_seq, "journal writer stopped");
     }
 
     /// Every sink's cursor now.
@@ -321,7 +237,7 @@ impl JournalWriter {
     }
 
     /// An enricher claims a property's pending records, or the unclaimed ones are released.
-    async fn claim_or_release(&mut self, op: Op) {
+    fn claim_or_release(&mut self, op: Op) {
         match op {
             Op::Claim(property, reply) => {
                 let _ = reply.send(self.notes.claim(property));
@@ -358,7 +274,7 @@ impl JournalWriter {
                         settled,
                         ..Batch::default()
                     };
-                    self.commit(batch, true).await;
+                    self.commit(batch, true);
                 }
                 let _ = done.send(());
             }
@@ -378,16 +294,16 @@ impl JournalWriter {
 
     /// Over `max_bytes`: the sinks holding the journal back dead-letter their oldest records
     /// until it is back under 90 % of the limit.
-    async fn shed_oldest(&mut self) {
+    fn shed_if_over(&mut self) {
+        if self.live_bytes() <= self.max_bytes {
+            return;
+        }
         let min = self.min_cursor();
         let excess = self.live_bytes() - self.max_bytes / 10 * 9;
-        let store = Arc::clone(&self.store);
-        let target =
-            match tokio::task::spawn_blocking(move || store.seq_covering(min, excess)).await {
-                Ok(Ok(seq)) => seq,
-                Ok(Err(err)) => return tracing::warn!(error = %err, "cannot size the journal"),
-                Err(err) => return tracing::warn!(error = %err, "sizing the journal panicked"),
-            };
+        let target = match self.store.seq_covering(min, excess) {
+            Ok(seq) => seq,
+            Err(err) => return tracing::warn!(error = %err, "cannot size the journal"),
+        };
         let target = target.min(self.visible_seq());
         if target <= self.shed_to {
             return; // already under way

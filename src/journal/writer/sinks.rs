@@ -5,9 +5,9 @@ use std::collections::HashMap;
 
 use tokio::sync::watch;
 
-use super::{JournalWriter, SinksSet};
+use super::{Core, SinksSet};
 
-impl JournalWriter {
+impl Core {
     /// Makes `names` the sinks: a new one starts after the last committed record (stored
     /// durably first, as at open); one no longer listed holds nothing back any more.
     pub(super) fn set_sinks(&mut self, names: Vec<String>) -> SinksSet {

@@ -2,10 +2,9 @@
 //! replaced under the running relay, and getting back to storing. The writer records each in
 //! [`crate::journal::JournalHealth`], logs one error with the fix, and counts only what is lost.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{JournalWriter, Note, Settle, Waiter};
+use super::{Core, Note, Settle, Waiter};
 use crate::journal::JournalError;
 use crate::journal::health::FileProblem;
 use crate::journal::store::Commit;
@@ -14,7 +13,7 @@ use crate::stats::Stats;
 
 /// A run of failed commits, reported once at its start, then every [`REPORT_EVERY`].
 pub(super) struct Outage {
-    /// Records lost since it began (see [`JournalWriter::failed`]).
+    /// Records lost since it began (see [`Core::failed`]).
     pub lost: u64,
     last_report: Instant,
     /// The last failure, for a flush that asks whether everything is stored.
@@ -24,12 +23,12 @@ pub(super) struct Outage {
 /// While commits keep failing, a summary is logged this often.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
-impl JournalWriter {
+impl Core {
     /// After a failed commit. Records nobody waits for (WebSocket events) are lost and counted
     /// in `records_lost`; those whose sender is told (a webhook answered 503, a catch-up step,
     /// a dead-letter replay) are counted in `records_refused` and come again. Waiters are
     /// told, settles handed back to be tried again, redb reopened after an I/O error.
-    pub(super) async fn failed(
+    pub(super) fn failed(
         &mut self,
         err: &JournalError,
         commit: &Commit,
@@ -102,11 +101,11 @@ impl JournalWriter {
             let problem = self.store.check_file();
             self.file_checked(problem);
         }
-        self.reopen_after(err).await;
+        self.reopen_after(err);
     }
 
     /// redb refuses every later write after an I/O error until the file is reopened.
-    async fn reopen_after(&self, err: &JournalError) {
+    fn reopen_after(&self, err: &JournalError) {
         if !matches!(
             err,
             JournalError::Storage {
@@ -116,11 +115,9 @@ impl JournalWriter {
         ) {
             return;
         }
-        let store = Arc::clone(&self.store);
-        match tokio::task::spawn_blocking(move || store.reopen()).await {
-            Ok(Ok(())) => tracing::debug!("journal reopened after an I/O error"),
-            Ok(Err(err)) => tracing::debug!(error = %err, "cannot reopen the journal yet"),
-            Err(err) => tracing::error!(error = %err, "reopening the journal panicked"),
+        match self.store.reopen() {
+            Ok(()) => tracing::debug!("journal reopened after an I/O error"),
+            Err(err) => tracing::debug!(error = %err, "cannot reopen the journal yet"),
         }
     }
 
@@ -138,22 +135,20 @@ impl JournalWriter {
 
     /// Every [`super::CHECK_EVERY`]: is the file still the one at the path, and while commits
     /// fail, would one be stored now?
-    pub(super) async fn check(&mut self) {
+    pub(super) fn check(&mut self) {
         let problem = self.store.check_file();
         let fine = problem.is_none();
         self.file_checked(problem);
         if fine && self.stats.journal.writes_failing() {
-            let store = Arc::clone(&self.store);
-            match tokio::task::spawn_blocking(move || store.probe()).await {
-                Ok(Ok(())) => {
+            match self.store.probe() {
+                Ok(()) => {
                     self.writes_work();
                     self.outage = None;
                 }
-                Ok(Err(err)) => {
+                Err(err) => {
                     tracing::debug!(error = %err, "the journal still cannot be written");
-                    self.reopen_after(&err).await;
+                    self.reopen_after(&err);
                 }
-                Err(err) => tracing::error!(error = %err, "probing the journal panicked"),
             }
         }
     }
@@ -185,31 +180,29 @@ impl JournalWriter {
     /// At the end: if the journal file was deleted or replaced, its contents (every record,
     /// cursor and pending update the relay held) are written back to the path, or beside the
     /// file now there, so the next start loses nothing.
-    pub(super) async fn put_back_if_gone(&mut self) {
+    pub(super) fn put_back_if_gone(&mut self) {
         let problem = self.store.check_file();
         self.file_checked(problem);
         if self.stats.journal.file_problem().is_none() {
             return;
         }
-        let store = Arc::clone(&self.store);
-        let path = store.path().to_owned();
-        match tokio::task::spawn_blocking(move || store.put_back()).await {
-            Ok(Ok(saved)) if saved == path => tracing::warn!(
+        let path = self.store.path().to_owned();
+        match self.store.put_back() {
+            Ok(saved) if saved == path => tracing::warn!(
                 path = %path.display(),
                 last_seq = self.last_seq,
                 "the journal this relay held is back at its path; the next start goes on from it"
             ),
-            Ok(Ok(saved)) => tracing::warn!(
+            Ok(saved) => tracing::warn!(
                 path = %path.display(),
                 kept = %saved.display(),
                 "the journal this relay held is kept beside the file that replaced it; the next start uses the file at the path (to go on from the kept one instead, stop the relay and move it there)"
             ),
-            Ok(Err(err)) => tracing::error!(
+            Err(err) => tracing::error!(
                 error = %err,
                 path = %path.display(),
                 "cannot write back the journal this relay held; what it held and no sink had delivered is lost"
             ),
-            Err(err) => tracing::error!(error = %err, "writing back the journal panicked"),
         }
     }
 }
