@@ -239,23 +239,35 @@ impl Source {
     ) -> Result<SessionEnd, SessionError> {
         let ping_every = self.connection.ping_interval;
         let pong_timeout = self.connection.pong_timeout;
-        let mut next_ping = Instant::now() + ping_every;
+        let next_ping = Instant::now() + ping_every;
         // Set when a ping is out and no frame has arrived since.
         let mut dead_at: Option<Instant> = None;
         let mut progress = Progress::new(
             ws.get_ref().get_ref().counter(),
             self.connection.message_timeout,
         );
-        let mut next_check = Instant::now() + progress.check_every();
+        let next_check = Instant::now() + progress.check_every();
+        // Messages whose records were queued for the journal and not yet committed (see the
+        // last branch).
+        let mut queued = 0;
+        // However the session ends, what it queued is committed by the writer's thread.
+        let _kick = Kick(&self.journal);
+        // Made once and reset when their time moves: a timer made in the loop would be
+        // registered and removed again for every message.
+        let cancelled = shutdown.cancelled();
+        let ping = sleep_until(next_ping);
+        let check = sleep_until(next_check);
+        let dead = sleep_until(next_ping);
+        tokio::pin!(cancelled, ping, check, dead);
         loop {
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => {
+                () = &mut cancelled => {
                     let frame = CloseFrame { code: CloseCode::Away, reason: "mews-relay is shutting down".into() };
                     let _ = timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
                     return Ok(SessionEnd::Shutdown);
                 }
-                () = sleep_until(next_ping), if dead_at.is_none() => {
+                () = &mut ping, if dead_at.is_none() => {
                     match timeout(pong_timeout, ws.send(Message::Ping(Default::default()))).await {
                         Err(_) => return Err(SessionError::PongTimeout(pong_timeout)),
                         Ok(Err(err)) => return Err(SessionError::Read(err)),
@@ -263,12 +275,13 @@ impl Source {
                     }
                     let now = Instant::now();
                     dead_at = Some(now + pong_timeout);
-                    next_ping = now + ping_every;
+                    dead.as_mut().reset(now + pong_timeout);
+                    ping.as_mut().reset(now + ping_every);
                 }
                 // Before the read branch: a stream of fragments keeps that branch busy.
-                () = sleep_until(next_check) => {
+                () = &mut check => {
                     let now = Instant::now();
-                    next_check = now + progress.check_every();
+                    check.as_mut().reset(now + progress.check_every());
                     if let Some(bytes) = progress.overdue(now) {
                         crate::stats::Stats::add(&self.stats.messages_timed_out, 1);
                         return Err(SessionError::MessageTimeout(self.connection.message_timeout, bytes));
@@ -283,7 +296,10 @@ impl Source {
                         _ => progress.message(),
                     }
                     match msg {
-                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await?,
+                        Some(Ok(Message::Text(text))) => {
+                            self.on_text(text.as_str(), queued >= BURST).await?;
+                            queued += 1;
+                        }
                         Some(Ok(Message::Binary(data))) => {
                             self.rejects.reject(&self.stats, &self.name, "binary message", Payload::Binary(&data));
                         }
@@ -298,14 +314,23 @@ impl Source {
                 }
                 // After the read branch: frames already waiting (e.g. while the journal was busy)
                 // prove the connection alive before the deadline is judged.
-                () = sleep_until(dead_at.unwrap_or(next_ping)), if dead_at.is_some() => {
+                () = &mut dead, if dead_at.is_some() => {
                     return Err(SessionError::PongTimeout(pong_timeout));
+                }
+                // Last: the socket holds nothing more, so what was read is committed now, on
+                // this task if the journal is free (no hand-off to another thread at a steady
+                // rate); in a burst the writer's thread already has it.
+                () = std::future::ready(()), if queued > 0 => {
+                    self.journal.commit_queued();
+                    queued = 0;
                 }
             }
         }
     }
 
-    async fn on_text(&self, text: &str) -> Result<(), SessionError> {
+    /// Decodes a message and queues its records for the journal; `burst`: the messages before
+    /// are still queued (see [`crate::journal::Journal::queue`]).
+    async fn on_text(&self, text: &str, burst: bool) -> Result<(), SessionError> {
         let limit = self.connection.max_message_size;
         if text.len() as u64 > limit {
             let reason = format!(
@@ -334,7 +359,7 @@ impl Source {
                 }
                 crate::stats::Stats::add(&self.stats.enrich_failed, failed);
                 self.journal
-                    .append(records)
+                    .queue(records, burst)
                     .await
                     .map_err(|_| SessionError::JournalClosed)
             }
@@ -348,5 +373,19 @@ impl Source {
                 Ok(())
             }
         }
+    }
+}
+
+/// After this many messages read back to back (their records queued, not yet committed), the
+/// journal's writer thread commits them while the reader goes on. Two or three in a row are
+/// timing, not a burst: the reader commits those itself.
+const BURST: usize = 4;
+
+/// Wakes the journal's writer when a session ends, for whatever it queued and did not commit.
+struct Kick<'a>(&'a crate::journal::Journal);
+
+impl Drop for Kick<'_> {
+    fn drop(&mut self) {
+        self.0.kick();
     }
 }
