@@ -29,6 +29,8 @@ pub(super) struct Batch {
     pub answered: Vec<Answered>,
     /// Claims and releases, handled after the commit (in order with the records before them).
     pub claims: Vec<Op>,
+    /// A reader's commit: no housekeeping (forgetting old dedupe keys, pruning) rides on it.
+    pub light: bool,
 }
 
 impl Batch {

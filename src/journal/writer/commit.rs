@@ -32,6 +32,7 @@ impl Core {
             acks,
             requests,
             answered,
+            light,
             ..
         } = batch;
         let (requests, replies): (Vec<Request>, Vec<_>) = requests.into_iter().unzip();
@@ -39,9 +40,11 @@ impl Core {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let window = self.dedupe_window.as_secs().max(1);
-        let forget = self
-            .last_forget
-            .is_none_or(|at| at.elapsed() >= FORGET_EVERY);
+        let forget = !light
+            && self
+                .last_forget
+                .is_none_or(|at| at.elapsed() >= FORGET_EVERY);
+        let prune_to = if light { None } else { self.prune_target() };
         let settled_values = settled
             .iter()
             .map(|settle| {
@@ -61,7 +64,7 @@ impl Core {
         let commit = Commit {
             entries: records,
             cursors: self.cursors().into_iter().collect(),
-            prune_to: self.prune_target(),
+            prune_to,
             sync,
             marks,
             seen: Seen {

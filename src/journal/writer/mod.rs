@@ -146,6 +146,8 @@ pub(crate) struct Core {
     last_batch: usize,
     /// The request a reader's commit stopped at: the writer's thread takes it first.
     carry: Option<Op>,
+    /// Nothing more is written (the writer stopped, or a commit panicked).
+    closed: bool,
     last_forget: Option<std::time::Instant>,
 }
 
@@ -221,6 +223,7 @@ impl Core {
             serving: false,
             last_batch: 0,
             carry: None,
+            closed: false,
             last_forget: None,
         }
     }

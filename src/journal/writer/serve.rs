@@ -73,6 +73,8 @@ impl Shared {
             if done.is_err() {
                 tracing::error!("a journal commit panicked; nothing more is stored");
                 core.close();
+                drop(core);
+                self.kick(); // the writer's thread stops
                 return;
             }
             if !core.leaves_work() {
@@ -145,7 +147,8 @@ impl JournalWriter {
                     Err(err) => tracing::error!(error = %err, "cannot start the journal writer"),
                 }
                 shared.core().close();
-                // The last reference: the journal's files close here (handles are gone).
+                // The thread's reference: the journal's files close with the last one (the
+                // handles are gone, `run` lets go of its own when this is sent).
                 drop(shared);
                 let _ = done_tx.send(());
             });
@@ -177,32 +180,39 @@ async fn serve(shared: &Shared) {
             () = shared.bell.notified() => {}
             _ = sync.tick() => {
                 let mut core = shared.core();
-                if core.dirty() {
+                if !core.closed && core.dirty() {
                     core.commit(Batch::default(), true);
                     core.shed_if_over();
                 }
                 continue;
             }
             _ = check.tick() => {
-                shared.core().check();
+                let mut core = shared.core();
+                if !core.closed {
+                    core.check();
+                }
                 continue;
             }
         }
         let mut core = shared.core();
-        loop {
-            match core.commit_once() {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(()) => {
-                    if core.dirty() {
-                        core.commit(Batch::default(), true);
-                    }
-                    core.put_back_if_gone();
-                    tracing::debug!(last_seq = core.last_seq, "journal writer stopped");
-                    return;
+        if core.closed {
+            return; // a commit panicked: nothing more is written
+        }
+        match core.commit_once() {
+            // More may be queued: back for it once the ticks had their turn (a flood must not
+            // hold up cursor syncs, file checks and shedding).
+            Ok(true) => shared.kick(),
+            Ok(false) => {}
+            Err(()) => {
+                if core.dirty() {
+                    core.commit(Batch::default(), true);
                 }
+                core.put_back_if_gone();
+                tracing::debug!(last_seq = core.last_seq, "journal writer stopped");
+                return;
             }
         }
+        core.shed_if_over();
     }
 }
 
@@ -220,10 +230,7 @@ impl Core {
     pub(super) fn commit_once(&mut self) -> Result<bool, ()> {
         let first = match self.next_op() {
             Ok(op) => op,
-            Err(TryRecvError::Empty) => {
-                self.shed_if_over();
-                return Ok(false);
-            }
+            Err(TryRecvError::Empty) => return Ok(false),
             Err(TryRecvError::Disconnected) => return Err(()),
         };
         // As many slots as the last batch had records: a burst grows the vector once.
@@ -260,21 +267,30 @@ impl Core {
         self.serving && self.outage.is_none() && self.carry.is_none()
     }
 
-    /// Whether the writer's thread has work after a reader's commit.
+    /// Whether the writer's thread has work after a reader's commit: requests left, a failure
+    /// to recover from, or a journal over `max_bytes` with no shed under way.
     fn leaves_work(&mut self) -> bool {
         self.carry.is_some()
             || !self.ops.is_empty()
             || self.outage.is_some()
-            || self.live_bytes() > self.max_bytes
+            || self.live_bytes() > self.max_bytes && self.min_cursor() >= self.shed_to
     }
 
     /// A reader's commit: the WebSocket records at the head of the queue, up to
-    /// [`INLINE_RECORDS`]; the first request of another kind is kept for the writer's thread.
+    /// [`INLINE_RECORDS`]; the first request of another kind, or one that would go past the
+    /// limit, is kept for the writer's thread.
     fn commit_inline(&mut self) {
-        let mut batch = Batch::default();
-        while batch.records.len() < INLINE_RECORDS {
+        let mut batch = Batch {
+            light: true,
+            ..Batch::default()
+        };
+        loop {
             match self.ops.try_recv() {
-                Ok(Op::Append(append)) if append.waiter.is_none() && append.unheal.is_empty() => {
+                Ok(Op::Append(append))
+                    if append.waiter.is_none()
+                        && append.unheal.is_empty()
+                        && batch.records.len() + append.entries.len() <= INLINE_RECORDS =>
+                {
                     batch.add(Op::Append(append));
                 }
                 Ok(op) => {
@@ -290,12 +306,21 @@ impl Core {
     }
 
     /// Nobody commits any more: whoever waits on a request still queued hears that the
-    /// journal is closed, and later requests are refused.
+    /// journal is closed, later requests are refused, and records nobody waits for are
+    /// counted as lost.
     fn close(&mut self) {
         self.serving = false;
-        self.carry = None;
+        self.closed = true;
         self.ops.close();
-        while self.ops.try_recv().is_ok() {}
+        let mut lost = 0;
+        while let Ok(op) = self.next_op() {
+            if let Op::Append(append) = op
+                && append.waiter.is_none()
+            {
+                lost += append.entries.len() as u64;
+            }
+        }
+        crate::stats::Stats::add(&self.stats.records_lost, lost);
     }
 }
 
@@ -319,9 +344,9 @@ mod tests {
             .collect()
     }
 
-    /// Waits (at most 10 s) until `seq` is committed.
+    /// Waits (at most 10 s) until `seq` is committed and visible to readers.
     async fn committed(journal: &Journal, seq: u64) {
-        let mut committed = journal.committed();
+        let mut committed = journal.visible();
         tokio::time::timeout(Duration::from_secs(10), committed.wait_for(|at| *at >= seq))
             .await
             .expect("committed in time")
@@ -373,6 +398,25 @@ mod tests {
         pinged.await.unwrap();
         committed(&journal, 62).await;
         assert_eq!(ids(&journal).await.last().unwrap(), "r61");
+        drop(journal);
+        writer.await.unwrap();
+    }
+
+    /// A message with more records than a reader commits itself is left to the writer's
+    /// thread whole (a reader's worker is held up by small writes only).
+    #[tokio::test]
+    async fn a_message_over_the_inline_limit_is_the_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, writer) = open(dir.path());
+        writer.shared.core().serving = true;
+        journal
+            .queue(records(0, super::INLINE_RECORDS + 1), false)
+            .await
+            .unwrap();
+        journal.commit_queued();
+        assert_eq!(*journal.committed().borrow(), 0);
+        let writer = tokio::spawn(writer.run());
+        committed(&journal, super::INLINE_RECORDS as u64 + 1).await;
         drop(journal);
         writer.await.unwrap();
     }
@@ -458,6 +502,49 @@ mod tests {
             assert_eq!(mine, expected.iter().collect::<Vec<_>>());
         }
         drop(journal);
+        writer.await.unwrap();
+    }
+
+    /// A flood that never lets the queue run empty still leaves the writer's thread time for
+    /// its other work: past `max_bytes`, the sink holding the journal back is told to shed
+    /// while the records keep coming.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_does_not_hold_up_shedding() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, writer) = Journal::open(
+            dir.path(),
+            &["s".to_owned()],
+            64 << 10,
+            Arc::new(Stats::default()),
+        )
+        .unwrap();
+        let writer = tokio::spawn(writer.run());
+        let mut shed = journal.shed_signal("s");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let floods: Vec<_> = (0..4)
+            .map(|task| {
+                let (journal, stop) = (journal.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut i = 0;
+                    while !stop.is_cancelled() {
+                        journal
+                            .append(records(task * 1_000_000 + i, 50))
+                            .await
+                            .unwrap();
+                        i += 50;
+                    }
+                })
+            })
+            .collect();
+        let told = tokio::time::timeout(Duration::from_secs(10), shed.wait_for(|to| *to > 0))
+            .await
+            .is_ok();
+        stop.cancel();
+        for flood in floods {
+            flood.await.unwrap();
+        }
+        assert!(told, "no shed signal while the flood went on");
+        drop((journal, shed));
         writer.await.unwrap();
     }
 }
