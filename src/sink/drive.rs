@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -59,6 +59,11 @@ struct Driver {
     reading: Backoff,
     /// Retries of failed deliveries (the sink's own schedule).
     backoff: Backoff,
+    /// The sink's housekeeping timer ([`Sink::due`]), kept between waits: one made per wait
+    /// would be registered and removed again for every record.
+    housekeeping: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// When `housekeeping` is set to go off.
+    housekeeping_at: Option<Instant>,
 }
 
 /// Runs one sink from `start` until drained, retired or aborted.
@@ -87,6 +92,8 @@ pub async fn drive(
         reading: schedules::SINK.backoff(),
         backoff: sink.retry_policy().backoff(),
         sink,
+        housekeeping: Box::pin(sleep(Duration::ZERO)),
+        housekeeping_at: None,
     };
     driver.run().instrument(span).await
 }
@@ -149,6 +156,12 @@ impl Driver {
             return Step::Stop;
         }
         let due = self.sink.due();
+        if let Some(at) = due
+            && self.housekeeping_at != due
+        {
+            self.housekeeping.as_mut().reset(at);
+            self.housekeeping_at = due;
+        }
         tokio::select! {
             () = self.ctl.abort.cancelled() => return Step::Stop,
             () = self.ctl.retire.cancelled() => return Step::Stop,
@@ -156,7 +169,8 @@ impl Driver {
             changed = committed.changed() => if changed.is_err() { return Step::Stop },
             Ok(()) = self.ctl.reopen.changed() => self.reopen().await,
             Ok(()) = self.shed.changed() => {}
-            () = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+            () = &mut self.housekeeping, if due.is_some() => {
+                self.housekeeping_at = None;
                 if let Err(err) = self.sink.on_due().await {
                     tracing::warn!(error = %err, "housekeeping failed");
                 }

@@ -13,13 +13,11 @@
 //!
 //! Either way the requests go through one queue, in order, so a reader's records keep theirs.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use tokio::sync::mpsc::error::TryRecvError;
-
 use tokio::sync::Notify;
+use tokio::sync::mpsc::error::TryRecvError;
 
 use super::batch::Batch;
 use super::{CHECK_EVERY, CURSOR_SYNC_AFTER, Core, MAX_BATCH_RECORDS, Op};
@@ -63,7 +61,8 @@ impl Shared {
     /// commit is running and commits work; wakes the writer's thread for whatever is left.
     /// Never waits, so it is never cut short halfway.
     pub(crate) fn commit_queued(&self) {
-        // Held by a panicked commit: the journal was closed then.
+        // Not taken: a commit runs (the writer's thread goes on after it), or one panicked
+        // (the journal is closed).
         if let Ok(mut core) = self.core.try_lock()
             && core.takes_inline()
         {
