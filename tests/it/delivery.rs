@@ -85,6 +85,19 @@ async fn the_stdout_sink_prints_json_lines_and_logs_stay_on_stderr() {
     );
 }
 
+/// A message that arrives together with the server's Close frame is delivered at once: the
+/// reader ends before it would commit what it read, and the journal's writer commits it (no
+/// further event, no reconnect needed).
+#[tokio::test]
+async fn the_last_message_before_a_close_is_delivered_without_waiting_for_more() {
+    let mut h = Harness::start().await;
+    let mut conn = h.server.next().await;
+    conn.send_and_close(&commands(0, 3)).await;
+    let lines = wait_for_lines(&h.out, 3).await;
+    assert_eq!(lines[2]["id"], "cmd-2");
+    h.relay.stop().await;
+}
+
 /// SIGHUP's reopen: after logrotate moves the file away, new records go to a new file.
 #[tokio::test]
 async fn file_sinks_reopen_their_file_after_rotation() {

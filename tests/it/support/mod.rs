@@ -81,6 +81,16 @@ impl Conn {
         self.tx.send(message).await.is_ok()
     }
 
+    /// Sends `text` and a Close frame in one write, so that the relay reads both at once.
+    pub async fn send_and_close(&mut self, text: &str) {
+        self.tx
+            .feed(Message::Text(text.into()))
+            .await
+            .expect("mock server feed");
+        let _ = self.tx.feed(Message::Close(None)).await;
+        let _ = self.tx.flush().await;
+    }
+
     /// Sends a Close frame (a clean close).
     pub async fn close(&mut self) {
         let _ = self.tx.send(Message::Close(None)).await;
