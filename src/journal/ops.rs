@@ -2,10 +2,9 @@
 //! requests, flushes, marks and sink changes, each queued as an [`Op`].
 
 use std::collections::HashMap;
-
-use tokio::sync::{mpsc, oneshot};
-
 use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::writer::{Append, Op, Shared};
 use super::{Entry, Journal, JournalError, Note, Settle, SinkStart, commands};
@@ -15,7 +14,7 @@ use crate::record::Record;
 pub(super) struct Link {
     ops: Option<mpsc::Sender<Op>>,
     shared: Option<Arc<Shared>>,
-    bell: Arc<tokio::sync::Notify>,
+    bell: Arc<Notify>,
 }
 
 impl Link {
