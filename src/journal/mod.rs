@@ -2,7 +2,7 @@
 //! around them (a position per sink, dedupe keys, pending records, marks, the command loop) in
 //! redb (`journal.redb`), pruning behind every sink.
 //!
-//! Producers queue records ([`Journal::append`], [`Journal::queue`]); one commit at a time
+//! Producers queue records ([`Journal::queue`], [`Journal::append_committed`]); one commit at a time
 //! appends whatever is queued with one durable write (group commit), then publishes the new last
 //! seq and keeps the fresh records in memory ([`tail`]) for sinks that keep up. Sinks only ever
 //! see committed records. Commits run on the writer's own thread, or on a WebSocket reader's
@@ -193,12 +193,12 @@ mod tests {
             .store
             .fail_commits
             .store(1, std::sync::atomic::Ordering::SeqCst);
-        journal.append(vec![record("a", false)]).await.unwrap();
+        journal.queue(vec![record("a", false)], true).await.unwrap();
         let err = journal.flush().await.unwrap_err();
         assert!(err.to_string().contains("no space"), "{err}");
         let err = journal.flush().await.unwrap_err();
         assert!(err.to_string().contains("1 records lost"), "{err}");
-        journal.append(vec![record("b", false)]).await.unwrap();
+        journal.queue(vec![record("b", false)], true).await.unwrap();
         journal.flush().await.unwrap();
         drop(journal);
         writer.await.unwrap();
@@ -231,7 +231,10 @@ mod tests {
         let problem = stats.journal.problem().expect("reported");
         assert!(problem.contains("no space left"), "{problem}");
         fail(1);
-        journal.append(vec![record("ws", false)]).await.unwrap();
+        journal
+            .queue(vec![record("ws", false)], true)
+            .await
+            .unwrap();
         assert!(journal.flush().await.is_err());
         assert_eq!(Stats::get(&stats.records_lost), 1);
         assert_eq!(Stats::get(&stats.records_refused), 2);

@@ -44,40 +44,36 @@ impl Drop for Link {
 impl Journal {
     /// Queues a request and wakes the writer's thread. Waits only when the writer is far behind.
     pub(super) async fn send(&self, op: Op) -> Result<(), JournalError> {
-        let ops = self.link.ops.as_ref().ok_or(JournalError::Closed)?;
-        ops.send(op).await.map_err(|_| JournalError::Closed)?;
-        self.link.shared().kick();
-        Ok(())
+        self.enqueue(op, true).await
     }
 
-    /// Queues records for the next group commit. Waits only when the writer is far behind.
-    pub async fn append(&self, records: Vec<Record>) -> Result<(), JournalError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        self.send(unwaited(records)).await
-    }
-
-    /// Queues records for the next group commit, as [`Journal::append`], but leaves the commit
-    /// to the caller's [`Journal::commit_queued`] (a WebSocket reader calls it once its socket
-    /// holds nothing more) — unless `burst` (more came before it did): then the writer's thread
-    /// commits them, in groups, while the reader goes on.
-    pub async fn queue(&self, records: Vec<Record>, burst: bool) -> Result<(), JournalError> {
-        if records.is_empty() {
-            return Ok(());
-        }
+    /// Queues a request, waking the writer's thread if `wake` — and always before waiting for
+    /// room in a full queue, which only the writer's thread empties.
+    async fn enqueue(&self, op: Op, wake: bool) -> Result<(), JournalError> {
         let ops = self.link.ops.as_ref().ok_or(JournalError::Closed)?;
-        match ops.try_send(unwaited(records)) {
-            Ok(()) if !burst => return Ok(()),
+        match ops.try_send(op) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(op)) => {
-                self.link.shared().kick();
+                self.kick();
                 ops.send(op).await.map_err(|_| JournalError::Closed)?;
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(JournalError::Closed),
         }
-        self.link.shared().kick();
+        if wake {
+            self.kick();
+        }
         Ok(())
+    }
+
+    /// Queues records (a WebSocket's events: nobody waits for their commit) and leaves the
+    /// commit to the caller's [`Journal::commit_queued`] (a WebSocket reader calls it once its
+    /// socket holds nothing more) — unless `burst` (more came before it did): then the writer's
+    /// thread commits them, in groups, while the reader goes on.
+    pub async fn queue(&self, records: Vec<Record>, burst: bool) -> Result<(), JournalError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.enqueue(unwaited(records), burst).await
     }
 
     /// Commits the records queued on the calling thread if no commit is running, or else has

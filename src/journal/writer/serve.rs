@@ -527,7 +527,7 @@ mod tests {
                     let mut i = 0;
                     while !stop.is_cancelled() {
                         journal
-                            .append(records(task * 1_000_000 + i, 50))
+                            .queue(records(task * 1_000_000 + i, 50), true)
                             .await
                             .unwrap();
                         i += 50;
