@@ -72,19 +72,6 @@ impl Limiter {
         at
     }
 
-    /// Starts a request now if the budget allows it; else how long until it would (a server
-    /// refusing with 429 and `Retry-After`, as the simulator does).
-    pub fn try_start(&self) -> Result<(), Duration> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let at = s.earliest(now);
-        if at > now {
-            return Err(at - now);
-        }
-        s.take(now);
-        Ok(())
-    }
-
     /// The earliest a request could start now (budget and `Retry-After`), without reserving it.
     pub fn next_start(&self) -> Instant {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -4,7 +4,7 @@
 pub mod catch_up;
 pub mod client;
 pub mod enrich;
-pub(crate) mod limiter;
+mod limiter;
 pub mod update;
 
 use std::sync::Arc;

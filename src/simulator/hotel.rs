@@ -163,8 +163,8 @@ pub struct Hotel {
     /// Messages for connected WebSockets (command events caused by REST or `/sim/commands`).
     live: broadcast::Sender<Live>,
     calls: AtomicU64,
-    /// Mews's request limit, per AccessToken.
-    limits: Mutex<HashMap<String, crate::mews::limiter::Limiter>>,
+    /// Mews's request limit: each AccessToken's calls in the last 30 s.
+    limits: Mutex<HashMap<String, std::collections::VecDeque<std::time::Instant>>>,
     log: Mutex<Vec<Call>>,
     updates: Mutex<Vec<CommandUpdate>>,
     connected: std::sync::atomic::AtomicUsize,

@@ -86,18 +86,26 @@ pub(in crate::simulator) const RATE_WINDOW: std::time::Duration =
 
 impl Hotel {
     /// Mews's request limit, always on: past 200 calls of one AccessToken in 30 s, 429 with
-    /// `Retry-After` (the seconds until the oldest call leaves the window). The window is the
-    /// relay's own [`Limiter`](crate::mews::limiter::Limiter), refusing instead of waiting.
+    /// `Retry-After` (the seconds until the oldest call leaves the window). Counted here on
+    /// its own, not with the relay's limiter: a mistake shared by both would pass every test.
+    /// Refused calls count too (the docs do not say they don't: the strictest reading).
     fn rate_limit(&self, body: &Value) -> Result<(), Refusal> {
         let token = body["AccessToken"].as_str().unwrap_or_default();
+        let now = std::time::Instant::now();
         let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
-        let limiter = limits
-            .entry(token.to_owned())
-            .or_insert_with(|| crate::mews::limiter::Limiter::new(RATE_LIMIT as u32, RATE_WINDOW));
-        limiter.try_start().map_err(|wait| Refusal {
-            retry_after: Some(wait.as_secs_f64().ceil().max(1.0) as u64),
-            ..Refusal::new(429, "Too many requests.")
-        })
+        let calls = limits.entry(token.to_owned()).or_default();
+        while calls.front().is_some_and(|at| now - *at >= RATE_WINDOW) {
+            calls.pop_front();
+        }
+        if calls.len() >= RATE_LIMIT {
+            let wait = RATE_WINDOW - (now - calls[0]);
+            return Err(Refusal {
+                retry_after: Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+                ..Refusal::new(429, "Too many requests.")
+            });
+        }
+        calls.push_back(now);
+        Ok(())
     }
 
     /// Answers one REST call (tokens and `Client` already checked by the HTTP side).
