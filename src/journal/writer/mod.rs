@@ -23,6 +23,7 @@ use crate::record::Record;
 use crate::stats::Stats;
 use batch::Batch;
 pub use serve::JournalWriter;
+use serve::Phase;
 pub(super) use serve::Shared;
 use trouble::Outage;
 
@@ -140,14 +141,12 @@ pub(crate) struct Core {
     /// Settles refused while the journal file is gone: handed back if it comes back.
     parked: Vec<Note>,
     dedupe_window: Duration,
-    /// Set once the writer runs with its settings: before, only its thread commits.
-    serving: bool,
+    /// Whether the writer runs with its settings, and whether it has stopped.
+    phase: Phase,
     /// How many records the last group commit took.
     last_batch: usize,
     /// The request a reader's commit stopped at: the writer's thread takes it first.
     carry: Option<Op>,
-    /// Nothing more is written (the writer stopped, or a commit panicked).
-    closed: bool,
     last_forget: Option<std::time::Instant>,
 }
 
@@ -220,10 +219,9 @@ impl Core {
             outage: None,
             parked: Vec::new(),
             dedupe_window: crate::config::defaults::DEDUPE_WINDOW,
-            serving: false,
+            phase: Phase::Waiting,
             last_batch: 0,
             carry: None,
-            closed: false,
             last_forget: None,
         }
     }

@@ -26,6 +26,17 @@ use super::{CHECK_EVERY, CURSOR_SYNC_AFTER, Core, MAX_BATCH_RECORDS, Op};
 /// is a burst, for the writer's thread.
 const INLINE_RECORDS: usize = 256;
 
+/// Where the writer is in its life.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Phase {
+    /// Not running yet (its settings not applied): only its thread commits, once it runs.
+    Waiting,
+    /// Running: readers may commit their own records.
+    Serving,
+    /// Stopped, or a commit panicked: nothing more is written.
+    Closed,
+}
+
 /// The writer's state behind its lock, and the writer thread's bell.
 pub(crate) struct Shared {
     pub(super) core: Mutex<Core>,
@@ -121,7 +132,7 @@ impl JournalWriter {
             let mut core = self.shared.core();
             core.track_commands = self.track_commands;
             core.dedupe_window = self.dedupe_window;
-            core.serving = true;
+            core.phase = Phase::Serving;
         }
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let shared = self.shared;
@@ -179,7 +190,7 @@ async fn serve(shared: &Shared) {
             () = shared.bell.notified() => {}
             _ = sync.tick() => {
                 let mut core = shared.core();
-                if !core.closed && core.dirty() {
+                if core.phase != Phase::Closed && core.dirty() {
                     core.commit(Batch::default(), true);
                     core.shed_if_over();
                 }
@@ -187,14 +198,14 @@ async fn serve(shared: &Shared) {
             }
             _ = check.tick() => {
                 let mut core = shared.core();
-                if !core.closed {
+                if core.phase != Phase::Closed {
                     core.check();
                 }
                 continue;
             }
         }
         let mut core = shared.core();
-        if core.closed {
+        if core.phase == Phase::Closed {
             return; // a commit panicked: nothing more is written
         }
         match core.commit_once() {
@@ -263,7 +274,7 @@ impl Core {
     /// Whether a reader may commit now: the writer runs, commits work, and nothing is left
     /// over for the writer's thread.
     fn takes_inline(&self) -> bool {
-        self.serving && self.outage.is_none() && self.carry.is_none()
+        self.phase == Phase::Serving && self.outage.is_none() && self.carry.is_none()
     }
 
     /// Whether the writer's thread has work after a reader's commit: requests left, a failure
@@ -308,8 +319,7 @@ impl Core {
     /// journal is closed, later requests are refused, and records nobody waits for are
     /// counted as lost.
     fn close(&mut self) {
-        self.serving = false;
-        self.closed = true;
+        self.phase = Phase::Closed;
         self.ops.close();
         let mut lost = 0;
         while let Ok(op) = self.next_op() {
@@ -372,7 +382,7 @@ mod tests {
     async fn a_reader_with_nothing_more_to_read_commits_on_its_own_thread() {
         let dir = tempfile::tempdir().unwrap();
         let (journal, writer) = open(dir.path());
-        writer.shared.core().serving = true;
+        writer.shared.core().phase = super::Phase::Serving;
         for round in 0..20 {
             journal.queue(records(round * 3, 3), false).await.unwrap();
             assert_eq!(
@@ -407,7 +417,7 @@ mod tests {
     async fn a_message_over_the_inline_limit_is_the_writers() {
         let dir = tempfile::tempdir().unwrap();
         let (journal, writer) = open(dir.path());
-        writer.shared.core().serving = true;
+        writer.shared.core().phase = super::Phase::Serving;
         journal
             .queue(records(0, super::INLINE_RECORDS + 1), false)
             .await
