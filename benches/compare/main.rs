@@ -192,13 +192,26 @@ fn burst_messages(events: usize, per_message: usize) -> Vec<String> {
         .collect()
 }
 
-fn burst(rt: &tokio::runtime::Runtime, client: Client, messages: &[String], events: usize) -> f64 {
+/// One burst: events/s until the last line is out, and the client's CPU time per event (µs)
+/// from the first line out to the last.
+fn burst(
+    rt: &tokio::runtime::Runtime,
+    client: Client,
+    messages: &[String],
+    events: usize,
+) -> (f64, f64) {
     let (url, started) = rt.block_on(serve(Script::Burst(messages.to_vec())));
     let proc = spawn(client, &url, 1, None);
-    tail(&proc.out, events, Duration::from_micros(200), |_| {});
+    let mut first = None;
+    tail(&proc.out, events, Duration::from_micros(200), |_| {
+        if first.is_none() {
+            first = Some(proc.cpu_secs());
+        }
+    });
     let done = Instant::now();
+    let cpu = (proc.cpu_secs() - first.unwrap_or(0.0)) * 1e6 / (events - 1) as f64;
     let started = rt.block_on(started).unwrap();
-    events as f64 / (done - started).as_secs_f64()
+    (events as f64 / (done - started).as_secs_f64(), cpu)
 }
 
 /// One steady run: latencies, and the client's CPU time (ms) and context switches per event
@@ -449,9 +462,12 @@ fn main() {
             let events = 200_000;
             let messages = burst_messages(events, per_message);
             let mut rates = [Vec::new(), Vec::new()];
+            let mut cpu = [Vec::new(), Vec::new()];
             for _ in 0..runs {
                 for (i, client) in both.iter().enumerate() {
-                    rates[i].push(burst(&rt, *client, &messages, events));
+                    let (rate, us) = burst(&rt, *client, &messages, events);
+                    rates[i].push(rate);
+                    cpu[i].push(us);
                 }
             }
             let (r, m) = (median(rates[0].clone()), median(rates[1].clone()));
@@ -459,6 +475,11 @@ fn main() {
                 "| burst 200,000 events, {per_message} per message (events/s) | {r:.0} | {m:.0} | {:.2} | ≥ 0.70: {} |",
                 m / r,
                 verdict(m / r >= 0.7)
+            );
+            let (r, m) = (median(cpu[0].clone()), median(cpu[1].clone()));
+            println!(
+                "| the same: CPU per event (µs) | {r:.2} | {m:.2} | {:.2} | |",
+                m / r
             );
         }
     }

@@ -6,6 +6,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+mod scan;
+
 /// Where a record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -284,6 +286,30 @@ pub fn decode(
     message: &str,
     received_at: SystemTime,
 ) -> Result<Vec<Record>, DecodeError> {
+    let events = match scan::split(message) {
+        scan::Split::Events(events) => events,
+        scan::Split::TooDeep => return Err(DecodeError::TooDeep),
+        scan::Split::Unusual => return decode_in_general(property, message, received_at),
+    };
+    let received_at = format_time(received_at);
+    Ok(events
+        .into_iter()
+        .map(|event| {
+            let [kind, id, state] = match event.head {
+                Some(head) => head.map(|field| field.map(str::to_owned)),
+                None => head(event.raw),
+            };
+            record(property, &received_at, event.raw, kind, id, state)
+        })
+        .collect())
+}
+
+/// [`decode`] for any message: the reference the common shape's fast path (`scan`) agrees with.
+fn decode_in_general(
+    property: &Arc<str>,
+    message: &str,
+    received_at: SystemTime,
+) -> Result<Vec<Record>, DecodeError> {
     if deeper_than(message, MAX_DEPTH) {
         return Err(DecodeError::TooDeep);
     }
@@ -296,24 +322,42 @@ pub fn decode(
     Ok(events
         .into_iter()
         .map(|raw| {
-            let head: Head = serde_json::from_str(raw.get()).unwrap_or_default();
-            Record {
-                property: Arc::clone(property),
-                origin: Origin::Websocket,
-                received_at: received_at.clone(),
-                kind: head.kind.0,
-                id: head.id.0,
-                state: head.state.0,
-                event: raw.to_owned(),
-                command: None,
-                enterprise_id: None,
-                integration_id: None,
-                enrich_error: None,
-                dedupe: None,
-                enrich: Enrich::None,
-            }
+            let [kind, id, state] = head(raw);
+            record(property, &received_at, raw, kind, id, state)
         })
         .collect())
+}
+
+/// An event's `Type`, `Id` and `State` as serde reads them (`None` where not a string).
+fn head(raw: &RawValue) -> [Option<String>; 3] {
+    let head: Head = serde_json::from_str(raw.get()).unwrap_or_default();
+    [head.kind.0, head.id.0, head.state.0]
+}
+
+/// A WebSocket record of one event.
+fn record(
+    property: &Arc<str>,
+    received_at: &str,
+    raw: &RawValue,
+    kind: Option<String>,
+    id: Option<String>,
+    state: Option<String>,
+) -> Record {
+    Record {
+        property: Arc::clone(property),
+        origin: Origin::Websocket,
+        received_at: received_at.to_owned(),
+        kind,
+        id,
+        state,
+        event: raw.to_owned(),
+        command: None,
+        enterprise_id: None,
+        integration_id: None,
+        enrich_error: None,
+        dedupe: None,
+        enrich: Enrich::None,
+    }
 }
 
 /// `2026-11-23T12:00:00.123456Z`
