@@ -242,11 +242,30 @@ impl Stats {
     /// Counts committed records by property, type and origin; notes when WebSocket events came.
     /// Allocates only for a property or type seen the first time (this runs per commit).
     pub fn committed<'a>(&self, records: impl Iterator<Item = (&'a str, Option<&'a str>, Origin)>) {
+        // Tallied first, so a commit of many records looks each property and type up about once
+        // (among the last few pairs seen: a pair may appear twice, which only adds twice).
+        let mut tally: Vec<(&str, &str, [u64; 3])> = Vec::new();
+        for (property, kind, origin) in records {
+            let kind = kind.unwrap_or("unknown");
+            match tally
+                .iter_mut()
+                .rev()
+                .take(32)
+                .find(|(p, k, _)| *p == property && *k == kind)
+            {
+                Some((_, _, counts)) => counts[origin as usize] += 1,
+                None => {
+                    let mut counts = [0; 3];
+                    counts[origin as usize] = 1;
+                    tally.push((property, kind, counts));
+                }
+            }
+        }
         let mut events = lock(&self.events);
         let mut websocket: Vec<&str> = Vec::new();
-        for (property, kind, origin) in records {
+        for (property, kind, added) in tally {
             let label = label_value(property);
-            let kind = label_value(kind.unwrap_or("unknown"));
+            let kind = label_value(kind);
             let by_type = if events.contains_key(label) {
                 events.get_mut(label)
             } else {
@@ -267,11 +286,10 @@ impl Stats {
                 Some(counts) => counts,
                 None => by_type.entry(kind.to_owned()).or_default(),
             };
-            counts[origin as usize] += 1;
-            if origin == Origin::Websocket
-                && websocket.last() != Some(&property)
-                && !websocket.contains(&property)
-            {
+            for (count, add) in counts.iter_mut().zip(added) {
+                *count += add;
+            }
+            if added[Origin::Websocket as usize] > 0 && !websocket.contains(&property) {
                 websocket.push(property);
             }
         }
@@ -416,6 +434,35 @@ mod tests {
         assert_eq!(events.len(), 1 + MAX_EXTRA_PROPERTIES + 1);
         assert_eq!(events[OTHER][&long[..MAX_LABEL_BYTES]][2], 80);
         assert!(events.keys().all(|k| k.len() <= MAX_LABEL_BYTES));
+    }
+
+    #[test]
+    fn a_commit_counts_every_record_by_property_type_and_origin() {
+        let stats = Stats::default();
+        stats.keep_properties(&["a", "b"]);
+        // Interleaved pairs, and more distinct pairs than the tally searches back.
+        let many: Vec<String> = (0..40).map(|i| format!("T{i}")).collect();
+        let mut records = vec![
+            ("a", Some("X"), Origin::Websocket),
+            ("b", Some("X"), Origin::Websocket),
+            ("a", Some("X"), Origin::CatchUp),
+            ("a", None, Origin::Websocket),
+        ];
+        records.extend(
+            many.iter()
+                .map(|k| ("b", Some(k.as_str()), Origin::Webhook)),
+        );
+        records.push(("a", Some("X"), Origin::Websocket));
+        stats.committed(records.into_iter());
+        let events = stats.events.lock().unwrap();
+        assert_eq!(events["a"]["X"], [2, 1, 0]);
+        assert_eq!(events["a"]["unknown"], [1, 0, 0]);
+        assert_eq!(events["b"]["X"], [1, 0, 0]);
+        assert_eq!(events["b"]["T0"], [0, 0, 1]);
+        assert_eq!(events["b"].len(), 41);
+        drop(events);
+        let properties = stats.properties.lock().unwrap();
+        assert!(properties["a"].last_event.is_some() && properties["b"].last_event.is_some());
     }
 
     #[test]
