@@ -103,6 +103,31 @@ struct Wire<'a> {
 }
 
 impl Record {
+    /// A record of `event` with nothing copied out of it, no enrichment and no dedupe key; the
+    /// fields a source knows are set over it (`Record { kind, ..Record::new(…) }`).
+    pub fn new(
+        property: Arc<str>,
+        origin: Origin,
+        received_at: String,
+        event: Box<RawValue>,
+    ) -> Record {
+        Record {
+            property,
+            origin,
+            received_at,
+            kind: None,
+            id: None,
+            state: None,
+            event,
+            command: None,
+            enterprise_id: None,
+            integration_id: None,
+            enrich_error: None,
+            dedupe: None,
+            enrich: Enrich::None,
+        }
+    }
+
     /// Appends the record's JSON line (without the newline) to `out`.
     pub fn encode(&self, seq: u64, out: &mut Vec<u8>) {
         let wire = Wire {
@@ -289,27 +314,14 @@ pub fn decode(
     let events = match scan::split(message) {
         scan::Split::Events(events) => events,
         scan::Split::TooDeep => return Err(DecodeError::TooDeep),
-        scan::Split::Unusual => return decode_in_general(property, message, received_at),
+        scan::Split::Unusual => split_in_general(message)?,
     };
-    let received_at = format_time(received_at);
-    Ok(events
-        .into_iter()
-        .map(|event| {
-            let [kind, id, state] = match event.head {
-                Some(head) => head.map(|field| field.map(str::to_owned)),
-                None => head(event.raw),
-            };
-            record(property, &received_at, event.raw, kind, id, state)
-        })
-        .collect())
+    Ok(records(property, received_at, events))
 }
 
-/// [`decode`] for any message: the reference the common shape's fast path (`scan`) agrees with.
-fn decode_in_general(
-    property: &Arc<str>,
-    message: &str,
-    received_at: SystemTime,
-) -> Result<Vec<Record>, DecodeError> {
+/// The events of any message, their heads left to serde: the reference that the common shape's
+/// fast path (`scan::split`) agrees with.
+fn split_in_general(message: &str) -> Result<Vec<scan::Event<'_>>, DecodeError> {
     if deeper_than(message, MAX_DEPTH) {
         return Err(DecodeError::TooDeep);
     }
@@ -318,46 +330,42 @@ fn decode_in_general(
     let events = envelope.events.ok_or(DecodeError::NoEvents)?;
     let events: Vec<&RawValue> =
         serde_json::from_str(events.get()).map_err(|_| DecodeError::NoEvents)?;
-    let received_at = format_time(received_at);
     Ok(events
         .into_iter()
-        .map(|raw| {
-            let [kind, id, state] = head(raw);
-            record(property, &received_at, raw, kind, id, state)
-        })
+        .map(|raw| scan::Event { raw, head: None })
         .collect())
 }
 
-/// An event's `Type`, `Id` and `State` as serde reads them (`None` where not a string).
-fn head(raw: &RawValue) -> [Option<String>; 3] {
-    let head: Head = serde_json::from_str(raw.get()).unwrap_or_default();
-    [head.kind.0, head.id.0, head.state.0]
-}
-
-/// A WebSocket record of one event.
-fn record(
+/// One WebSocket record per event.
+fn records(
     property: &Arc<str>,
-    received_at: &str,
-    raw: &RawValue,
-    kind: Option<String>,
-    id: Option<String>,
-    state: Option<String>,
-) -> Record {
-    Record {
-        property: Arc::clone(property),
-        origin: Origin::Websocket,
-        received_at: received_at.to_owned(),
-        kind,
-        id,
-        state,
-        event: raw.to_owned(),
-        command: None,
-        enterprise_id: None,
-        integration_id: None,
-        enrich_error: None,
-        dedupe: None,
-        enrich: Enrich::None,
-    }
+    received_at: SystemTime,
+    events: Vec<scan::Event<'_>>,
+) -> Vec<Record> {
+    let received_at = format_time(received_at);
+    events
+        .into_iter()
+        .map(|event| {
+            let [kind, id, state] = match event.head {
+                Some(head) => head.map(|field| field.map(str::to_owned)),
+                None => {
+                    let head: Head = serde_json::from_str(event.raw.get()).unwrap_or_default();
+                    [head.kind.0, head.id.0, head.state.0]
+                }
+            };
+            Record {
+                kind,
+                id,
+                state,
+                ..Record::new(
+                    Arc::clone(property),
+                    Origin::Websocket,
+                    received_at.clone(),
+                    event.raw.to_owned(),
+                )
+            }
+        })
+        .collect()
 }
 
 /// `2026-11-23T12:00:00.123456Z`
