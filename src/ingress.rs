@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Settings, Webhooks};
 use crate::journal::{Entry, Journal};
 use crate::listener::{Bounds, Gate, Listener, Refusals, read_body, refuse};
-use crate::record::{Enrich, MAX_DEPTH, Origin, Record, deeper_than, format_time};
+use crate::record::{MAX_DEPTH, Origin, Record, deeper_than, format_time};
 use crate::rejects::sample;
 use crate::stats::Stats;
 
@@ -299,19 +299,16 @@ pub fn parse(
                     let event: GeneralEvent = serde_json::from_str(raw.get())
                         .map_err(|err| format!("Events[{i}] is not {{Discriminator, Value: {{Id}}}}: {err}"))?;
                     Ok(Record {
-                        property: Arc::clone(&property),
-                        origin: Origin::Webhook,
-                        received_at: received_at.clone(),
                         kind: Some(event.discriminator),
                         id: event.value.id,
-                        state: None,
-                        event: raw.to_owned(),
-                        command: None,
                         enterprise_id: Some(enterprise.clone()),
                         integration_id: parsed.integration_id.clone(),
-                        enrich_error: None,
-                        dedupe: None,
-                        enrich: Enrich::None,
+                        ..Record::new(
+                            Arc::clone(&property),
+                            Origin::Webhook,
+                            received_at.clone(),
+                            raw.to_owned(),
+                        )
                     })
                 })
                 .collect()
@@ -321,20 +318,13 @@ pub fn parse(
             let enterprise = details.enterprise.and_then(|e| e.id);
             let integration = details.integration.and_then(|i| i.id);
             let event = RawValue::from_string(body.trim().to_owned()).map_err(|err| err.to_string())?;
+            let property = property(enterprise.as_deref(), "integration");
             Ok(vec![Record {
-                property: property(enterprise.as_deref(), "integration"),
-                origin: Origin::Webhook,
-                received_at,
                 kind: Some(action),
                 id: integration.clone(),
-                state: None,
-                event,
-                command: None,
                 enterprise_id: enterprise,
                 integration_id: integration,
-                enrich_error: None,
-                dedupe: None,
-                enrich: Enrich::None,
+                ..Record::new(property, Origin::Webhook, received_at, event)
             }])
         }
         _ => Err("neither a General webhook {EnterpriseId, IntegrationId, Events} nor an Integration webhook {Action, Data}".into()),

@@ -240,7 +240,8 @@ impl Stats {
     }
 
     /// Counts committed records by property, type and origin; notes when WebSocket events came.
-    /// Allocates only for a property or type seen the first time (this runs per commit).
+    /// Runs per commit: allocates its tally, and labels only for a property or type seen the
+    /// first time.
     pub fn committed<'a>(&self, records: impl Iterator<Item = (&'a str, Option<&'a str>, Origin)>) {
         // Tallied first, so a commit of many records looks each property and type up about once
         // (among the last few pairs seen: a pair may appear twice, which only adds twice).

@@ -162,19 +162,17 @@ pub(super) fn decode(journal_id: u64, seq: u64, value: Bytes, names: &mut Names)
 #[cfg(test)]
 pub(crate) fn test_record(id: &str, enrich: crate::record::Enrich, dedupe: Option<&str>) -> Record {
     Record {
-        property: std::sync::Arc::from("p"),
-        origin: crate::record::Origin::Websocket,
-        received_at: "t".into(),
         kind: Some("DeviceCommand".into()),
         id: Some(id.into()),
         state: Some("Pending".into()),
-        event: serde_json::value::RawValue::from_string(format!(r#"{{"Id":"{id}"}}"#)).unwrap(),
-        command: None,
-        enterprise_id: None,
-        integration_id: None,
-        enrich_error: None,
         dedupe: dedupe.map(str::to_owned),
         enrich,
+        ..Record::new(
+            std::sync::Arc::from("p"),
+            crate::record::Origin::Websocket,
+            "t".into(),
+            serde_json::value::RawValue::from_string(format!(r#"{{"Id":"{id}"}}"#)).unwrap(),
+        )
     }
 }
 
@@ -188,19 +186,13 @@ mod tests {
     fn records_and_replays_round_trip() {
         for kind in [Some("DeviceCommand".to_owned()), None] {
             let record = Record {
-                property: "old-town".into(),
-                origin: Origin::Websocket,
-                received_at: "t".into(),
                 kind: kind.clone(),
-                id: None,
-                state: None,
-                event: RawValue::from_string("{}".into()).unwrap(),
-                command: None,
-                enterprise_id: None,
-                integration_id: None,
-                enrich_error: None,
-                dedupe: None,
-                enrich: Enrich::None,
+                ..Record::new(
+                    "old-town".into(),
+                    Origin::Websocket,
+                    "t".into(),
+                    RawValue::from_string("{}".into()).unwrap(),
+                )
             };
             let mut buf = Vec::new();
             encode(3, &Entry::Record(record), &mut buf);

@@ -19,7 +19,7 @@ use super::enrich::DEVICE_COMMAND;
 use super::{Rest, RestError, command_key, parse_commands, reservation_key};
 use crate::config::CatchUp;
 use crate::journal::{Entry, Journal, JournalError};
-use crate::record::{Enrich, Origin, Record, format_time};
+use crate::record::{Origin, Record, format_time};
 use crate::retry::schedules;
 
 /// Reservations per page at first (the most Mews allows); a 408 halves it.
@@ -204,9 +204,6 @@ impl CatchUpJob {
             let head: ReservationHead = serde_json::from_str(raw.get())
                 .map_err(|err| RestError::Decode(format!("a reservation: {err}")))?;
             entries.push(Entry::Record(Record {
-                property: Arc::clone(&self.property),
-                origin: Origin::CatchUp,
-                received_at: received_at.clone(),
                 kind: Some("Reservation".into()),
                 dedupe: head
                     .updated_utc
@@ -214,12 +211,12 @@ impl CatchUpJob {
                     .map(|updated| reservation_key(&self.property, &head.id, updated)),
                 id: Some(head.id),
                 state: head.state,
-                event: raw.to_owned(),
-                command: None,
-                enterprise_id: None,
-                integration_id: None,
-                enrich_error: None,
-                enrich: Enrich::None,
+                ..Record::new(
+                    Arc::clone(&self.property),
+                    Origin::CatchUp,
+                    received_at.clone(),
+                    raw.to_owned(),
+                )
             }));
         }
         Ok((entries, page.cursor))
@@ -239,19 +236,17 @@ pub(super) fn command_record(
     let event = serde_json::value::to_raw_value(&event)
         .map_err(|err| RestError::Decode(err.to_string()))?;
     Ok(Record {
-        property: Arc::clone(property),
-        origin: Origin::CatchUp,
-        received_at: received_at.to_owned(),
         kind: Some(DEVICE_COMMAND.into()),
         dedupe: state.map(|state| command_key(property, id, state)),
         id: Some(id.to_owned()),
         state: state.map(str::to_owned),
-        event,
         command: Some(details),
-        enterprise_id: None,
-        integration_id: None,
-        enrich_error: None,
-        enrich: Enrich::None,
+        ..Record::new(
+            Arc::clone(property),
+            Origin::CatchUp,
+            received_at.to_owned(),
+            event,
+        )
     })
 }
 

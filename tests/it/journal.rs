@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use mews_relay::journal::{Entry, FILE_NAME, Journal};
-use mews_relay::record::{Enrich, Origin, Record};
+use mews_relay::record::{Origin, Record};
 use mews_relay::stats::Stats;
 use serde_json::value::RawValue;
 
@@ -13,20 +13,16 @@ use crate::support::*;
 
 fn record(id: usize) -> Record {
     Record {
-        property: "old-town".into(),
-        origin: Origin::Websocket,
-        received_at: "2026-11-23T12:00:00.000000Z".into(),
         kind: Some("DeviceCommand".into()),
         id: Some(format!("cmd-{id}")),
         state: Some("Pending".into()),
-        event: RawValue::from_string(format!(r#"{{"Type":"DeviceCommand","Id":"cmd-{id}"}}"#))
-            .unwrap(),
-        command: None,
-        enterprise_id: None,
-        integration_id: None,
-        enrich_error: None,
-        dedupe: None,
-        enrich: Enrich::None,
+        ..Record::new(
+            "old-town".into(),
+            Origin::Websocket,
+            "2026-11-23T12:00:00.000000Z".into(),
+            RawValue::from_string(format!(r#"{{"Type":"DeviceCommand","Id":"cmd-{id}"}}"#))
+                .unwrap(),
+        )
     }
 }
 
