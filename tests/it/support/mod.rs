@@ -301,6 +301,17 @@ grace_period = "5s"
     )
 }
 
+/// A temporary directory in memory (`/dev/shm`, where the machine has one), for a test whose
+/// bound is about something other than the disk: under other writes to the disk, one durable
+/// journal commit was measured to hold every record, enrichment or not, for 300-770 ms.
+pub fn memory_tempdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    match shm.is_dir() {
+        true => tempfile::tempdir_in(shm).unwrap(),
+        false => tempfile::tempdir().unwrap(),
+    }
+}
+
 /// Writes `<dir>/relay.toml` for the child-process tests and returns its path.
 pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("relay.toml");
