@@ -519,6 +519,9 @@ fn main() {
         }
     }
     if only("steady") {
+        // The disk alone's p99 (due → durable, as the journal writes): what durability costs
+        // at that percentile on this machine before the relay does anything.
+        let mut disk_p99 = 0.0;
         for (direct, how) in [
             (true, "direct synchronous block write, as the journal does"),
             (false, "`write` + `fdatasync`"),
@@ -533,6 +536,9 @@ fn main() {
                 }
             }
             let m = |k: usize| median(floor[k].clone());
+            if direct {
+                disk_p99 = m(3);
+            }
             println!(
                 "| the disk alone, one thread: 1,000 durable 400-byte appends/s ({how}, then sleep): CPU (ms) / context switches per append | — | {:.4} / {:.2} | — | |",
                 m(0),
@@ -570,7 +576,11 @@ fn main() {
             for (k, name) in ["p50", "p99", "p99.9"].iter().enumerate() {
                 let (r, m) = (median(p[0][k].clone()), median(p[1][k].clone()));
                 let target = if *name == "p99" {
-                    format!("≤ reference + 1 ms: {}", verdict(m <= r + 1.0))
+                    format!(
+                        "≤ reference + 1 ms: {}; on this disk, ≤ reference + the disk alone's p99 + 1 ms: {}",
+                        verdict(m <= r + 1.0),
+                        verdict(m <= r + disk_p99 + 1.0)
+                    )
                 } else {
                     String::new()
                 };
