@@ -4,7 +4,7 @@
 //!
 //! Producers queue records ([`Journal::queue`], [`Journal::append_committed`]); one commit at a time
 //! appends whatever is queued with one durable write (group commit), then publishes the new last
-//! seq and keeps the fresh records in memory ([`tail`]) for sinks that keep up. Sinks only ever
+//! seq and keeps the fresh records in memory (`tail`) for sinks that keep up. Sinks only ever
 //! see committed records. Commits run on the writer's own thread, or on a WebSocket reader's
 //! that has read all its socket holds and finds no commit running (`writer/serve.rs`).
 
