@@ -18,6 +18,9 @@ use mews_relay::config::{CredentialsDir, Settings};
 use mews_relay::ctl;
 use mews_relay::preflight::{Preflight, PreflightError, preflight};
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for a bad config (sysexits' EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 /// Exit code when the journal cannot be opened (sysexits' EX_IOERR).
