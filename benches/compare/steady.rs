@@ -15,16 +15,16 @@ pub fn report(rt: &tokio::runtime::Runtime, both: [Client; 2], runs: usize, stea
         (true, "direct synchronous block write, as the journal does"),
         (false, "`write` + `fdatasync`"),
     ] {
-        let mut floor: [Vec<f64>; 5] = Default::default();
+        let mut rows: [Vec<f64>; 5] = Default::default();
         for _ in 0..runs {
             let run = floor::disk_floor(1000, steady_secs, direct);
-            floor[0].push(run.cpu_ms);
-            floor[1].push(run.switches);
+            rows[0].push(run.cpu_ms);
+            rows[1].push(run.switches);
             for (k, p) in [0.5, 0.99, 0.999].into_iter().enumerate() {
-                floor[2 + k].push(ms(pct(&run.latencies, p)));
+                rows[2 + k].push(ms(pct(&run.latencies, p)));
             }
         }
-        let m = |k: usize| median(floor[k].clone());
+        let m = |k: usize| median(rows[k].clone());
         if direct {
             disk_p99 = m(3);
         }
@@ -180,8 +180,9 @@ fn steady(
 
 /// The relay's `"received_at":"…"` stamp in a line (microseconds, UTC), if it has one.
 fn received_at(line: &[u8]) -> Option<std::time::SystemTime> {
+    const KEY: &str = "\"received_at\":\"";
     let text = std::str::from_utf8(line).ok()?;
-    let at = text.find("\"received_at\":\"")? + 15;
+    let at = text.find(KEY)? + KEY.len();
     let end = at + text[at..].find('"')?;
     humantime::parse_rfc3339(&text[at..end]).ok()
 }
