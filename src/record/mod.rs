@@ -6,7 +6,10 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+mod line;
 mod scan;
+
+pub use line::format_time;
 
 /// Where a record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -80,28 +83,6 @@ pub enum Enrich {
     Heal(String),
 }
 
-/// The public JSON shape (README "Record format"); field order is part of it.
-#[derive(Serialize)]
-struct Wire<'a> {
-    seq: u64,
-    property: &'a str,
-    origin: Origin,
-    received_at: &'a str,
-    #[serde(rename = "type")]
-    kind: Option<&'a str>,
-    id: Option<&'a str>,
-    state: Option<&'a str>,
-    event: &'a RawValue,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    command: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    enrich_error: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    enterprise_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    integration_id: Option<&'a str>,
-}
-
 impl Record {
     /// A record of `event` with nothing copied out of it, no enrichment and no dedupe key; the
     /// fields a source knows are set over it (`Record { kind, ..Record::new(…) }`).
@@ -126,26 +107,6 @@ impl Record {
             dedupe: None,
             enrich: Enrich::None,
         }
-    }
-
-    /// Appends the record's JSON line (without the newline) to `out`.
-    pub fn encode(&self, seq: u64, out: &mut Vec<u8>) {
-        let wire = Wire {
-            seq,
-            property: &self.property,
-            origin: self.origin,
-            received_at: &self.received_at,
-            kind: self.kind.as_deref(),
-            id: self.id.as_deref(),
-            state: self.state.as_deref(),
-            event: &self.event,
-            command: self.command.as_deref(),
-            enrich_error: self.enrich_error.as_deref(),
-            enterprise_id: self.enterprise_id.as_deref(),
-            integration_id: self.integration_id.as_deref(),
-        };
-        // Serializing plain strings and already-valid raw JSON into a Vec cannot fail.
-        serde_json::to_writer(out, &wire).expect("record serialization is infallible"); // ok: no I/O, valid raw JSON
     }
 
     /// Reads a journaled JSON line back (a pending record after a restart); `None` if it is
@@ -366,11 +327,6 @@ fn records(
             }
         })
         .collect()
-}
-
-/// `2026-11-23T12:00:00.123456Z`
-pub fn format_time(at: SystemTime) -> String {
-    humantime::format_rfc3339_micros(at).to_string()
 }
 
 #[cfg(test)]
