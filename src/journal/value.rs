@@ -67,24 +67,40 @@ pub fn record_key(journal_id: u64, seq: u64) -> String {
 }
 
 /// Layout: four length-prefixed strings (`u16`, `0xFFFF` = none) — property, type, key (none =
-/// derived from the seq), only-sink — then the JSON line.
-pub(super) fn encode(seq: u64, entry: &Entry, out: &mut Vec<u8>) {
+/// derived from the seq), only-sink — then the JSON line. Returns where the JSON line starts
+/// in `out`.
+pub(super) fn encode(seq: u64, entry: &Entry, out: &mut Vec<u8>) -> usize {
     match entry {
         Entry::Record(record) => {
             put(out, Some(&record.property));
             put(out, record.kind.as_deref());
             put(out, None);
             put(out, None);
+            let at = out.len();
             record.encode(seq, out);
+            at
         }
         Entry::Replay(replay) => {
             put(out, Some(&replay.property));
             put(out, replay.kind.as_deref());
             put(out, Some(&replay.key));
             put(out, Some(&replay.sink));
+            let at = out.len();
             out.extend_from_slice(&replay.json);
+            at
         }
     }
+}
+
+/// A record's property and type as [`decode`] reads them back from its value (a name too long
+/// for the value's header reads back as none), without reading the value.
+pub(super) fn names_of(record: &Record, names: &mut Names) -> (Arc<str>, Option<Arc<str>>) {
+    let name = |text: &str, names: &mut Names| {
+        (text.len() < u16::MAX as usize).then(|| names.get(text.as_bytes()))
+    };
+    let property = name(&record.property, names).unwrap_or_else(|| Arc::from(""));
+    let kind = record.kind.as_deref().and_then(|kind| name(kind, names));
+    (property, kind)
 }
 
 fn put(out: &mut Vec<u8>, field: Option<&str>) {
@@ -106,7 +122,7 @@ pub(super) struct Names {
 }
 
 impl Names {
-    fn get(&mut self, bytes: &[u8]) -> Arc<str> {
+    pub(super) fn get(&mut self, bytes: &[u8]) -> Arc<str> {
         for slot in &mut self.known {
             match slot {
                 Some(name) if name.as_bytes() == bytes => return Arc::clone(name),

@@ -186,8 +186,24 @@ impl Store {
         out.fresh = encoded
             .spans
             .into_iter()
-            .map(|(seq, from, to)| {
-                value::decode(self.journal_id, seq, buf.slice(from..to), &mut names)
+            .map(|span| match span.names {
+                // Taken while the record was encoded: the value is not read again (a burst's
+                // commit is larger than the CPU's cache).
+                Some((property, kind)) => StoredRecord {
+                    seq: span.seq,
+                    property,
+                    kind,
+                    journal_id: self.journal_id,
+                    replay_key: None,
+                    only_sink: None,
+                    json: buf.slice(span.json..span.end),
+                },
+                None => value::decode(
+                    self.journal_id,
+                    span.seq,
+                    buf.slice(span.value..span.end),
+                    &mut names,
+                ),
             })
             .collect();
         out.bytes = self.log.bytes();
@@ -249,13 +265,25 @@ struct Encoded {
     /// (seq, offset in `buf`) of some frames, for reads to start from.
     marks: Vec<(u64, u64)>,
     /// Each record: its seq and where its value is in `buf`.
-    spans: Vec<(u64, usize, usize)>,
+    spans: Vec<Span>,
     /// The frames with effects on the state (pending, dedupe key, heal key).
     effects: Vec<Frame>,
 }
 
+/// Where a record's value is in a commit's frames.
+struct Span {
+    seq: u64,
+    /// Where its value starts, where the JSON line in it starts, where it ends.
+    value: usize,
+    json: usize,
+    end: usize,
+    /// A record's property and type (not a replayed dead letter's, which is read back).
+    names: Option<(std::sync::Arc<str>, Option<std::sync::Arc<str>>)>,
+}
+
 /// Encodes the kept entries into frames.
 fn encode(last_seq: u64, commit: &Commit, dropped: &[usize]) -> Encoded {
+    let mut names = value::Names::default();
     let mut out = Encoded {
         buf: Vec::with_capacity(commit.entries.len() * 512),
         marks: Vec::new(),
@@ -275,13 +303,22 @@ fn encode(last_seq: u64, commit: &Commit, dropped: &[usize]) -> Encoded {
         }
         let start = out.buf.len();
         let effects = effects(entry);
-        let mut value_at = 0;
+        let (mut value_at, mut json_at) = (0, 0);
         segment::encode(&mut out.buf, seq, &effects, |buf| {
             value_at = buf.len();
-            value::encode(seq, entry, buf);
+            json_at = value::encode(seq, entry, buf);
         });
         since_mark += out.buf.len() - start;
-        out.spans.push((seq, value_at, out.buf.len()));
+        out.spans.push(Span {
+            seq,
+            value: value_at,
+            json: json_at,
+            end: out.buf.len(),
+            names: match entry {
+                Entry::Record(record) => Some(value::names_of(record, &mut names)),
+                Entry::Replay(_) => None,
+            },
+        });
         if effects.pending || effects.dedupe.is_some() || effects.heal.is_some() {
             out.effects.push(Frame {
                 seq,

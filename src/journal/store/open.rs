@@ -252,8 +252,8 @@ mod tests {
     use super::super::commit::{CommandWork, Commit, Seen};
     use super::*;
     use crate::journal::log::segment;
-    use crate::journal::value::{Entry, test_record};
-    use crate::record::Enrich;
+    use crate::journal::value::{Entry, StoredRecord, test_record};
+    use crate::record::{Enrich, Record};
     use redb::{Database, ReadableDatabase};
 
     fn commit_of(entries: Vec<Entry>) -> Commit {
@@ -272,6 +272,59 @@ mod tests {
             unheal: Vec::new(),
             commands: CommandWork::default(),
         }
+    }
+
+    /// What a commit hands to the sinks that keep up (taken while encoding, not read back)
+    /// is what a sink that fell behind reads from the disk: records with and without a type,
+    /// one whose type is too long for the value's header, and a replayed dead letter.
+    #[test]
+    fn a_commits_fresh_records_are_what_the_disk_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let (store, opened) = Store::open(&path, &["s".to_owned()], 1 << 30).unwrap();
+        let plain = test_record("a", Enrich::None, None);
+        let untyped = Record {
+            kind: None,
+            ..test_record("b", Enrich::None, None)
+        };
+        let long = Record {
+            kind: Some("T".repeat(70_000)),
+            ..test_record("c", Enrich::None, None)
+        };
+        let replay = crate::journal::value::Replay {
+            sink: "s".into(),
+            key: "0000000000000001-9".into(),
+            property: "old-town".into(),
+            kind: Some("Resource".into()),
+            json: br#"{"seq":9}"#.to_vec(),
+        };
+        let entries = vec![
+            Entry::Record(plain),
+            Entry::Record(untyped),
+            Entry::Record(long),
+            Entry::Replay(replay),
+        ];
+        let done = store.commit(opened.last_seq, &commit_of(entries)).unwrap();
+        let read = store.read_after(0, done.seq, 100).unwrap();
+        let fields = |r: &StoredRecord| {
+            (
+                r.seq,
+                r.property.to_string(),
+                r.kind.as_deref().map(str::to_owned),
+                r.journal_id,
+                r.replay_key.clone(),
+                r.only_sink.clone(),
+                r.json.clone(),
+            )
+        };
+        assert_eq!(done.fresh.len(), 4);
+        assert_eq!(
+            done.fresh.iter().map(fields).collect::<Vec<_>>(),
+            read.iter().map(fields).collect::<Vec<_>>()
+        );
+        assert_eq!(done.fresh[0].kind.as_deref(), Some("DeviceCommand"));
+        assert_eq!(done.fresh[2].kind, None, "too long for the header: none");
+        assert_eq!(done.fresh[3].only_sink.as_deref(), Some("s"));
     }
 
     /// A sink named after its url goes on where it stood when the url changes (one http sink
@@ -373,7 +426,7 @@ mod tests {
             heal: None,
         };
         segment::encode(&mut frame, 2, &effects, |out| {
-            value::encode(2, &pending, out)
+            value::encode(2, &pending, out);
         });
         store.log.append(&frame, 2, 2, &[(2, 0)]).unwrap();
         drop(store);
