@@ -92,10 +92,12 @@ async fn status_dead_letters_and_reload_against_a_running_relay() {
     wait_for_lines(&dead, 2).await;
     crate::listeners::listening(api).await;
 
-    // One connected, one refused.
-    wait_until_async("airport is reported refused", || async {
+    // One connected, one refused. The dead-letter file gets its line before the sink moves its
+    // cursor past the record, so its lag reaches 0 a moment after the line is there.
+    wait_until_async("airport is reported refused, hooks caught up", || async {
         let (_, doc) = status_json(&file).await;
         doc["Properties"]["airport"]["State"] == "reconnecting"
+            && doc["Sinks"]["hooks"]["LagRecords"] == 0
     })
     .await;
     let (code, doc) = status_json(&file).await;
