@@ -1,5 +1,6 @@
 //! What a journal entry holds on disk, and the record a sink reads back.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -67,49 +68,87 @@ pub fn record_key(journal_id: u64, seq: u64) -> String {
 }
 
 /// Layout: four length-prefixed strings (`u16`, `0xFFFF` = none) — property, type, key (none =
-/// derived from the seq), only-sink — then the JSON line. Returns where the JSON line starts
-/// in `out`.
-pub(super) fn encode(seq: u64, entry: &Entry, out: &mut Vec<u8>) -> usize {
+/// derived from the seq), only-sink — then the JSON line. Returns the header as written and
+/// where the JSON line starts in `out`.
+pub(super) fn encode<'a>(seq: u64, entry: &'a Entry, out: &mut Vec<u8>) -> (Header<'a>, usize) {
     match entry {
         Entry::Record(record) => {
-            put(out, Some(&record.property));
-            put(out, record.kind.as_deref());
-            put(out, None);
-            put(out, None);
+            let header = put_header(
+                out,
+                [Some(&record.property), record.kind.as_deref(), None, None],
+            );
             let at = out.len();
             record.encode(seq, out);
-            at
+            (header, at)
         }
         Entry::Replay(replay) => {
-            put(out, Some(&replay.property));
-            put(out, replay.kind.as_deref());
-            put(out, Some(&replay.key));
-            put(out, Some(&replay.sink));
+            let fields = [
+                Some(replay.property.as_str()),
+                replay.kind.as_deref(),
+                Some(replay.key.as_str()),
+                Some(replay.sink.as_str()),
+            ];
+            let header = put_header(out, fields);
             let at = out.len();
             out.extend_from_slice(&replay.json);
-            at
+            (header, at)
         }
     }
 }
 
-/// A record's property and type as [`decode`] reads them back from its value (a name too long
-/// for the value's header reads back as none), without reading the value.
-pub(super) fn names_of(record: &Record, names: &mut Names) -> (Arc<str>, Option<Arc<str>>) {
-    let name = |text: &str, names: &mut Names| {
-        (text.len() < u16::MAX as usize).then(|| names.get(text.as_bytes()))
-    };
-    let property = name(&record.property, names).unwrap_or_else(|| Arc::from(""));
-    let kind = record.kind.as_deref().and_then(|kind| name(kind, names));
-    (property, kind)
+/// A value's four header fields (see [`encode`]); none where absent or too long to store.
+pub(super) struct Header<'a> {
+    property: Option<Cow<'a, str>>,
+    kind: Option<Cow<'a, str>>,
+    key: Option<Cow<'a, str>>,
+    sink: Option<Cow<'a, str>>,
 }
 
-fn put(out: &mut Vec<u8>, field: Option<&str>) {
-    match field.map(str::as_bytes) {
-        Some(bytes) if bytes.len() < u16::MAX as usize => {
-            out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
-            out.extend_from_slice(bytes);
+impl Header<'_> {
+    /// The record a sink reads: these fields and the JSON line (no property reads as empty).
+    pub(super) fn stored(
+        self,
+        journal_id: u64,
+        seq: u64,
+        json: Bytes,
+        names: &mut Names,
+    ) -> StoredRecord {
+        StoredRecord {
+            seq,
+            property: self
+                .property
+                .map_or_else(|| Arc::from(""), |name| names.get(name.as_bytes())),
+            kind: self.kind.map(|name| names.get(name.as_bytes())),
+            journal_id,
+            replay_key: self.key.map(Cow::into_owned),
+            only_sink: self.sink.map(Cow::into_owned),
+            json,
         }
-        _ => out.extend_from_slice(&u16::MAX.to_le_bytes()),
+    }
+}
+
+fn put_header<'a>(out: &mut Vec<u8>, fields: [Option<&'a str>; 4]) -> Header<'a> {
+    let [property, kind, key, sink] = fields.map(|field| put(out, field).map(Cow::Borrowed));
+    Header {
+        property,
+        kind,
+        key,
+        sink,
+    }
+}
+
+/// Writes `field` if it fits (else none); returns it if it was written.
+fn put<'a>(out: &mut Vec<u8>, field: Option<&'a str>) -> Option<&'a str> {
+    match field {
+        Some(text) if text.len() < u16::MAX as usize => {
+            out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+            out.extend_from_slice(text.as_bytes());
+            Some(text)
+        }
+        _ => {
+            out.extend_from_slice(&u16::MAX.to_le_bytes());
+            None
+        }
     }
 }
 
@@ -142,36 +181,29 @@ impl Names {
 /// shares `value`'s bytes.
 pub(super) fn decode(journal_id: u64, seq: u64, value: Bytes, names: &mut Names) -> StoredRecord {
     let mut at = 0;
-    let mut take = |name: Option<&mut Names>| -> Option<Result<Arc<str>, String>> {
-        let len = value.get(at..at + 2)?;
-        let len = u16::from_le_bytes([len[0], len[1]]);
-        at += 2;
-        if len == u16::MAX {
-            return None;
-        }
-        let end = (at + len as usize).min(value.len());
-        let bytes = value.get(at..end)?;
-        at = end;
-        Some(match name {
-            Some(names) => Ok(names.get(bytes)),
-            None => Err(String::from_utf8_lossy(bytes).into_owned()),
-        })
+    // In field order: each read starts where the last one ended.
+    let header = Header {
+        property: field(&value, &mut at),
+        kind: field(&value, &mut at),
+        key: field(&value, &mut at),
+        sink: field(&value, &mut at),
     };
-    let property = take(Some(names))
-        .and_then(Result::ok)
-        .unwrap_or_else(|| Arc::from(""));
-    let kind = take(Some(names)).and_then(Result::ok);
-    let replay_key = take(None).and_then(Result::err);
-    let only_sink = take(None).and_then(Result::err);
-    StoredRecord {
-        seq,
-        property,
-        kind,
-        journal_id,
-        replay_key,
-        only_sink,
-        json: value.slice(at.min(value.len())..),
+    let json = value.slice(at.min(value.len())..);
+    header.stored(journal_id, seq, json, names)
+}
+
+/// The header field at `at` (moved past it); none if absent or cut off.
+fn field<'v>(value: &'v [u8], at: &mut usize) -> Option<Cow<'v, str>> {
+    let len = value.get(*at..*at + 2)?;
+    let len = u16::from_le_bytes([len[0], len[1]]);
+    *at += 2;
+    if len == u16::MAX {
+        return None;
     }
+    let end = (*at + len as usize).min(value.len());
+    let bytes = value.get(*at..end)?;
+    *at = end;
+    Some(String::from_utf8_lossy(bytes))
 }
 
 /// A DeviceCommand record of property `p`, for the journal's tests.

@@ -60,24 +60,26 @@ fn put16(out: &mut Vec<u8>, field: Option<&str>) {
     }
 }
 
-/// Appends one frame to `out`; `value` is written by `write_value` into `out` directly.
-pub fn encode(
+/// Appends one frame to `out`; `value` is written by `write_value` into `out` directly, and
+/// what it returns is returned.
+pub fn encode<T>(
     out: &mut Vec<u8>,
     seq: u64,
     effects: &Effects<'_>,
-    write_value: impl FnOnce(&mut Vec<u8>),
-) {
+    write_value: impl FnOnce(&mut Vec<u8>) -> T,
+) -> T {
     let start = out.len();
     out.extend_from_slice(&[0u8; 8]); // len and crc, filled below
     out.extend_from_slice(&seq.to_le_bytes());
     out.push(if effects.pending { PENDING } else { 0 });
     put16(out, effects.dedupe);
     put16(out, effects.heal);
-    write_value(out);
+    let written = write_value(out);
     let len = (out.len() - start - 4) as u32;
     let crc = crc32fast::hash(&out[start + 8..]);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    written
 }
 
 /// The header of a segment starting at `first_seq`.

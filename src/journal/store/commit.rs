@@ -186,24 +186,12 @@ impl Store {
         out.fresh = encoded
             .spans
             .into_iter()
-            .map(|span| match span.names {
-                // Taken while the record was encoded: the value is not read again (a burst's
-                // commit is larger than the CPU's cache).
-                Some((property, kind)) => StoredRecord {
-                    seq: span.seq,
-                    property,
-                    kind,
-                    journal_id: self.journal_id,
-                    replay_key: None,
-                    only_sink: None,
-                    json: buf.slice(span.json..span.end),
-                },
-                None => value::decode(
-                    self.journal_id,
-                    span.seq,
-                    buf.slice(span.value..span.end),
-                    &mut names,
-                ),
+            // The header as encoded: the value is not read again (a burst's commit is larger
+            // than the CPU's cache).
+            .map(|span| {
+                let json = buf.slice(span.json..span.end);
+                span.header
+                    .stored(self.journal_id, span.seq, json, &mut names)
             })
             .collect();
         out.bytes = self.log.bytes();
@@ -260,30 +248,26 @@ impl Store {
 }
 
 /// A commit's frames, ready to append.
-struct Encoded {
+struct Encoded<'a> {
     buf: Vec<u8>,
     /// (seq, offset in `buf`) of some frames, for reads to start from.
     marks: Vec<(u64, u64)>,
-    /// Each record: its seq and where its value is in `buf`.
-    spans: Vec<Span>,
+    /// Each record, in seq order.
+    spans: Vec<Span<'a>>,
     /// The frames with effects on the state (pending, dedupe key, heal key).
     effects: Vec<Frame>,
 }
 
-/// Where a record's value is in a commit's frames.
-struct Span {
+/// A record in a commit's frames: its seq, its value's header, where its JSON line is.
+struct Span<'a> {
     seq: u64,
-    /// Where its value starts, where the JSON line in it starts, where it ends.
-    value: usize,
+    header: value::Header<'a>,
     json: usize,
     end: usize,
-    /// A record's property and type (not a replayed dead letter's, which is read back).
-    names: Option<(std::sync::Arc<str>, Option<std::sync::Arc<str>>)>,
 }
 
 /// Encodes the kept entries into frames.
-fn encode(last_seq: u64, commit: &Commit, dropped: &[usize]) -> Encoded {
-    let mut names = value::Names::default();
+fn encode<'a>(last_seq: u64, commit: &'a Commit, dropped: &[usize]) -> Encoded<'a> {
     let mut out = Encoded {
         buf: Vec::with_capacity(commit.entries.len() * 512),
         marks: Vec::new(),
@@ -303,21 +287,15 @@ fn encode(last_seq: u64, commit: &Commit, dropped: &[usize]) -> Encoded {
         }
         let start = out.buf.len();
         let effects = effects(entry);
-        let (mut value_at, mut json_at) = (0, 0);
-        segment::encode(&mut out.buf, seq, &effects, |buf| {
-            value_at = buf.len();
-            json_at = value::encode(seq, entry, buf);
+        let (header, json) = segment::encode(&mut out.buf, seq, &effects, |buf| {
+            value::encode(seq, entry, buf)
         });
         since_mark += out.buf.len() - start;
         out.spans.push(Span {
             seq,
-            value: value_at,
-            json: json_at,
+            header,
+            json,
             end: out.buf.len(),
-            names: match entry {
-                Entry::Record(record) => Some(value::names_of(record, &mut names)),
-                Entry::Replay(_) => None,
-            },
         });
         if effects.pending || effects.dedupe.is_some() || effects.heal.is_some() {
             out.effects.push(Frame {
