@@ -1,7 +1,6 @@
 //! The command line: what `mews-relay --help` shows. The doc comments below are the help
 //! text, so items the help does not describe carry `//` comments instead.
-// The doc comments below are `--help` text: `[api]` names a config table and `<sink>` a
-// placeholder, not rustdoc links or HTML.
+// So `[api]` names a config table and `<sink>` a placeholder: not rustdoc links or HTML.
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 use std::net::SocketAddr;
