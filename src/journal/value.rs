@@ -105,23 +105,38 @@ pub(super) struct Header<'a> {
 }
 
 impl Header<'_> {
-    /// The record a sink reads: these fields and the JSON line (no property reads as empty).
-    pub(super) fn stored(
-        self,
-        journal_id: u64,
-        seq: u64,
-        json: Bytes,
-        names: &mut Names,
-    ) -> StoredRecord {
-        StoredRecord {
-            seq,
+    /// The fields as a sink's record holds them; the names shared through `names` (no property
+    /// reads as empty).
+    pub(super) fn named(self, names: &mut Names) -> Named {
+        Named {
             property: self
                 .property
                 .map_or_else(|| Arc::from(""), |name| names.get(name.as_bytes())),
             kind: self.kind.map(|name| names.get(name.as_bytes())),
-            journal_id,
             replay_key: self.key.map(Cow::into_owned),
             only_sink: self.sink.map(Cow::into_owned),
+        }
+    }
+}
+
+/// A value's header as a sink's record holds it.
+pub(super) struct Named {
+    property: Arc<str>,
+    kind: Option<Arc<str>>,
+    replay_key: Option<String>,
+    only_sink: Option<String>,
+}
+
+impl Named {
+    /// The record a sink reads: these fields and the JSON line.
+    pub(super) fn stored(self, journal_id: u64, seq: u64, json: Bytes) -> StoredRecord {
+        StoredRecord {
+            seq,
+            property: self.property,
+            kind: self.kind,
+            journal_id,
+            replay_key: self.replay_key,
+            only_sink: self.only_sink,
             json,
         }
     }
@@ -189,7 +204,7 @@ pub(super) fn decode(journal_id: u64, seq: u64, value: Bytes, names: &mut Names)
         sink: field(&value, &mut at),
     };
     let json = value.slice(at.min(value.len())..);
-    header.stored(journal_id, seq, json, names)
+    header.named(names).stored(journal_id, seq, json)
 }
 
 /// The header field at `at` (moved past it); none if absent or cut off.

@@ -182,16 +182,12 @@ impl Store {
             self.log.prune(to).map_err(|io| self.io(io))?;
         }
         let buf = Bytes::from(encoded.buf);
-        let mut names = value::Names::default();
         out.fresh = encoded
             .spans
             .into_iter()
-            // The header as encoded: the value is not read again (a burst's commit is larger
-            // than the CPU's cache).
             .map(|span| {
                 let json = buf.slice(span.json..span.end);
-                span.header
-                    .stored(self.journal_id, span.seq, json, &mut names)
+                span.named.stored(self.journal_id, span.seq, json)
             })
             .collect();
         out.bytes = self.log.bytes();
@@ -248,26 +244,29 @@ impl Store {
 }
 
 /// A commit's frames, ready to append.
-struct Encoded<'a> {
+struct Encoded {
     buf: Vec<u8>,
     /// (seq, offset in `buf`) of some frames, for reads to start from.
     marks: Vec<(u64, u64)>,
     /// Each record, in seq order.
-    spans: Vec<Span<'a>>,
+    spans: Vec<Span>,
     /// The frames with effects on the state (pending, dedupe key, heal key).
     effects: Vec<Frame>,
 }
 
-/// A record in a commit's frames: its seq, its value's header, where its JSON line is.
-struct Span<'a> {
+/// A record in a commit's frames: its seq, its value's header as a sink's record holds it
+/// (taken while the entry is encoded: neither the entry nor the value is read again, and a
+/// burst's commit is larger than the CPU's cache), where its JSON line is.
+struct Span {
     seq: u64,
-    header: value::Header<'a>,
+    named: value::Named,
     json: usize,
     end: usize,
 }
 
 /// Encodes the kept entries into frames.
-fn encode<'a>(last_seq: u64, commit: &'a Commit, dropped: &[usize]) -> Encoded<'a> {
+fn encode(last_seq: u64, commit: &Commit, dropped: &[usize]) -> Encoded {
+    let mut names = value::Names::default();
     let mut out = Encoded {
         buf: Vec::with_capacity(commit.entries.len() * 512),
         marks: Vec::new(),
@@ -293,7 +292,7 @@ fn encode<'a>(last_seq: u64, commit: &'a Commit, dropped: &[usize]) -> Encoded<'
         since_mark += out.buf.len() - start;
         out.spans.push(Span {
             seq,
-            header,
+            named: header.named(&mut names),
             json,
             end: out.buf.len(),
         });
