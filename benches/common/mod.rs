@@ -1,7 +1,7 @@
 //! Helpers the benchmarks share: following an output file, percentiles, medians.
 #![allow(dead_code)] // each benchmark uses part of it
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -11,34 +11,42 @@ use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Follows a growing file, handing each complete line to `on_line`, until `lines` were seen.
+/// It shares the machine with the client it measures, so it copies only a line split across
+/// two reads and finds line ends with `memchr`. (Byte by byte, with every read copied once
+/// more, it took 6.2 % of the two cores' samples in a burst, against 2.5 % now: `perf record
+/// -a` over 1.5 s of `-- --burst-events 1000000 burst`.)
 pub fn tail(path: &Path, lines: usize, poll: Duration, mut on_line: impl FnMut(&[u8])) {
     let deadline = Instant::now() + Duration::from_secs(300);
     while !path.exists() {
         std::thread::sleep(poll);
     }
     let mut file = std::fs::File::open(path).unwrap();
-    let (mut seen, mut pos, mut buf, mut pending) = (0, 0u64, vec![0u8; 1 << 20], Vec::new());
+    let (mut seen, mut buf, mut pending) = (0, vec![0u8; 1 << 20], Vec::new());
     while seen < lines {
         assert!(
             Instant::now() < deadline,
             "benchmark stalled at {seen} of {lines} lines in {}",
             path.display()
         );
-        file.seek(SeekFrom::Start(pos)).unwrap();
+        // A regular file's reads go on from where the last one stopped, also after an EOF.
         let n = file.read(&mut buf).unwrap();
         if n == 0 {
             std::thread::sleep(poll);
             continue;
         }
-        pos += n as u64;
-        pending.extend_from_slice(&buf[..n]);
         let mut start = 0;
-        while let Some(end) = pending[start..].iter().position(|b| *b == b'\n') {
-            on_line(&pending[start..start + end]);
+        for end in memchr::memchr_iter(b'\n', &buf[..n]) {
+            if pending.is_empty() {
+                on_line(&buf[start..end]);
+            } else {
+                pending.extend_from_slice(&buf[start..end]);
+                on_line(&pending);
+                pending.clear();
+            }
             seen += 1;
-            start += end + 1;
+            start = end + 1;
         }
-        pending.drain(..start);
+        pending.extend_from_slice(&buf[start..n]);
     }
 }
 
