@@ -316,6 +316,83 @@ mod tests {
         (expected, size)
     }
 
+    /// Set in the child process of [`with_no_room_for_zeros_ahead_the_frames_still_go_in`],
+    /// whose file-size limit (`RLIMIT_FSIZE`, 64 KiB) stands for a full disk.
+    const NO_ROOM_CHILD: &str = "MEWS_RELAY_TEST_NO_ROOM_CHILD";
+
+    /// Appends in a child process where the file may not pass 64 KiB: frames that fit go in
+    /// although the zeros ahead of them do not, a commit that does not fit fails and leaves
+    /// nothing, and the next one that fits goes where the failed one would have.
+    fn appends_with_no_room(try_direct: bool) {
+        const LIMIT: usize = 64 << 10;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.seg");
+        std::fs::write(&path, b"HEADER-16-BYTES.").unwrap();
+        let mut expected = b"HEADER-16-BYTES.".to_vec();
+        let mut active = Active::open_with(&path, 1, 16, try_direct).unwrap();
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut frames = |size: usize| -> Vec<u8> { (0..size).map(|_| rng.u8(1..)).collect() };
+        // 1,000 bytes, then 20 of 3,000: the last ends at 61,016 (its block at 61,440).
+        for size in std::iter::once(1000).chain([3000; 20]) {
+            let bytes = frames(size);
+            let at = active
+                .append(&bytes, 8 << 20)
+                .expect("frames that fit go in");
+            assert_eq!(at as usize, expected.len());
+            expected.extend_from_slice(&bytes);
+        }
+        let err = active
+            .append(&frames(10_000), 8 << 20)
+            .expect_err("a commit past the limit fails");
+        assert!(no_room(&err), "{err}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), active.len);
+        let last = frames(100);
+        let at = active.append(&last, 8 << 20).unwrap();
+        assert_eq!(
+            at as usize,
+            expected.len(),
+            "where the failed commit would have gone"
+        );
+        expected.extend_from_slice(&last);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() <= LIMIT, "{}", bytes.len());
+        assert_eq!(&bytes[..expected.len()], &expected[..]);
+        assert!(bytes[expected.len()..].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn with_no_room_for_zeros_ahead_the_frames_still_go_in() {
+        if std::env::var_os(NO_ROOM_CHILD).is_some() {
+            // The limit is the process's: this child runs nothing else.
+            nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_FSIZE,
+                64 << 10,
+                64 << 10,
+            )
+            .unwrap();
+            // Blocked, the signal does not end the process; the write fails with EFBIG.
+            let mut xfsz = nix::sys::signal::SigSet::empty();
+            xfsz.add(nix::sys::signal::Signal::SIGXFSZ);
+            xfsz.thread_block().unwrap();
+            appends_with_no_room(true);
+            appends_with_no_room(false);
+            return;
+        }
+        let name =
+            "journal::log::active::tests::with_no_room_for_zeros_ahead_the_frames_still_go_in";
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(NO_ROOM_CHILD, "1");
+        let out = child.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     #[test]
     fn direct_and_buffered_appends_leave_the_same_frames_and_zeros() {
         let (direct, direct_size) = appends(true);
