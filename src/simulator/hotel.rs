@@ -14,6 +14,7 @@ use tokio::sync::broadcast;
 
 use super::events::{EventFactory, uuid};
 
+mod by_ids;
 mod commands;
 mod rest;
 
@@ -123,6 +124,8 @@ struct RestFaults {
     down: bool,
     /// The next this-many `commands/update` calls are applied, then answered 408.
     timeout_after_apply: u32,
+    /// `commands/getAllByIds` leaves unknown ids out instead of refusing the request.
+    omit_unknown_ids: bool,
 }
 
 /// One REST request the simulator answered.

@@ -270,7 +270,8 @@ async fn every_rest_answer_carries_a_request_id() {
         },
     )
     .await;
-    let limitation = |count: u64| json!({"CommandIds": [], "Limitation": {"Count": count}});
+    let id = hotel.create_key_command(false);
+    let limitation = |count: u64| json!({"CommandIds": [id], "Limitation": {"Count": count}});
     let answers = [
         (200, rest(addr, "commands/getAllActive", json!({})).await),
         (
