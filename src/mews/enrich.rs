@@ -10,20 +10,18 @@
 //! journal; when Mews answers again, those still active are journaled once more with their
 //! details (`origin = "catch_up"`), exactly once.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures_util::future::join_all;
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::catch_up::command_record;
-use super::{Rest, RestError, command_key, command_key_prefix, parse_commands};
+use super::lookup::{Lookup, MAX_IDS, fetch};
+use super::{Rest, RestError, command_key, command_key_prefix};
 use crate::journal::{Entry, Journal, Note, Settle};
 use crate::record::{Enrich, Record};
 use crate::retry::{Backoff, schedules};
@@ -31,8 +29,6 @@ use crate::stats::Stats;
 
 /// At most this many records are coalesced into one round of calls.
 const MAX_ROUND: usize = 4096;
-/// `CommandIds` takes at most this many ids.
-const MAX_IDS: usize = 1000;
 /// While heal keys remain, they are looked at again this often.
 const HEAL_EVERY: Duration = Duration::from_secs(60);
 /// The event type that is enriched.
@@ -40,10 +36,8 @@ pub const DEVICE_COMMAND: &str = "DeviceCommand";
 /// Command states Mews still expects an integration to act on.
 const ACTIVE: [&str; 2] = ["Pending", "Received"];
 
-/// A command's state in Mews and the record's `command` (which holds that state too).
-type Details = (Option<String>, Box<RawValue>);
-/// What one round of `commands/getAllByIds` found, by command id.
-type Fetched = Result<HashMap<String, Details>, RestError>;
+/// What one round of `commands/getAllByIds` found.
+type Fetched = Result<Lookup, RestError>;
 
 /// Whether a property's REST API is failing, shared with its WebSocket reader: while it is,
 /// DeviceCommand records are journaled with `enrich_error` at once rather than pending.
@@ -349,14 +343,24 @@ impl Enricher {
         }
     }
 
-    /// Settles a round Mews answered: details where found, else an error (and a heal key: a
-    /// command Mews did not return yet may still appear).
-    fn found(&self, round: Vec<Waiting>, found: &HashMap<String, Details>) -> Vec<Settle> {
+    /// Settles a round Mews answered: details where found, else an error — with a heal key
+    /// for a command Mews did not return (it may still appear), without one for an id Mews
+    /// refused (it would be refused again).
+    fn found(&self, round: Vec<Waiting>, lookup: &Lookup) -> Vec<Settle> {
         round
             .into_iter()
             .map(|w| {
                 let id = w.note.record.id.clone().unwrap_or_default();
-                match found.get(&id) {
+                if let Some(message) = lookup.refused.get(&id) {
+                    let error = format!(
+                        "Mews refused the command id in commands/getAllByIds (HTTP 400: {message})"
+                    );
+                    return Settle {
+                        heal: None,
+                        ..self.without_details(w.note, error)
+                    };
+                }
+                match lookup.found.get(&id) {
                     Some((_, details)) => {
                         let mut record = w.note.record;
                         record.command = Some(details.clone());
@@ -465,31 +469,6 @@ pub fn prepare(record: &mut Record, property: &str, health: &Health) -> bool {
     }
 }
 
-/// Details of these commands, in as few calls as `CommandIds` allows, made together.
-async fn fetch(rest: Arc<Rest>, ids: Vec<String>) -> Fetched {
-    let calls = ids.chunks(MAX_IDS).map(|chunk| {
-        let rest = Arc::clone(&rest);
-        async move {
-            let mut body = Map::new();
-            body.insert(
-                "CommandIds".into(),
-                Value::Array(chunk.iter().cloned().map(Value::String).collect()),
-            );
-            let bytes = rest.call("commands/getAllByIds", body).await?;
-            parse_commands(&bytes)
-        }
-    });
-    let mut found = HashMap::with_capacity(ids.len());
-    for result in join_all(calls).await {
-        found.extend(
-            result?
-                .into_iter()
-                .map(|(id, state, details)| (id, (state, details))),
-        );
-    }
-    Ok(found)
-}
-
 /// Journals once more, with details, the commands of `property` that went out without them
 /// and are still active in Mews; forgets the rest. Returns how many were forwarded.
 async fn heal(rest: &Arc<Rest>, journal: &Journal, property: &Arc<str>) -> Result<usize, String> {
@@ -514,7 +493,8 @@ async fn heal(rest: &Arc<Rest>, journal: &Journal, property: &Arc<str>) -> Resul
     ids.dedup();
     let found = fetch(Arc::clone(rest), ids)
         .await
-        .map_err(|err| err.to_string())?;
+        .map_err(|err| err.to_string())?
+        .found;
     let received_at = crate::record::format_time(SystemTime::now());
     let mut entries = Vec::new();
     let mut forwarded = std::collections::HashSet::new();

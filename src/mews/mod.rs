@@ -5,6 +5,7 @@ pub mod catch_up;
 pub mod client;
 pub mod enrich;
 mod limiter;
+mod lookup;
 pub mod update;
 
 use std::sync::Arc;

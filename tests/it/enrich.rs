@@ -383,3 +383,78 @@ async fn records_pending_at_a_kill_are_delivered_settled_and_in_order_after_the_
     assert_eq!(daemon.wait().await, Some(0));
     assert_eq!(lines(&site.out).len(), 3);
 }
+
+/// Mews refuses a whole `commands/getAllByIds` for one id it will not answer (the simulator
+/// takes that strictest reading): a command Mews does not know, among commands it does, costs
+/// only its own details. The outage's probe asks for it alone and is refused: that is an
+/// answer, so the outage ends; the healing pass asks for all three, the refused request is
+/// split, the two Mews knows are healed with their details; the next command is enriched.
+#[tokio::test]
+async fn a_command_id_mews_refuses_costs_only_its_own_details() {
+    let mut site = Site::start().await;
+    let target = site.api.trim_start_matches("http://").parse().unwrap();
+    let gate = RestGate::start(Some(target)).await;
+    let text = config(
+        &site.server.url(),
+        &gate.url,
+        site.dir.path(),
+        &file_sink(&site.out),
+        "[enrich]\ntimeout = \"300ms\"\n",
+    )
+    .replace("[mews]\n", "[mews]\nrequest_timeout = \"1s\"\n");
+    let relay = Relay::start(&text);
+    let mut conn = site.server.next().await;
+    let unknown = "0b7e2f6a-3c1d-4e5f-8a9b-0c1d2e3f4a5b";
+    let known: Vec<String> = (0..2)
+        .map(|_| site.hotel.create_key_command(false))
+        .collect();
+    // The unknown one first: its record waits out the timeout, so the outage's probe asks
+    // for it; the others then go out at once, without details.
+    conn.send(&live_command(unknown, "Pending")).await;
+    wait_for_lines(&site.out, 1).await;
+    for id in &known {
+        conn.send(&live_command(id, "Pending")).await;
+    }
+    let got = wait_for_lines(&site.out, 3).await;
+    assert!(got.iter().all(|l| l["enrich_error"].is_string()), "{got:?}");
+    gate.open();
+    let got = wait_for_lines(&site.out, 5).await;
+    let mut healed: Vec<&str> = got[3..]
+        .iter()
+        .map(|l| {
+            assert_eq!(l["origin"], "catch_up", "{l}");
+            assert_eq!(l["command"]["State"], "Pending", "{l}");
+            l["id"].as_str().unwrap()
+        })
+        .collect();
+    healed.sort();
+    let mut expected: Vec<&str> = known.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(healed, expected);
+    // The probe's refusal, then the healing pass's first request (healing waits for the
+    // outage to end).
+    wait_until("the probe and the healing pass were refused", || {
+        let answers = site.hotel.answers();
+        let refused = |c: &&mews_relay::simulator::Call| {
+            c.operation == "commands/getAllByIds" && c.status == 400
+        };
+        answers.iter().filter(refused).count() >= 2
+    })
+    .await;
+
+    let next = site.hotel.create_key_command(false);
+    conn.send(&live_command(&next, "Pending")).await;
+    let got = wait_for_lines(&site.out, 6).await;
+    assert_eq!(got[5]["id"], next.as_str());
+    assert_eq!(got[5]["origin"], "websocket");
+    assert_eq!(
+        got[5]["command"]["Device"]["Type"], "KeyCutter",
+        "{}",
+        got[5]
+    );
+    assert!(got[5]["enrich_error"].is_null(), "{}", got[5]);
+    relay.stop().await;
+    let all = lines(&site.out);
+    assert_eq!(all.len(), 6, "{all:?}");
+    assert_eq!(all.iter().filter(|l| l["id"] == unknown).count(), 1);
+}

@@ -1,0 +1,194 @@
+//! `commands/getAllByIds` for enrichment and healing: the details of many commands, in as few
+//! calls as `CommandIds` allows.
+//!
+//! Mews refuses the whole request (`400 Invalid CommandIds`) for a single id it will not
+//! answer: the docs are silent on which ids that is (one it does not know, one purged, one of
+//! another enterprise, one that is not a GUID), so any may be. One such id must not cost the
+//! details of the others, nor keep an outage going (the probe would send it again and again):
+//! a refused request is split in halves, each asked again, until the refused ids stand alone.
+//! Those come back as refused, with Mews's message; a 400 is an answer, not an outage.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::{Rest, RestError, parse_commands};
+
+/// `CommandIds` takes at most this many ids.
+pub(super) const MAX_IDS: usize = 1000;
+/// A refused request of `MAX_IDS` ids is split at most this many times: enough to single out
+/// a few refused ids among 1,000 (about 20 calls for one), not enough to spend the property's
+/// rate limit (200 calls in 30 s) on a batch Mews refuses whole. Ids still together when the
+/// splits run out are reported refused together.
+const MAX_SPLITS: usize = 32;
+
+/// A command's state in Mews and the record's `command` (which holds that state too).
+pub(super) type Details = (Option<String>, Box<RawValue>);
+
+/// What Mews answered for a set of command ids.
+#[derive(Debug, Default)]
+pub(super) struct Lookup {
+    /// Details of the commands Mews returned, by id.
+    pub found: HashMap<String, Details>,
+    /// Ids in a request Mews refused with 400, and its message.
+    pub refused: HashMap<String, String>,
+}
+
+/// Details of these commands (each id once), the chunks of `MAX_IDS` asked together.
+pub(super) async fn fetch(rest: Arc<Rest>, ids: Vec<String>) -> Result<Lookup, RestError> {
+    let chunks = ids
+        .chunks(MAX_IDS)
+        .map(|chunk| lookup(&rest, chunk.to_vec()));
+    let mut all = Lookup::default();
+    for result in join_all(chunks).await {
+        let Lookup { found, refused } = result?;
+        all.found.extend(found);
+        all.refused.extend(refused);
+    }
+    if let Some(message) = all.refused.values().next() {
+        tracing::warn!(
+            ids = all.refused.len(),
+            error = %message,
+            "Mews refused command ids in commands/getAllByIds; their records go on without details (enrich_error)"
+        );
+    }
+    Ok(all)
+}
+
+/// One chunk, split while Mews refuses it (see the module's header).
+async fn lookup(rest: &Rest, ids: Vec<String>) -> Result<Lookup, RestError> {
+    let mut out = Lookup::default();
+    let mut todo = vec![ids];
+    let mut splits = 0;
+    while let Some(ids) = todo.pop() {
+        match call(rest, &ids).await {
+            Ok(found) => out.found.extend(found),
+            Err(RestError::Status {
+                status: 400,
+                message,
+                ..
+            }) => {
+                if ids.len() > 1 && splits < MAX_SPLITS {
+                    splits += 1;
+                    let (first, second) = ids.split_at(ids.len() / 2);
+                    todo.push(second.to_vec());
+                    todo.push(first.to_vec());
+                } else {
+                    out.refused
+                        .extend(ids.into_iter().map(|id| (id, message.clone())));
+                }
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(out)
+}
+
+async fn call(rest: &Rest, ids: &[String]) -> Result<Vec<(String, Details)>, RestError> {
+    let mut body = Map::new();
+    body.insert(
+        "CommandIds".into(),
+        Value::Array(ids.iter().cloned().map(Value::String).collect()),
+    );
+    let bytes = rest.call("commands/getAllByIds", body).await?;
+    Ok(parse_commands(&bytes)?
+        .into_iter()
+        .map(|(id, state, details)| (id, (state, details)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::mews::{Limiter, RestSetup, http_client};
+    use crate::secret::Secret;
+    use crate::simulator::{self, Hotel, SimulatorConfig};
+    use crate::stats::Stats;
+
+    /// A REST client of the simulator's hotel, served over HTTP on loopback.
+    async fn client(hotel: &Arc<Hotel>, stop: &CancellationToken) -> Arc<Rest> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let config = SimulatorConfig {
+            rate: 0.001,
+            ..SimulatorConfig::default()
+        };
+        tokio::spawn(simulator::serve_hotel(
+            listener,
+            config,
+            Arc::clone(hotel),
+            stop.clone(),
+        ));
+        let tls = crate::tls::client_config(&[], None).unwrap();
+        Arc::new(Rest::new(RestSetup {
+            api_url: &url,
+            client_token: Secret::new("CLIENT"),
+            access_token: Secret::new("ACCESS"),
+            client: "mews-relay test",
+            limiter: Limiter::new(1000, Duration::from_secs(30)),
+            http: http_client(&tls, Duration::from_secs(5)).unwrap(),
+            stats: Arc::new(Stats::default()),
+        }))
+    }
+
+    /// Refused requests as the simulator logged them.
+    fn refusals(hotel: &Hotel) -> usize {
+        let answers = hotel.answers();
+        answers.iter().filter(|c| c.status == 400).count()
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_is_split_until_the_refused_ids_stand_alone() {
+        let hotel = Arc::new(Hotel::new());
+        let stop = CancellationToken::new();
+        let rest = client(&hotel, &stop).await;
+        let mut ids: Vec<String> = (0..100).map(|_| hotel.create_key_command(false)).collect();
+        let unknown = ["0b7e2f6a-3c1d-4e5f-8a9b-0c1d2e3f4a5b", "not-a-guid"];
+        ids.insert(17, unknown[0].to_owned());
+        ids.insert(80, unknown[1].to_owned());
+        let lookup = fetch(Arc::clone(&rest), ids.clone()).await.unwrap();
+        assert_eq!(lookup.found.len(), 100);
+        assert!(
+            ids.iter()
+                .all(|id| unknown.contains(&id.as_str()) || lookup.found.contains_key(id))
+        );
+        let mut refused: Vec<&str> = lookup.refused.keys().map(String::as_str).collect();
+        refused.sort_unstable();
+        assert_eq!(
+            refused,
+            ["0b7e2f6a-3c1d-4e5f-8a9b-0c1d2e3f4a5b", "not-a-guid"]
+        );
+        assert!(
+            lookup
+                .refused
+                .values()
+                .all(|m| m.starts_with("Invalid CommandIds"))
+        );
+        // Each split asks both halves again: 102 ids, two refused, take about 2 × 2 × log2(102).
+        let calls = hotel.answers().len();
+        assert!((3..=30).contains(&calls), "{calls} calls");
+        assert!(refusals(&hotel) >= 3);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_request_refused_whole_stops_splitting_and_refuses_every_id() {
+        let hotel = Arc::new(Hotel::new());
+        let stop = CancellationToken::new();
+        let rest = client(&hotel, &stop).await;
+        let ids: Vec<String> = (0..1000).map(|i| format!("cmd-{i}")).collect();
+        let lookup = fetch(Arc::clone(&rest), ids).await.unwrap();
+        assert!(lookup.found.is_empty());
+        assert_eq!(lookup.refused.len(), 1000);
+        // The first request and two for each split.
+        assert_eq!(hotel.answers().len(), 1 + 2 * MAX_SPLITS);
+        stop.cancel();
+    }
+}
