@@ -235,7 +235,8 @@ pub struct SimulateArgs {
     /// "reservations/getAll/2023-06-06"); may be given more than once.
     #[arg(long, value_name = "OPERATION")]
     rest_403: Vec<String>,
-    /// Fault: answer 408 Request Timeout to paged REST requests whose Limitation.Count is above N.
+    /// Fault: answer 408 Request Timeout to REST requests asking for more than N items (a page's
+    /// Limitation.Count, or the CommandIds of commands/getAllByIds).
     #[arg(long, value_name = "N")]
     rest_408_above: Option<u64>,
 }

@@ -1,8 +1,9 @@
 //! The Mews REST client of one property: tokens in the body, a local rate limiter, and Mews's
 //! answers read as `guidelines/responses.md` and `guidelines/requests.md` document them: 401
 //! (tokens, disabled integration, no permission) is one clear error per property; 403 refuses
-//! that one request on a business rule and leaves other operations alone; 408 to a paged
-//! request asks for smaller pages (the caller halves `Limitation.Count`); 429 waits for
+//! that one request on a business rule and leaves other operations alone; 408 to a request the
+//! caller can make smaller (a page, or several `CommandIds`) asks for smaller batches (the
+//! caller halves `Limitation.Count`, or splits the ids); 429 waits for
 //! `Retry-After`, or backs off exponentially with jitter when it is missing; 5xx and transport
 //! errors are retried with backoff. Every failure is logged with Mews's `Request-Id`.
 
@@ -78,7 +79,8 @@ pub enum RestError {
         /// Mews's `Request-Id`.
         request_id: Option<String>,
     },
-    /// 408 to a paged request: Mews could not prepare that many items; ask for fewer.
+    /// 408 to a page or to several `CommandIds`: Mews could not prepare that many items; ask
+    /// for fewer.
     #[error(
         "Mews took too long to prepare {operation} (HTTP 408{rid}); ask for smaller pages",
         rid = RequestIdNote(.request_id)
@@ -99,7 +101,8 @@ pub enum RestError {
         /// Mews's `Request-Id`.
         request_id: Option<String>,
     },
-    /// A status worth retrying (429, 408 to an unpaged request, 5xx); `after` is `Retry-After`.
+    /// A status worth retrying (429, 408 to a request that cannot be made smaller, 5xx); `after`
+    /// is `Retry-After`.
     #[error("HTTP {status}{rid} (will retry)", rid = RequestIdNote(.request_id))]
     Retryable {
         /// The status.
@@ -232,8 +235,8 @@ impl Rest {
 
     /// Calls `operation` (e.g. `commands/getAllActive`) with `body` plus the tokens, retrying
     /// 429 (after `Retry-After`, or a growing jittered wait without it), 5xx, 408 to a request
-    /// without `Limitation` and transport errors with backoff; other failures (401, 403, 408
-    /// to a paged request, 4xx) return at once. Callers bound the time with a timeout or by
+    /// that cannot be made smaller and transport errors with backoff; other failures (401, 403,
+    /// 408 to a page or to several `CommandIds`, 4xx) return at once. Callers bound the time with a timeout or by
     /// dropping the future.
     pub async fn call(
         &self,
@@ -250,9 +253,14 @@ impl Rest {
         body: Map<String, Value>,
     ) -> Result<Answer, RestError> {
         let mut backoff = schedules::REST.backoff();
+        // Mews's advice on 408 is "request data in smaller batches": for these the caller can.
         let paged = body
             .get("Limitation")
-            .is_some_and(|limitation| limitation.get("Count").is_some());
+            .is_some_and(|limitation| limitation.get("Count").is_some())
+            || body
+                .get("CommandIds")
+                .and_then(Value::as_array)
+                .is_some_and(|ids| ids.len() > 1);
         loop {
             match self.once(operation, &body, paged).await {
                 Ok(bytes) => {

@@ -7,6 +7,9 @@
 //! details of the others, nor keep an outage going (the probe would send it again and again):
 //! a refused request is split in halves, each asked again, until the refused ids stand alone.
 //! Those come back as refused, with Mews's message; a 400 is an answer, not an outage.
+//!
+//! A 408 to many ids (`guidelines/responses.md`: "request data in smaller batches") is split
+//! the same way, until the halves are light enough; a 408 to a single id is no answer.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +25,8 @@ pub(super) const MAX_IDS: usize = 1000;
 /// A refused request of `MAX_IDS` ids is split at most this many times: enough to single out
 /// a few refused ids among 1,000 (about 20 calls for one), not enough to spend the property's
 /// rate limit (200 calls in 30 s) on a batch Mews refuses whole. Ids still together when the
-/// splits run out are reported refused together.
+/// splits run out are reported refused together (a 400), or the 408 is returned (no answer:
+/// an outage).
 const MAX_SPLITS: usize = 32;
 
 /// A command's state in Mews and the record's `command` (which holds that state too).
@@ -66,25 +70,32 @@ async fn lookup(rest: &Rest, ids: Vec<String>) -> Result<Lookup, RestError> {
     while let Some(ids) = todo.pop() {
         match call(rest, &ids).await {
             Ok(found) => out.found.extend(found),
+            Err(err) if ids.len() > 1 && splits < MAX_SPLITS && splittable(&err) => {
+                splits += 1;
+                let (first, second) = ids.split_at(ids.len() / 2);
+                todo.push(second.to_vec());
+                todo.push(first.to_vec());
+            }
             Err(RestError::Status {
                 status: 400,
                 message,
                 ..
             }) => {
-                if ids.len() > 1 && splits < MAX_SPLITS {
-                    splits += 1;
-                    let (first, second) = ids.split_at(ids.len() / 2);
-                    todo.push(second.to_vec());
-                    todo.push(first.to_vec());
-                } else {
-                    out.refused
-                        .extend(ids.into_iter().map(|id| (id, message.clone())));
-                }
+                out.refused
+                    .extend(ids.into_iter().map(|id| (id, message.clone())));
             }
             Err(err) => return Err(err),
         }
     }
     Ok(out)
+}
+
+/// Whether Mews's answer asks for fewer ids: refused (400) or too heavy (408).
+fn splittable(err: &RestError) -> bool {
+    matches!(
+        err,
+        RestError::Status { status: 400, .. } | RestError::TooHeavy { .. }
+    )
 }
 
 async fn call(rest: &Rest, ids: &[String]) -> Result<Vec<(String, Details)>, RestError> {
@@ -138,6 +149,14 @@ mod tests {
         }))
     }
 
+    /// `fetch`, bounded: a split that never happens would leave the client retrying forever.
+    async fn fetch_within(rest: &Arc<Rest>, ids: Vec<String>) -> Lookup {
+        tokio::time::timeout(Duration::from_secs(30), fetch(Arc::clone(rest), ids))
+            .await
+            .expect("answered within 30 s")
+            .unwrap()
+    }
+
     /// Refused requests as the simulator logged them.
     fn refusals(hotel: &Hotel) -> usize {
         let answers = hotel.answers();
@@ -153,7 +172,7 @@ mod tests {
         let unknown = ["0b7e2f6a-3c1d-4e5f-8a9b-0c1d2e3f4a5b", "not-a-guid"];
         ids.insert(17, unknown[0].to_owned());
         ids.insert(80, unknown[1].to_owned());
-        let lookup = fetch(Arc::clone(&rest), ids.clone()).await.unwrap();
+        let lookup = fetch_within(&rest, ids.clone()).await;
         assert_eq!(lookup.found.len(), 100);
         assert!(
             ids.iter()
@@ -179,12 +198,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_too_heavy_is_split_until_mews_answers() {
+        let hotel = Arc::new(Hotel::new());
+        let stop = CancellationToken::new();
+        let rest = client(&hotel, &stop).await;
+        let ids: Vec<String> = (0..100).map(|_| hotel.create_key_command(false)).collect();
+        hotel.too_heavy_above(Some(30));
+        let lookup = fetch_within(&rest, ids.clone()).await;
+        assert_eq!(lookup.found.len(), 100);
+        assert!(lookup.refused.is_empty());
+        // 100 → 50 + 50 → four of 25, each answered: 1 + 2 + 4 calls, three answered 408.
+        let statuses: Vec<u16> = hotel.answers().iter().map(|c| c.status).collect();
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 408).count(),
+            3,
+            "{statuses:?}"
+        );
+        assert_eq!(statuses.len(), 7, "{statuses:?}");
+        // A single id that is still too heavy is no answer: the caller's outage (the client
+        // retries that 408 until the caller gives up, as for any unanswered call).
+        hotel.too_heavy_above(Some(0));
+        let one = tokio::time::timeout(
+            Duration::from_millis(300),
+            fetch(Arc::clone(&rest), ids[..1].to_vec()),
+        )
+        .await;
+        assert!(one.is_err(), "{one:?}");
+        stop.cancel();
+    }
+
+    #[tokio::test]
     async fn a_request_refused_whole_stops_splitting_and_refuses_every_id() {
         let hotel = Arc::new(Hotel::new());
         let stop = CancellationToken::new();
         let rest = client(&hotel, &stop).await;
         let ids: Vec<String> = (0..1000).map(|i| format!("cmd-{i}")).collect();
-        let lookup = fetch(Arc::clone(&rest), ids).await.unwrap();
+        let lookup = fetch_within(&rest, ids).await;
         assert!(lookup.found.is_empty());
         assert_eq!(lookup.refused.len(), 1000);
         // The first request and two for each split.

@@ -118,7 +118,7 @@ struct RestFaults {
     refused: HashSet<String>,
     /// Operations answered 401 (the integration lacks the permission for them).
     unpermitted: HashSet<String>,
-    /// Paged requests asking for more than this many items get 408.
+    /// Requests asking for more than this many items (a page, or `CommandIds`) get 408.
     max_page: Option<u64>,
     /// Every call gets 503 (an outage of the REST API).
     down: bool,
@@ -347,7 +347,9 @@ impl Hotel {
         self.faults().timeout_after_apply = n;
     }
 
-    /// Paged requests whose `Limitation.Count` is above `count` get 408 (`None`: never).
+    /// Requests asking for more than `count` items get 408 (`None`: never): a page whose
+    /// `Limitation.Count` is above it, or a `commands/getAllByIds` without `Limitation` naming
+    /// more `CommandIds`.
     pub fn too_heavy_above(&self, count: Option<u64>) {
         self.faults().max_page = count;
     }

@@ -73,7 +73,8 @@ pub struct SimulatorConfig {
     pub rest_429_without_retry_after: bool,
     /// Fault: these REST operations are answered 403 (a business rule refuses them).
     pub rest_403: Vec<String>,
-    /// Fault: paged REST requests asking for more than this many items get 408.
+    /// Fault: REST requests asking for more than this many items (a page, or `CommandIds`) get
+    /// 408.
     pub rest_408_above: Option<u64>,
 }
 

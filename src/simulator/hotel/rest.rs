@@ -177,7 +177,12 @@ impl Hotel {
                 ),
             ));
         }
-        let count = body["Limitation"]["Count"].as_u64();
+        // A heavy request is one that asks for many items: a page's `Count`, or the ids of
+        // `commands/getAllByIds` (`guidelines/responses.md` on 408: "request data in smaller
+        // batches"; which requests Mews finds heavy is not documented).
+        let count = body["Limitation"]["Count"]
+            .as_u64()
+            .or_else(|| body["CommandIds"].as_array().map(|ids| ids.len() as u64));
         if let (Some(max), Some(count)) = (faults.max_page, count)
             && count > max
         {
