@@ -205,7 +205,8 @@ pub struct SimulateArgs {
     /// Accept only this AccessToken (default: any non-empty one).
     #[arg(long)]
     pub access_token: Option<String>,
-    /// Also POST Mews General webhooks here every 2 s (include ?Token=…).
+    /// Also POST Mews General webhooks here every 2 s (include ?Token=…); one not accepted
+    /// (an error status, or no answer within 5 s) is sent again 2 minutes later, 3 times in all.
     #[arg(long)]
     pub webhook_url: Option<String>,
     /// Fault: drop every connection this long after it opened (e.g. "30s").
@@ -336,6 +337,7 @@ impl SimulateArgs {
             rest_429_without_retry_after: self.rest_429_no_retry_after,
             rest_403: self.rest_403,
             rest_408_above: self.rest_408_above,
+            ..SimulatorConfig::default()
         }
     }
 }

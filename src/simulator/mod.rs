@@ -24,6 +24,7 @@ pub use events::EventFactory;
 pub use hotel::{
     Call, CommandState, CommandUpdate, Hotel, Live, NewKeyCommand, OPERATIONS, Refusal,
 };
+pub use webhooks::WebhookRetry;
 
 /// How a dropped connection ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -57,6 +58,8 @@ pub struct SimulatorConfig {
     pub access_token: Option<String>,
     /// When set, General webhooks are POSTed here (include `?Token=…`), one every 2 seconds.
     pub webhook_url: Option<String>,
+    /// How webhooks that were not accepted are sent again (see [`WebhookRetry`]).
+    pub webhook_retry: WebhookRetry,
     /// Fault: each connection is dropped this long after it opened.
     pub drop_every: Option<Duration>,
     /// Fault: how connections are dropped.
@@ -86,6 +89,7 @@ impl Default for SimulatorConfig {
             client_token: None,
             access_token: None,
             webhook_url: None,
+            webhook_retry: WebhookRetry::default(),
             drop_every: None,
             drop_mode: DropMode::Reset,
             silent_after: None,
@@ -164,7 +168,7 @@ pub async fn serve_hotel(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     if let Some(url) = config.webhook_url.clone() {
-        tokio::spawn(webhooks::send(url, shutdown.clone()));
+        tokio::spawn(webhooks::send(url, config.webhook_retry, shutdown.clone()));
     }
     if config.rest_429_every > 0 {
         let retry_after = (!config.rest_429_without_retry_after).then_some(1);
