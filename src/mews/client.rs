@@ -372,8 +372,12 @@ impl Rest {
                     operation,
                     status = 408,
                     request_id,
-                    "Mews took too long to prepare a page (408); asking for smaller pages"
+                    "Mews took too long to prepare the answer (408); asking for fewer items at once"
                 );
+            }
+            // The lookup splits a refused `getAllByIds` and sums the refusals up in one line.
+            RestError::Status { status: 400, .. } if operation == "commands/getAllByIds" => {
+                tracing::debug!(operation, error = %err, request_id, "Mews refused command ids")
             }
             _ => tracing::warn!(operation, error = %err, request_id, "Mews REST call failed"),
         }

@@ -20,7 +20,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::catch_up::command_record;
-use super::lookup::{Lookup, MAX_IDS, fetch};
+use super::lookup::{IdsPerCall, Lookup, MAX_IDS, fetch};
 use super::{Rest, RestError, command_key, command_key_prefix};
 use crate::journal::{Entry, Journal, Note, Settle};
 use crate::record::{Enrich, Record};
@@ -119,6 +119,8 @@ struct State {
     heal_at: Option<Instant>,
     /// `finish` came (or the inbox closed): settle what is left, take nothing new.
     finishing: bool,
+    /// How many ids one call asks for (lowered by a 408), shared with the healing passes.
+    per_call: Arc<IdsPerCall>,
 }
 
 /// The enricher ends: what it had is settled, or the journal is gone.
@@ -160,7 +162,8 @@ impl Enricher {
             }
             let take = st.queue.len().min(MAX_ROUND);
             st.round = st.queue.drain(..take).collect();
-            st.call = Some(self.spawn_fetch(ids_of(st.round.iter().map(|w| &w.note))));
+            let ids = ids_of(st.round.iter().map(|w| &w.note));
+            st.call = Some(self.spawn_fetch(&st.per_call, ids));
         }
         if st.finishing && st.queue.is_empty() && st.round.is_empty() {
             return Err(Stop);
@@ -198,7 +201,7 @@ impl Enricher {
             () = sleep_until(probe_at.unwrap_or_else(Instant::now)), if probe_at.is_some() && st.call.is_none() => {
                 if let Some(out) = &mut st.outage {
                     out.probe_at = Instant::now() + out.backoff.next_delay();
-                    st.call = Some(self.spawn_fetch(out.probe_ids.clone()));
+                    st.call = Some(self.spawn_fetch(&st.per_call, out.probe_ids.clone()));
                 }
             }
             joined = join(&mut st.heal), if st.heal.is_some() => {
@@ -207,7 +210,7 @@ impl Enricher {
             }
             () = sleep_until(st.heal_at.unwrap_or_else(Instant::now)), if st.heal_at.is_some() && st.heal.is_none() && st.outage.is_none() && !st.finishing => {
                 st.heal_at = None;
-                st.heal = Some(tokio::spawn(self.heal_task()));
+                st.heal = Some(tokio::spawn(self.heal_task(&st.per_call)));
             }
         }
         Ok(())
@@ -343,9 +346,9 @@ impl Enricher {
         }
     }
 
-    /// Settles a round Mews answered: details where found, else an error — with a heal key
-    /// for a command Mews did not return (it may still appear), without one for an id Mews
-    /// refused (it would be refused again).
+    /// Settles a round Mews answered: details where found, else an error naming why (not
+    /// returned, or refused with Mews's message), with a heal key: the next healing pass asks
+    /// once more (so a refusal of every id, not of one, is healed once Mews takes them).
     fn found(&self, round: Vec<Waiting>, lookup: &Lookup) -> Vec<Settle> {
         round
             .into_iter()
@@ -355,10 +358,7 @@ impl Enricher {
                     let error = format!(
                         "Mews refused the command id in commands/getAllByIds (HTTP 400: {message})"
                     );
-                    return Settle {
-                        heal: None,
-                        ..self.without_details(w.note, error)
-                    };
+                    return self.without_details(w.note, error);
                 }
                 match lookup.found.get(&id) {
                     Some((_, details)) => {
@@ -388,18 +388,23 @@ impl Enricher {
         self.journal.settle(settled).await.map_err(|_| Stop)
     }
 
-    fn spawn_fetch(&self, ids: Vec<String>) -> JoinHandle<Fetched> {
-        tokio::spawn(fetch(Arc::clone(&self.rest), ids))
+    fn spawn_fetch(&self, per_call: &Arc<IdsPerCall>, ids: Vec<String>) -> JoinHandle<Fetched> {
+        let (rest, per_call) = (Arc::clone(&self.rest), Arc::clone(per_call));
+        tokio::spawn(async move { fetch(rest, ids, &per_call).await })
     }
 
     /// The healing pass as a task of its own.
-    fn heal_task(&self) -> impl Future<Output = Result<usize, String>> + Send + 'static {
-        let (rest, journal, property) = (
+    fn heal_task(
+        &self,
+        per_call: &Arc<IdsPerCall>,
+    ) -> impl Future<Output = Result<usize, String>> + Send + 'static {
+        let (rest, journal, property, per_call) = (
             Arc::clone(&self.rest),
             self.journal.clone(),
             Arc::clone(&self.property),
+            Arc::clone(per_call),
         );
-        async move { heal(&rest, &journal, &property).await }
+        async move { heal(&rest, &journal, &property, &per_call).await }
     }
 }
 
@@ -471,7 +476,12 @@ pub fn prepare(record: &mut Record, property: &str, health: &Health) -> bool {
 
 /// Journals once more, with details, the commands of `property` that went out without them
 /// and are still active in Mews; forgets the rest. Returns how many were forwarded.
-async fn heal(rest: &Arc<Rest>, journal: &Journal, property: &Arc<str>) -> Result<usize, String> {
+async fn heal(
+    rest: &Arc<Rest>,
+    journal: &Journal,
+    property: &Arc<str>,
+    per_call: &IdsPerCall,
+) -> Result<usize, String> {
     let prefix = command_key_prefix(property);
     let prefix = prefix.as_str();
     let keys = journal
@@ -491,7 +501,7 @@ async fn heal(rest: &Arc<Rest>, journal: &Journal, property: &Arc<str>) -> Resul
     let mut ids: Vec<String> = ids_of_keys.iter().map(|(_, id)| id.clone()).collect();
     ids.sort_unstable();
     ids.dedup();
-    let found = fetch(Arc::clone(rest), ids)
+    let found = fetch(Arc::clone(rest), ids, per_call)
         .await
         .map_err(|err| err.to_string())?
         .found;

@@ -5,14 +5,16 @@
 //! answer: the docs are silent on which ids that is (one it does not know, one purged, one of
 //! another enterprise, one that is not a GUID), so any may be. One such id must not cost the
 //! details of the others, nor keep an outage going (the probe would send it again and again):
-//! a refused request is split in halves, each asked again, until the refused ids stand alone.
-//! Those come back as refused, with Mews's message; a 400 is an answer, not an outage.
+//! a refused request is split in halves, both asked again at once, until the refused ids stand
+//! alone. Those come back as refused, with Mews's message; a 400 is an answer, not an outage.
 //!
 //! A 408 to many ids (`guidelines/responses.md`: "request data in smaller batches") is split
-//! the same way, until the halves are light enough; a 408 to a single id is no answer.
+//! the same way until Mews answers the halves, and later calls of the property ask for no more
+//! ids than the last size Mews took; a 408 to a single id is no answer.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::future::join_all;
 use serde_json::value::RawValue;
@@ -22,11 +24,11 @@ use super::{Rest, RestError, parse_commands};
 
 /// `CommandIds` takes at most this many ids.
 pub(super) const MAX_IDS: usize = 1000;
-/// A refused request of `MAX_IDS` ids is split at most this many times: enough to single out
-/// a few refused ids among 1,000 (about 20 calls for one), not enough to spend the property's
-/// rate limit (200 calls in 30 s) on a batch Mews refuses whole. Ids still together when the
-/// splits run out are reported refused together (a 400), or the 408 is returned (no answer:
-/// an outage).
+/// One lookup splits requests refused with 400 at most this many times: enough to single out
+/// a few refused ids among thousands (about 10 splits for one among 1,000), not enough to
+/// spend the property's rate limit (200 calls in 30 s, shared with the catch-up and command
+/// updates) on ids Mews refuses whole. Ids still together when the splits run out are neither
+/// found nor refused: their records go on without details and are healed later.
 const MAX_SPLITS: usize = 32;
 
 /// A command's state in Mews and the record's `command` (which holds that state too).
@@ -37,65 +39,85 @@ pub(super) type Details = (Option<String>, Box<RawValue>);
 pub(super) struct Lookup {
     /// Details of the commands Mews returned, by id.
     pub found: HashMap<String, Details>,
-    /// Ids in a request Mews refused with 400, and its message.
+    /// Ids Mews refused with 400 on their own, and its message.
     pub refused: HashMap<String, String>,
 }
 
-/// Details of these commands (each id once), the chunks of `MAX_IDS` asked together.
-pub(super) async fn fetch(rest: Arc<Rest>, ids: Vec<String>) -> Result<Lookup, RestError> {
-    let chunks = ids
-        .chunks(MAX_IDS)
-        .map(|chunk| lookup(&rest, chunk.to_vec()));
-    let mut all = Lookup::default();
-    for result in join_all(chunks).await {
-        let Lookup { found, refused } = result?;
-        all.found.extend(found);
-        all.refused.extend(refused);
+/// How many ids one call of a property asks for: [`MAX_IDS`] until Mews answers 408 to that
+/// many, then the largest size it took since (it is not raised again while the relay runs).
+#[derive(Debug)]
+pub(super) struct IdsPerCall(AtomicUsize);
+
+impl Default for IdsPerCall {
+    fn default() -> Self {
+        IdsPerCall(AtomicUsize::new(MAX_IDS))
     }
-    if let Some(message) = all.refused.values().next() {
+}
+
+impl IdsPerCall {
+    fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed).max(1)
+    }
+
+    fn at_most(&self, n: usize) {
+        self.0.fetch_min(n.max(1), Ordering::Relaxed);
+    }
+}
+
+/// Details of these commands: the ids (each asked once) in calls of `per_call`, made together;
+/// refused and too heavy ones split as the module's header says.
+pub(super) async fn fetch(
+    rest: Arc<Rest>,
+    mut ids: Vec<String>,
+    per_call: &IdsPerCall,
+) -> Result<Lookup, RestError> {
+    ids.sort_unstable();
+    ids.dedup();
+    let mut out = Lookup::default();
+    let mut todo: Vec<Vec<String>> = ids.chunks(per_call.get()).map(<[_]>::to_vec).collect();
+    let mut splits = 0;
+    while !todo.is_empty() {
+        let answers = join_all(todo.iter().map(|ids| call(&rest, ids))).await;
+        let mut next = Vec::new();
+        for (ids, answer) in todo.into_iter().zip(answers) {
+            let halves = |next: &mut Vec<Vec<String>>, ids: Vec<String>| {
+                let (first, second) = ids.split_at(ids.len() / 2);
+                next.push(first.to_vec());
+                next.push(second.to_vec());
+            };
+            match answer {
+                Ok(found) => out.found.extend(found),
+                Err(RestError::TooHeavy { .. }) if ids.len() > 1 => {
+                    per_call.at_most(ids.len() / 2);
+                    halves(&mut next, ids);
+                }
+                Err(RestError::Status {
+                    status: 400,
+                    message,
+                    ..
+                }) if ids.len() == 1 => {
+                    out.refused
+                        .extend(ids.into_iter().map(|id| (id, message.clone())));
+                }
+                Err(RestError::Status { status: 400, .. }) if splits < MAX_SPLITS => {
+                    splits += 1;
+                    halves(&mut next, ids);
+                }
+                // Out of splits: neither found nor refused.
+                Err(RestError::Status { status: 400, .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        todo = next;
+    }
+    if let Some(message) = out.refused.values().next() {
         tracing::warn!(
-            ids = all.refused.len(),
+            ids = out.refused.len(),
             error = %message,
-            "Mews refused command ids in commands/getAllByIds; their records go on without details (enrich_error)"
+            "Mews refused command ids in commands/getAllByIds; those commands get no details"
         );
     }
-    Ok(all)
-}
-
-/// One chunk, split while Mews refuses it (see the module's header).
-async fn lookup(rest: &Rest, ids: Vec<String>) -> Result<Lookup, RestError> {
-    let mut out = Lookup::default();
-    let mut todo = vec![ids];
-    let mut splits = 0;
-    while let Some(ids) = todo.pop() {
-        match call(rest, &ids).await {
-            Ok(found) => out.found.extend(found),
-            Err(err) if ids.len() > 1 && splits < MAX_SPLITS && splittable(&err) => {
-                splits += 1;
-                let (first, second) = ids.split_at(ids.len() / 2);
-                todo.push(second.to_vec());
-                todo.push(first.to_vec());
-            }
-            Err(RestError::Status {
-                status: 400,
-                message,
-                ..
-            }) => {
-                out.refused
-                    .extend(ids.into_iter().map(|id| (id, message.clone())));
-            }
-            Err(err) => return Err(err),
-        }
-    }
     Ok(out)
-}
-
-/// Whether Mews's answer asks for fewer ids: refused (400) or too heavy (408).
-fn splittable(err: &RestError) -> bool {
-    matches!(
-        err,
-        RestError::Status { status: 400, .. } | RestError::TooHeavy { .. }
-    )
 }
 
 async fn call(rest: &Rest, ids: &[String]) -> Result<Vec<(String, Details)>, RestError> {
@@ -150,11 +172,14 @@ mod tests {
     }
 
     /// `fetch`, bounded: a split that never happens would leave the client retrying forever.
-    async fn fetch_within(rest: &Arc<Rest>, ids: Vec<String>) -> Lookup {
-        tokio::time::timeout(Duration::from_secs(30), fetch(Arc::clone(rest), ids))
-            .await
-            .expect("answered within 30 s")
-            .unwrap()
+    async fn fetch_within(rest: &Arc<Rest>, ids: Vec<String>, per_call: &IdsPerCall) -> Lookup {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            fetch(Arc::clone(rest), ids, per_call),
+        )
+        .await
+        .expect("answered within 30 s")
+        .unwrap()
     }
 
     /// Refused requests as the simulator logged them.
@@ -172,7 +197,7 @@ mod tests {
         let unknown = ["0b7e2f6a-3c1d-4e5f-8a9b-0c1d2e3f4a5b", "not-a-guid"];
         ids.insert(17, unknown[0].to_owned());
         ids.insert(80, unknown[1].to_owned());
-        let lookup = fetch_within(&rest, ids.clone()).await;
+        let lookup = fetch_within(&rest, ids.clone(), &IdsPerCall::default()).await;
         assert_eq!(lookup.found.len(), 100);
         assert!(
             ids.iter()
@@ -190,10 +215,11 @@ mod tests {
                 .values()
                 .all(|m| m.starts_with("Invalid CommandIds"))
         );
-        // Each split asks both halves again: 102 ids, two refused, take about 2 × 2 × log2(102).
+        // Each split asks both halves again: each of the two refused ids is singled out in
+        // at most seven halvings of 102 (the first one may be shared).
         let calls = hotel.answers().len();
-        assert!((3..=30).contains(&calls), "{calls} calls");
-        assert!(refusals(&hotel) >= 3);
+        assert!((15..=29).contains(&calls), "{calls} calls");
+        assert!(refusals(&hotel) >= 8, "{} refused", refusals(&hotel));
         stop.cancel();
     }
 
@@ -204,7 +230,8 @@ mod tests {
         let rest = client(&hotel, &stop).await;
         let ids: Vec<String> = (0..100).map(|_| hotel.create_key_command(false)).collect();
         hotel.too_heavy_above(Some(30));
-        let lookup = fetch_within(&rest, ids.clone()).await;
+        let per_call = IdsPerCall::default();
+        let lookup = fetch_within(&rest, ids.clone(), &per_call).await;
         assert_eq!(lookup.found.len(), 100);
         assert!(lookup.refused.is_empty());
         // 100 → 50 + 50 → four of 25, each answered: 1 + 2 + 4 calls, three answered 408.
@@ -215,12 +242,17 @@ mod tests {
             "{statuses:?}"
         );
         assert_eq!(statuses.len(), 7, "{statuses:?}");
+        // The next lookup asks for 25 at a time from the start: four calls, none refused.
+        let again = fetch_within(&rest, ids.clone(), &per_call).await;
+        assert_eq!(again.found.len(), 100);
+        let statuses: Vec<u16> = hotel.answers().iter().map(|c| c.status).collect();
+        assert_eq!(statuses[7..], [200; 4], "{statuses:?}");
         // A single id that is still too heavy is no answer: the caller's outage (the client
         // retries that 408 until the caller gives up, as for any unanswered call).
         hotel.too_heavy_above(Some(0));
         let one = tokio::time::timeout(
             Duration::from_millis(300),
-            fetch(Arc::clone(&rest), ids[..1].to_vec()),
+            fetch(Arc::clone(&rest), ids[..1].to_vec(), &per_call),
         )
         .await;
         assert!(one.is_err(), "{one:?}");
@@ -228,14 +260,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_refused_whole_stops_splitting_and_refuses_every_id() {
+    async fn ids_refused_whole_stop_the_splits_and_are_neither_found_nor_refused() {
         let hotel = Arc::new(Hotel::new());
         let stop = CancellationToken::new();
         let rest = client(&hotel, &stop).await;
         let ids: Vec<String> = (0..1000).map(|i| format!("cmd-{i}")).collect();
-        let lookup = fetch_within(&rest, ids).await;
+        let lookup = fetch_within(&rest, ids, &IdsPerCall::default()).await;
+        // None stood alone when the splits ran out: not known to be refused one by one, so
+        // their records go on as "not returned", to be healed.
         assert!(lookup.found.is_empty());
-        assert_eq!(lookup.refused.len(), 1000);
+        assert!(lookup.refused.is_empty(), "{:?}", lookup.refused.len());
         // The first request and two for each split.
         assert_eq!(hotel.answers().len(), 1 + 2 * MAX_SPLITS);
         stop.cancel();
