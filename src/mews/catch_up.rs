@@ -128,51 +128,87 @@ impl CatchUpJob {
         format!("reservations\u{1f}{property}")
     }
 
-    /// Reservations updated since the mark (minus the margin), page by page, window by window;
-    /// the mark moves after each window's records are committed.
+    /// Reservations updated since the mark (minus the margin), window by window; the mark
+    /// moves after each window's records are committed.
+    ///
+    /// A window whose first page comes back full is split in two halves, each listed on its
+    /// own, until every window fits in one page: the listing never rests on a `Cursor`.
+    /// Mews pages newest first, and its docs do not say what a cursor means once its
+    /// reservation has changed during the listing; if it ended the listing, trusting it would
+    /// lose the rest of the window. Only a window of one second that holds more than a page
+    /// is paged with cursors.
     async fn reservations(&self) -> Result<usize, StepError> {
         let mark_name = Self::mark_name(&self.property);
         // Whole seconds, rounded up: the window ends after anything updated so far (the next
         // one starts `margin` before this mark, for changes Mews records late).
         let now = unix_secs(SystemTime::now()) + 1;
-        let mut start = match self.journal.mark(&mark_name).await? {
+        let start = match self.journal.mark(&mark_name).await? {
             Some(mark) => mark.saturating_sub(self.settings.margin.as_secs()),
             None => now.saturating_sub(self.settings.reservations_since.as_secs()),
         };
         let mut total = 0;
         let mut count = PAGE;
-        while start < now {
-            let end = (start + WINDOW.as_secs()).min(now);
-            let mut cursor: Option<String> = None;
-            loop {
-                let (entries, next) = match self
-                    .reservation_page(start, end, cursor.clone(), count)
-                    .await
-                {
-                    Ok(page) => page,
-                    // Mews: "request data in smaller batches"; the client logged the 408.
-                    Err(RestError::TooHeavy { .. }) if count > 1 => {
-                        count = (count / 2).max(1);
-                        tracing::info!(count, "asking Mews for fewer reservations per page");
-                        continue;
-                    }
-                    Err(err) => return Err(err.into()),
-                };
-                let n = entries.len();
-                total += n;
-                if n > 0 {
-                    self.journal.append_committed(entries).await?;
+        // Windows still to list, the earliest last (so the mark moves forward only).
+        let mut windows: Vec<(u64, u64)> = (start..now)
+            .step_by(WINDOW.as_secs() as usize)
+            .map(|from| (from, (from + WINDOW.as_secs()).min(now)))
+            .collect();
+        windows.reverse();
+        while let Some((from, to)) = windows.pop() {
+            match self.window(from, to, &mut count).await? {
+                Some(n) => {
+                    total += n;
+                    self.journal.set_mark(&mark_name, to).await?;
                 }
-                // The last page is the one with fewer items than asked for (or no Cursor).
-                match next {
-                    Some(next) if n >= count => cursor = Some(next),
-                    _ => break,
+                None => {
+                    let mid = from + (to - from) / 2;
+                    windows.push((mid, to));
+                    windows.push((from, mid));
                 }
             }
-            self.journal.set_mark(&mark_name, end).await?;
-            start = end;
         }
         Ok(total)
+    }
+
+    /// Lists and commits one window: how many records, or `None` when its first page was full
+    /// and the window is longer than a second (nothing committed: list its halves instead).
+    async fn window(
+        &self,
+        from: u64,
+        to: u64,
+        count: &mut usize,
+    ) -> Result<Option<usize>, StepError> {
+        let mut total = 0;
+        let mut cursor: Option<String> = None;
+        loop {
+            let (entries, next) = match self
+                .reservation_page(from, to, cursor.clone(), *count)
+                .await
+            {
+                Ok(page) => page,
+                // Mews: "request data in smaller batches"; the client logged the 408.
+                Err(RestError::TooHeavy { .. }) if *count > 1 => {
+                    *count = (*count / 2).max(1);
+                    tracing::info!(count, "asking Mews for fewer reservations per page");
+                    continue;
+                }
+                Err(err) => return Err(err.into()),
+            };
+            let n = entries.len();
+            if n >= *count && cursor.is_none() && to - from > 1 {
+                return Ok(None);
+            }
+            total += n;
+            if n > 0 {
+                self.journal.append_committed(entries).await?;
+            }
+            // The last page is the one with fewer items than asked for (or no Cursor).
+            match next {
+                Some(next) if n >= *count => cursor = Some(next),
+                _ => break,
+            }
+        }
+        Ok(Some(total))
     }
 
     async fn reservation_page(

@@ -63,6 +63,13 @@ pub(super) async fn rest(
     let count = parsed
         .as_ref()
         .and_then(|body| body["Limitation"]["Count"].as_u64());
+    let updated_until = parsed
+        .as_ref()
+        .and_then(|body| body["UpdatedUtc"]["EndUtc"].as_str().map(str::to_owned));
+    let items = answer.as_ref().ok().and_then(|value| {
+        let object = value.as_object()?;
+        object.values().find_map(|v| v.as_array().map(Vec::len))
+    });
     let (status, response) = match answer {
         Ok(value) => (200, reply(200, &value, &request_id, None)),
         Err(refusal) => (refusal.status, refuse(&refusal, &request_id)),
@@ -73,6 +80,8 @@ pub(super) async fn rest(
         status,
         request_id,
         count,
+        updated_until,
+        items,
     });
     response
 }

@@ -16,6 +16,7 @@ use super::events::{EventFactory, uuid};
 
 mod by_ids;
 mod commands;
+mod reservations;
 mod rest;
 
 pub use rest::OPERATIONS;
@@ -126,6 +127,8 @@ struct RestFaults {
     timeout_after_apply: u32,
     /// `commands/getAllByIds` leaves unknown ids out instead of refusing the request.
     omit_unknown_ids: bool,
+    /// The last reservation of each full page is updated before the next page is asked.
+    touch_cursor: bool,
 }
 
 /// One REST request the simulator answered.
@@ -141,6 +144,10 @@ pub struct Call {
     pub request_id: String,
     /// The request's `Limitation.Count`, if any.
     pub count: Option<u64>,
+    /// The request's `UpdatedUtc.EndUtc`, if any, as sent.
+    pub updated_until: Option<String>,
+    /// Items in a successful answer's first array (`Reservations`, `Commands`).
+    pub items: Option<usize>,
 }
 
 /// A message for the WebSockets of one property (`owner`: its AccessToken) or of all.
@@ -296,6 +303,15 @@ impl Hotel {
             6..=7 => state.resource_event(),
             _ => factory.price_update(),
         }
+    }
+
+    /// The ids of every reservation, in the order they were made.
+    pub fn reservation_ids(&self) -> Vec<String> {
+        self.state()
+            .reservations
+            .iter()
+            .map(|r| r.id.clone())
+            .collect()
     }
 
     /// Adds `n` reservations last updated at `updated`.
