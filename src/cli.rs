@@ -206,7 +206,8 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub access_token: Option<String>,
     /// Also POST Mews General webhooks here every 2 s (include ?Token=…); one not accepted
-    /// (an error status, or no answer within 5 s) is sent again 2 minutes later, 3 times in all.
+    /// (an error status, or no answer within 5 s) is sent again 2 minutes after each failure,
+    /// 3 deliveries in all.
     #[arg(long)]
     pub webhook_url: Option<String>,
     /// Fault: drop every connection this long after it opened (e.g. "30s").
