@@ -75,6 +75,8 @@ struct State {
     order: VecDeque<String>,
     /// Commands kept in memory; the oldest go first (default [`MAX_COMMANDS`]).
     max_commands: usize,
+    /// Reservation ids given as a page's `Cursor`, with their `UpdatedUtc` (ms) then.
+    cursors: HashMap<String, u64>,
 }
 
 /// A refused REST call as Mews answers it: the status, the `Message`, and for 429 the
@@ -246,6 +248,7 @@ impl Hotel {
             commands: HashMap::new(),
             order: VecDeque::new(),
             max_commands: MAX_COMMANDS,
+            cursors: HashMap::new(),
         };
         let long_ago = now_ms().saturating_sub(30 * 86_400_000);
         for _ in 0..40 {

@@ -5,9 +5,9 @@
 //! latest or most recent items will be returned"; the answer's `Cursor` is "the last and hence
 //! oldest datum returned". So pages run newest first. Which time is meant is not said: the one
 //! that moves (`UpdatedUtc`) is the strictest reading. Nor is it said what happens when the
-//! cursor's reservation changes during the listing: here it is then no longer among the
-//! matching ones, the cursor is unknown, and the page is empty — the listing ends early, the
-//! strictest reading (a client that trusts the cursor loses the rest of its window).
+//! cursor's reservation changes during the listing: here the cursor is then unknown, and the
+//! page is empty — the listing ends early, the strictest reading (a client that trusts the
+//! cursor loses the rest of its window).
 
 use std::time::UNIX_EPOCH;
 
@@ -18,7 +18,7 @@ use super::{Hotel, Refusal, State, time, time_ms};
 
 impl Hotel {
     /// Fault: after each full page of reservations, the page's last one (the answer's
-    /// `Cursor`) is updated, as on a busy hotel, past the requested window's end.
+    /// `Cursor`) is updated now, as on a busy hotel.
     pub fn update_reservations_while_paging(&self, on: bool) {
         self.faults().touch_cursor = on;
     }
@@ -79,19 +79,43 @@ impl State {
             .iter()
             .map(|&i| self.reservations[i].id.as_str())
             .collect();
-        // A cursor no longer among the matching reservations (updated since) is unknown: an
-        // empty page, which ends the listing (as `page` has it).
-        let (found, cursor) = page(&ids, &limitation, |id| id);
+        // A cursor whose reservation changed since it was given is unknown (see the module's
+        // header): an empty page, which ends the listing (as `page` has it).
+        let changed = limitation.cursor.as_ref().is_some_and(|cursor| {
+            let now = matching
+                .iter()
+                .find(|&&i| self.reservations[i].id == *cursor)
+                .map(|&i| self.reservations[i].updated_ms);
+            now.is_none()
+                || self
+                    .cursors
+                    .get(cursor)
+                    .is_some_and(|then| Some(*then) != now)
+        });
+        let (found, cursor) = if changed {
+            (&ids[..0], Value::Null)
+        } else {
+            page(&ids, &limitation, |id| id)
+        };
         // The page is a run of `ids`: where it starts there.
         let at = found
             .first()
             .and_then(|first| ids.iter().position(|id| id == first))
             .unwrap_or_default();
         let found: Vec<usize> = matching[at..at + found.len()].to_vec();
+        if let Some(&last) = found.last() {
+            if self.cursors.len() >= 10_000 {
+                self.cursors.clear();
+            }
+            let r = &self.reservations[last];
+            self.cursors.insert(r.id.clone(), r.updated_ms);
+        }
         if touch_cursor && found.len() == limitation.count {
-            // A busy hotel: the page's last reservation changes before the next page is asked.
+            // A busy hotel: the page's last reservation changes before the next page is asked
+            // (a millisecond later at least, so its `UpdatedUtc` differs).
             if let Some(&last) = found.last() {
-                self.reservations[last].updated_ms = super::now_ms().max(to);
+                let r = &mut self.reservations[last];
+                r.updated_ms = super::now_ms().max(r.updated_ms + 1);
             }
         }
         let found: Vec<&super::Reservation> =
@@ -267,20 +291,39 @@ mod tests {
     }
 
     #[test]
-    fn the_fault_updates_each_full_page_s_last_reservation_past_the_window() {
+    fn a_cursor_updated_within_the_window_ends_the_listing_too() {
         let hotel = Hotel::new();
-        let (ids, end, ask) = three(&hotel);
+        let (ids, _, ask) = three(&hotel);
+        let first = ask(Value::Null);
+        let second = ask(first["Cursor"].clone());
+        assert_eq!(second["Cursor"], ids[1].as_str());
+        // Still in the window, now the newest: the cursor names a reservation that changed.
+        let at = hotel.state().reservations.len() - 2;
+        hotel.state().reservations[at].updated_ms += 1500;
+        let third = ask(second["Cursor"].clone());
+        assert_eq!(
+            third["Reservations"].as_array().unwrap().len(),
+            0,
+            "{third}"
+        );
+        assert!(third["Cursor"].is_null());
+    }
+
+    #[test]
+    fn the_fault_updates_each_full_page_s_last_reservation() {
+        let hotel = Hotel::new();
+        let (ids, _, ask) = three(&hotel);
+        let before = hotel.state().reservations.last().unwrap().updated_ms;
         hotel.update_reservations_while_paging(true);
         let first = ask(Value::Null);
         assert_eq!(first["Cursor"], ids[2].as_str());
-        // The listing ends there; the updated one is in the next window.
+        let after = hotel.state().reservations.last().unwrap().updated_ms;
+        assert!(after > before && after <= now_ms(), "{before} {after}");
         let second = ask(first["Cursor"].clone());
         assert_eq!(
             second["Reservations"].as_array().unwrap().len(),
             0,
             "{second}"
         );
-        let at = hotel.state().reservations.len() - 1;
-        assert!(hotel.state().reservations[at].updated_ms >= end);
     }
 }

@@ -24,7 +24,7 @@ const MAX_COUNT: u64 = 1000;
 /// A request's `Limitation`.
 pub(super) struct Limitation {
     pub(super) count: usize,
-    cursor: Option<String>,
+    pub(super) cursor: Option<String>,
 }
 
 /// `Limitation` of `body`; `required` as the operation documents it.
