@@ -57,7 +57,9 @@ impl State {
                 "Invalid UpdatedUtc: EndUtc is before StartUtc.",
             ));
         }
-        if !interval.is_null() && to - from > 92 * 86_400_000 {
+        // "max length 3 months": the docs do not say which months; the shortest three in a
+        // row (February to April of a common year, 89 days) is the strictest reading.
+        if !interval.is_null() && to - from > 89 * 86_400_000 {
             return Err(Refusal::new(
                 400,
                 "Invalid UpdatedUtc: longer than 3 months.",
@@ -225,6 +227,11 @@ mod tests {
         assert_eq!(ask(space).unwrap_err().status, 400);
         let fine = json!({"StartUtc": "2026-11-22T12:00:00.5Z", "EndUtc": "2026-11-23T12:00:00Z"});
         assert!(ask(fine).is_ok());
+        let months = json!({"StartUtc": "2026-02-01T00:00:00Z", "EndUtc": "2026-05-01T00:00:00Z"});
+        assert!(ask(months).is_ok(), "89 days");
+        let longer =
+            json!({"StartUtc": "2026-02-01T00:00:00Z", "EndUtc": "2026-05-01T00:00:00.001Z"});
+        assert_eq!(ask(longer).unwrap_err().status, 400);
     }
 
     /// Three reservations updated a second apart, asked one per page in a window that ends
