@@ -160,6 +160,19 @@ pub async fn serve_on(
         .map_err(SimulateError::Serve)
 }
 
+/// [`serve_hotel`] on a fresh loopback port, in a task of its own, until the returned token is
+/// cancelled; returns the port's address (tests and benchmarks that drive the hotel).
+pub async fn serve_hotel_locally(
+    hotel: Arc<Hotel>,
+    config: SimulatorConfig,
+) -> std::io::Result<(SocketAddr, CancellationToken)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    tokio::spawn(serve_hotel(listener, config, hotel, stop.clone()));
+    Ok((addr, stop))
+}
+
 /// The same with a hotel the caller holds (tests create commands and reservations in it).
 pub async fn serve_hotel(
     listener: TcpListener,

@@ -184,6 +184,16 @@ mod tests {
         attempts: 3,
     };
 
+    /// Webhooks sent ([`FAST`]) to a [`receiver`] with `accept`, until the token is cancelled.
+    async fn sending_to(
+        accept: fn(u32) -> bool,
+    ) -> (mpsc::UnboundedReceiver<(String, u32)>, CancellationToken) {
+        let (url, rx) = receiver(accept).await;
+        let stop = CancellationToken::new();
+        tokio::spawn(send(url, FAST, stop.clone()));
+        (rx, stop)
+    }
+
     /// Deliveries until `done` holds for what was seen (each body's count), or 30 s.
     async fn until(
         rx: &mut mpsc::UnboundedReceiver<(String, u32)>,
@@ -201,9 +211,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_webhook_answered_503_comes_again_the_same_and_once_taken_never_again() {
-        let (url, mut rx) = receiver(|n| n >= 2).await;
-        let stop = CancellationToken::new();
-        tokio::spawn(send(url, FAST, stop.clone()));
+        let (mut rx, stop) = sending_to(|n| n >= 2).await;
         let mut seen = HashMap::new();
         until(&mut rx, &mut seen, |s| {
             s.values().filter(|n| **n == 2).count() >= 3
@@ -226,9 +234,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_webhook_never_taken_is_discarded_after_three_deliveries() {
-        let (url, mut rx) = receiver(|_| false).await;
-        let stop = CancellationToken::new();
-        tokio::spawn(send(url, FAST, stop.clone()));
+        let (mut rx, stop) = sending_to(|_| false).await;
         let mut seen = HashMap::new();
         until(&mut rx, &mut seen, |s| {
             s.values().filter(|n| **n == 3).count() >= 8

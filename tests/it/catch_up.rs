@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime};
 
 use mews_relay::simulator::{self, Hotel, SimulatorConfig};
 use serde_json::Value;
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -16,20 +15,12 @@ use crate::support::*;
 
 /// The simulator serving `hotel` over REST (its WebSocket stays unused); returns `api_url`.
 pub(crate) async fn rest_server(hotel: Arc<Hotel>) -> (String, CancellationToken) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let stop = CancellationToken::new();
     let config = SimulatorConfig {
         rate: 0.001,
         ..SimulatorConfig::default()
     };
-    tokio::spawn(simulator::serve_hotel(
-        listener,
-        config,
-        hotel,
-        stop.clone(),
-    ));
-    (url, stop)
+    let (addr, stop) = simulator::serve_hotel_locally(hotel, config).await.unwrap();
+    (format!("http://{addr}"), stop)
 }
 
 /// The test config pointed at `api_url`, with `extra` tables appended.

@@ -245,12 +245,9 @@ async fn after_the_first_timeout_records_are_not_held_while_rest_is_down() {
     relay.stop().await;
 }
 
-/// The REST API hangs at first, then answers: the commands that went out with `enrich_error`
-/// come again with `command` (origin `catch_up`), once each, and neither the catch-up nor a
-/// reconnect repeats anything.
-#[tokio::test]
-async fn commands_that_went_out_without_details_are_healed_once() {
-    let mut site = Site::start().await;
+/// A relay of `site` whose REST calls pass a gate that is closed (calls hang) until opened,
+/// with `enrich.timeout` 300 ms and `request_timeout` 1 s.
+async fn behind_a_gate(site: &Site) -> (RestGate, Relay) {
     let target = site.api.trim_start_matches("http://").parse().unwrap();
     let gate = RestGate::start(Some(target)).await;
     let text = config(
@@ -261,7 +258,16 @@ async fn commands_that_went_out_without_details_are_healed_once() {
         "[enrich]\ntimeout = \"300ms\"\n",
     )
     .replace("[mews]\n", "[mews]\nrequest_timeout = \"1s\"\n");
-    let relay = Relay::start(&text);
+    (gate, Relay::start(&text))
+}
+
+/// The REST API hangs at first, then answers: the commands that went out with `enrich_error`
+/// come again with `command` (origin `catch_up`), once each, and neither the catch-up nor a
+/// reconnect repeats anything.
+#[tokio::test]
+async fn commands_that_went_out_without_details_are_healed_once() {
+    let mut site = Site::start().await;
+    let (gate, relay) = behind_a_gate(&site).await;
     let conn = {
         let mut conn = site.server.next().await;
         let commands: Vec<String> = (0..3)
@@ -392,17 +398,7 @@ async fn records_pending_at_a_kill_are_delivered_settled_and_in_order_after_the_
 #[tokio::test]
 async fn a_command_id_mews_refuses_costs_only_its_own_details() {
     let mut site = Site::start().await;
-    let target = site.api.trim_start_matches("http://").parse().unwrap();
-    let gate = RestGate::start(Some(target)).await;
-    let text = config(
-        &site.server.url(),
-        &gate.url,
-        site.dir.path(),
-        &file_sink(&site.out),
-        "[enrich]\ntimeout = \"300ms\"\n",
-    )
-    .replace("[mews]\n", "[mews]\nrequest_timeout = \"1s\"\n");
-    let relay = Relay::start(&text);
+    let (gate, relay) = behind_a_gate(&site).await;
     let mut conn = site.server.next().await;
     let unknown = "0b7e2f6a-3c1d-4e5f-8a9b-0c1d2e3f4a5b";
     let known: Vec<String> = (0..2)

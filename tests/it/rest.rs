@@ -8,9 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use mews_relay::simulator::{self, Hotel, SimulatorConfig};
 use serde_json::Value;
-use tokio::net::TcpListener;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::catch_up::{Site, calls, lines, live_command};
 use crate::support::*;
@@ -128,21 +126,16 @@ async fn a_403_on_reservations_leaves_the_commands_catch_up_working() {
 /// warns about the default `Client`.
 #[tokio::test]
 async fn a_401_is_one_error_naming_the_operation_and_the_fix() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = format!("http://{}", listener.local_addr().unwrap());
     let hotel = Arc::new(Hotel::new());
-    let stop_rest = CancellationToken::new();
     let config = SimulatorConfig {
         rate: 0.001,
         access_token: Some("ANOTHER-ACCESS-TOKEN".into()),
         ..SimulatorConfig::default()
     };
-    tokio::spawn(simulator::serve_hotel(
-        listener,
-        config,
-        Arc::clone(&hotel),
-        stop_rest.clone(),
-    ));
+    let (addr, stop_rest) = simulator::serve_hotel_locally(Arc::clone(&hotel), config)
+        .await
+        .unwrap();
+    let api = format!("http://{addr}");
     let mut site = Site::start().await;
     let text = site
         .config("")

@@ -18,16 +18,7 @@ async fn start_hotel(
     hotel: Arc<Hotel>,
     config: SimulatorConfig,
 ) -> (std::net::SocketAddr, CancellationToken) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    tokio::spawn(simulator::serve_hotel(
-        listener,
-        config,
-        hotel,
-        stop.clone(),
-    ));
-    (addr, stop)
+    simulator::serve_hotel_locally(hotel, config).await.unwrap()
 }
 
 /// An answer of the simulator's HTTP side.
