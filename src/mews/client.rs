@@ -5,7 +5,8 @@
 //! caller can make smaller (a page, or several `CommandIds`) asks for smaller batches (the
 //! caller halves `Limitation.Count`, or splits the ids); 429 waits for
 //! `Retry-After`, or backs off exponentially with jitter when it is missing; 5xx and transport
-//! errors are retried with backoff. Every failure is logged with Mews's `Request-Id`.
+//! errors are retried with backoff. Every failure is logged with Mews's `Request-Id` (a 4xx the caller
+//! handles by the caller, which knows what it means; here at debug).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -82,7 +83,7 @@ pub enum RestError {
     /// 408 to a page or to several `CommandIds`: Mews could not prepare that many items; ask
     /// for fewer.
     #[error(
-        "Mews took too long to prepare {operation} (HTTP 408{rid}); ask for smaller pages",
+        "Mews took too long to prepare {operation} (HTTP 408{rid}); ask for fewer items at once",
         rid = RequestIdNote(.request_id)
     )]
     TooHeavy {
@@ -254,7 +255,7 @@ impl Rest {
     ) -> Result<Answer, RestError> {
         let mut backoff = schedules::REST.backoff();
         // Mews's advice on 408 is "request data in smaller batches": for these the caller can.
-        let paged = body
+        let shrinkable = body
             .get("Limitation")
             .is_some_and(|limitation| limitation.get("Count").is_some())
             || body
@@ -262,7 +263,7 @@ impl Rest {
                 .and_then(Value::as_array)
                 .is_some_and(|ids| ids.len() > 1);
         loop {
-            match self.once(operation, &body, paged).await {
+            match self.once(operation, &body, shrinkable).await {
                 Ok(bytes) => {
                     self.succeeded(operation);
                     return Ok(bytes);
@@ -375,9 +376,11 @@ impl Rest {
                     "Mews took too long to prepare the answer (408); asking for fewer items at once"
                 );
             }
-            // The lookup splits a refused `getAllByIds` and sums the refusals up in one line.
-            RestError::Status { status: 400, .. } if operation == "commands/getAllByIds" => {
-                tracing::debug!(operation, error = %err, request_id, "Mews refused command ids")
+            // What a refusal means is the caller's to say, and each logs it: the catch-up step
+            // (retrying), a command update (Mews's message, for the key system), the
+            // enrichment lookup (one line for the ids Mews refused while it split the request).
+            RestError::Status { .. } => {
+                tracing::debug!(operation, error = %err, request_id, "Mews refused the request")
             }
             _ => tracing::warn!(operation, error = %err, request_id, "Mews REST call failed"),
         }
@@ -388,7 +391,7 @@ impl Rest {
         &self,
         operation: &str,
         body: &Map<String, Value>,
-        paged: bool,
+        shrinkable: bool,
     ) -> Result<Answer, RestError> {
         self.limiter.acquire().await;
         let mut full = Map::with_capacity(body.len() + 3);
@@ -450,7 +453,7 @@ impl Rest {
                 message,
                 request_id,
             },
-            408 if paged => RestError::TooHeavy {
+            408 if shrinkable => RestError::TooHeavy {
                 operation,
                 request_id,
             },

@@ -162,8 +162,8 @@ impl Enricher {
             }
             let take = st.queue.len().min(MAX_ROUND);
             st.round = st.queue.drain(..take).collect();
-            let ids = ids_of(st.round.iter().map(|w| &w.note));
-            st.call = Some(self.spawn_fetch(&st.per_call, ids));
+            let ids = st.round.iter().filter_map(|w| w.note.record.id.clone());
+            st.call = Some(self.spawn_fetch(&st.per_call, ids.collect()));
         }
         if st.finishing && st.queue.is_empty() && st.round.is_empty() {
             return Err(Stop);
@@ -438,14 +438,6 @@ async fn join<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::Joi
     }
 }
 
-/// Command ids of these notes, each once.
-fn ids_of<'a>(notes: impl Iterator<Item = &'a Note>) -> Vec<String> {
-    let mut ids: Vec<String> = notes.filter_map(|n| n.record.id.clone()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
 /// Whether a record is one the enricher settles: a live DeviceCommand with an `Id`.
 pub fn wants(record: &Record) -> bool {
     record.kind.as_deref() == Some(DEVICE_COMMAND) && record.id.is_some()
@@ -498,9 +490,7 @@ async fn heal(
             Some((key.clone(), id.to_owned()))
         })
         .collect();
-    let mut ids: Vec<String> = ids_of_keys.iter().map(|(_, id)| id.clone()).collect();
-    ids.sort_unstable();
-    ids.dedup();
+    let ids = ids_of_keys.iter().map(|(_, id)| id.clone()).collect();
     let found = fetch(Arc::clone(rest), ids, per_call)
         .await
         .map_err(|err| err.to_string())?

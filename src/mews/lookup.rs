@@ -76,14 +76,15 @@ pub(super) async fn fetch(
     let mut out = Lookup::default();
     let mut todo: Vec<Vec<String>> = ids.chunks(per_call.get()).map(<[_]>::to_vec).collect();
     let mut splits = 0;
+    // The last refusal of a single id, for the log line.
+    let mut last_refusal = None;
     while !todo.is_empty() {
         let answers = join_all(todo.iter().map(|ids| call(&rest, ids))).await;
         let mut next = Vec::new();
         for (ids, answer) in todo.into_iter().zip(answers) {
             let halves = |next: &mut Vec<Vec<String>>, ids: Vec<String>| {
                 let (first, second) = ids.split_at(ids.len() / 2);
-                next.push(first.to_vec());
-                next.push(second.to_vec());
+                next.extend([first.to_vec(), second.to_vec()]);
             };
             match answer {
                 Ok(found) => out.found.extend(found),
@@ -91,13 +92,12 @@ pub(super) async fn fetch(
                     per_call.at_most(ids.len() / 2);
                     halves(&mut next, ids);
                 }
-                Err(RestError::Status {
-                    status: 400,
-                    message,
-                    ..
-                }) if ids.len() == 1 => {
-                    out.refused
-                        .extend(ids.into_iter().map(|id| (id, message.clone())));
+                Err(err @ RestError::Status { status: 400, .. }) if ids.len() == 1 => {
+                    if let RestError::Status { message, .. } = &err {
+                        out.refused
+                            .extend(ids.into_iter().map(|id| (id, message.clone())));
+                    }
+                    last_refusal = Some(err);
                 }
                 Err(RestError::Status { status: 400, .. }) if splits < MAX_SPLITS => {
                     splits += 1;
@@ -110,10 +110,11 @@ pub(super) async fn fetch(
         }
         todo = next;
     }
-    if let Some(message) = out.refused.values().next() {
+    if let Some(err) = last_refusal {
         tracing::warn!(
             ids = out.refused.len(),
-            error = %message,
+            error = %err,
+            request_id = err.request_id().unwrap_or("-"),
             "Mews refused command ids in commands/getAllByIds; those commands get no details"
         );
     }
@@ -145,30 +146,28 @@ mod tests {
     use crate::simulator::{self, Hotel, SimulatorConfig};
     use crate::stats::Stats;
 
-    /// A REST client of the simulator's hotel, served over HTTP on loopback.
-    async fn client(hotel: &Arc<Hotel>, stop: &CancellationToken) -> Arc<Rest> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+    /// A hotel of the simulator, served over HTTP on loopback, and a REST client of it; the
+    /// server stops with the token.
+    async fn simulated() -> (Arc<Hotel>, Arc<Rest>, CancellationToken) {
+        let hotel = Arc::new(Hotel::new());
         let config = SimulatorConfig {
             rate: 0.001,
             ..SimulatorConfig::default()
         };
-        tokio::spawn(simulator::serve_hotel(
-            listener,
-            config,
-            Arc::clone(hotel),
-            stop.clone(),
-        ));
+        let (addr, stop) = simulator::serve_hotel_locally(Arc::clone(&hotel), config)
+            .await
+            .unwrap();
         let tls = crate::tls::client_config(&[], None).unwrap();
-        Arc::new(Rest::new(RestSetup {
-            api_url: &url,
+        let rest = Arc::new(Rest::new(RestSetup {
+            api_url: &format!("http://{addr}"),
             client_token: Secret::new("CLIENT"),
             access_token: Secret::new("ACCESS"),
             client: "mews-relay test",
             limiter: Limiter::new(1000, Duration::from_secs(30)),
             http: http_client(&tls, Duration::from_secs(5)).unwrap(),
             stats: Arc::new(Stats::default()),
-        }))
+        }));
+        (hotel, rest, stop)
     }
 
     /// `fetch`, bounded: a split that never happens would leave the client retrying forever.
@@ -190,9 +189,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_request_is_split_until_the_refused_ids_stand_alone() {
-        let hotel = Arc::new(Hotel::new());
-        let stop = CancellationToken::new();
-        let rest = client(&hotel, &stop).await;
+        let (hotel, rest, stop) = simulated().await;
         let mut ids: Vec<String> = (0..100).map(|_| hotel.create_key_command(false)).collect();
         let unknown = ["0b7e2f6a-3c1d-4e5f-8a9b-0c1d2e3f4a5b", "not-a-guid"];
         ids.insert(17, unknown[0].to_owned());
@@ -225,9 +222,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_too_heavy_is_split_until_mews_answers() {
-        let hotel = Arc::new(Hotel::new());
-        let stop = CancellationToken::new();
-        let rest = client(&hotel, &stop).await;
+        let (hotel, rest, stop) = simulated().await;
         let ids: Vec<String> = (0..100).map(|_| hotel.create_key_command(false)).collect();
         hotel.too_heavy_above(Some(30));
         let per_call = IdsPerCall::default();
@@ -261,9 +256,7 @@ mod tests {
 
     #[tokio::test]
     async fn ids_refused_whole_stop_the_splits_and_are_neither_found_nor_refused() {
-        let hotel = Arc::new(Hotel::new());
-        let stop = CancellationToken::new();
-        let rest = client(&hotel, &stop).await;
+        let (hotel, rest, stop) = simulated().await;
         let ids: Vec<String> = (0..1000).map(|i| format!("cmd-{i}")).collect();
         let lookup = fetch_within(&rest, ids, &IdsPerCall::default()).await;
         // None stood alone when the splits ran out: not known to be refused one by one, so
