@@ -64,6 +64,8 @@ struct Reservation {
     created: u64,
     /// Unix milliseconds.
     updated_ms: u64,
+    /// `updated_ms` when it was last given as a page's `Cursor`.
+    cursor_at: Option<u64>,
 }
 
 struct State {
@@ -75,8 +77,6 @@ struct State {
     order: VecDeque<String>,
     /// Commands kept in memory; the oldest go first (default [`MAX_COMMANDS`]).
     max_commands: usize,
-    /// Reservation ids given as a page's `Cursor`, with their `UpdatedUtc` (ms) then.
-    cursors: HashMap<String, u64>,
 }
 
 /// A refused REST call as Mews answers it: the status, the `Message`, and for 429 the
@@ -248,7 +248,6 @@ impl Hotel {
             commands: HashMap::new(),
             order: VecDeque::new(),
             max_commands: MAX_COMMANDS,
-            cursors: HashMap::new(),
         };
         let long_ago = now_ms().saturating_sub(30 * 86_400_000);
         for _ in 0..40 {
@@ -461,6 +460,7 @@ impl State {
             last_name: last,
             created: updated_ms / 1000,
             updated_ms,
+            cursor_at: None,
         };
         self.reservations.push(reservation);
     }

@@ -66,57 +66,42 @@ impl State {
             ));
         }
         // Newest first, by the time that moves (`UpdatedUtc`), then the newest made.
-        let mut matching: Vec<usize> = (0..self.reservations.len())
-            .filter(|&i| {
-                let at = self.reservations[i].updated_ms;
+        let mut matching: Vec<(&str, usize)> = (self.reservations.iter().enumerate())
+            .filter(|(_, r)| {
                 if from == to {
-                    at == from
+                    r.updated_ms == from
                 } else {
-                    at >= from && at < to
+                    r.updated_ms >= from && r.updated_ms < to
                 }
             })
+            .map(|(i, r)| (r.id.as_str(), i))
             .collect();
-        matching.sort_unstable_by_key(|&i| std::cmp::Reverse((self.reservations[i].updated_ms, i)));
-        let ids: Vec<&str> = matching
-            .iter()
-            .map(|&i| self.reservations[i].id.as_str())
-            .collect();
-        // A cursor whose reservation changed since it was given is unknown (see the module's
-        // header): an empty page, which ends the listing (as `page` has it).
+        matching.sort_unstable_by_key(|&(_, i)| {
+            std::cmp::Reverse((self.reservations[i].updated_ms, i))
+        });
+        // A cursor whose reservation changed since it was given, or left the window, is
+        // unknown (see the module's header): an empty page, which ends the listing.
         let changed = limitation.cursor.as_ref().is_some_and(|cursor| {
-            let now = matching
-                .iter()
-                .find(|&&i| self.reservations[i].id == *cursor)
-                .map(|&i| self.reservations[i].updated_ms);
-            now.is_none()
-                || self
-                    .cursors
-                    .get(cursor)
-                    .is_some_and(|then| Some(*then) != now)
+            match matching.iter().find(|(id, _)| *id == cursor.as_str()) {
+                Some(&(_, i)) => {
+                    let r = &self.reservations[i];
+                    r.cursor_at.is_some_and(|then| then != r.updated_ms)
+                }
+                None => true,
+            }
         });
         let (found, cursor) = if changed {
-            (&ids[..0], Value::Null)
+            (&matching[..0], Value::Null)
         } else {
-            page(&ids, &limitation, |id| id)
+            page(&matching, &limitation, |(id, _)| id)
         };
-        // The page is a run of `ids`: where it starts there.
-        let at = found
-            .first()
-            .and_then(|first| ids.iter().position(|id| id == first))
-            .unwrap_or_default();
-        let found: Vec<usize> = matching[at..at + found.len()].to_vec();
+        let found: Vec<usize> = found.iter().map(|&(_, i)| i).collect();
         if let Some(&last) = found.last() {
-            if self.cursors.len() >= 10_000 {
-                self.cursors.clear();
-            }
-            let r = &self.reservations[last];
-            self.cursors.insert(r.id.clone(), r.updated_ms);
-        }
-        if touch_cursor && found.len() == limitation.count {
-            // A busy hotel: the page's last reservation changes before the next page is asked
-            // (a millisecond later at least, so its `UpdatedUtc` differs).
-            if let Some(&last) = found.last() {
-                let r = &mut self.reservations[last];
+            let r = &mut self.reservations[last];
+            r.cursor_at = Some(r.updated_ms);
+            if touch_cursor && found.len() == limitation.count {
+                // A busy hotel: the page's last reservation changes before the next page is
+                // asked (a millisecond later at least, so its `UpdatedUtc` differs).
                 r.updated_ms = super::now_ms().max(r.updated_ms + 1);
             }
         }
