@@ -5,8 +5,8 @@
 //! caller can make smaller (a page, or several `CommandIds`) asks for smaller batches (the
 //! caller halves `Limitation.Count`, or splits the ids); 429 waits for
 //! `Retry-After`, or backs off exponentially with jitter when it is missing; 5xx and transport
-//! errors are retried with backoff. Every failure is logged with Mews's `Request-Id` (a 4xx the caller
-//! handles by the caller, which knows what it means; here at debug).
+//! errors are retried with backoff. Every failure is logged with Mews's `Request-Id` (a 4xx
+//! that its caller handles by the caller, which knows what it means; here at debug).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -237,8 +237,8 @@ impl Rest {
     /// Calls `operation` (e.g. `commands/getAllActive`) with `body` plus the tokens, retrying
     /// 429 (after `Retry-After`, or a growing jittered wait without it), 5xx, 408 to a request
     /// that cannot be made smaller and transport errors with backoff; other failures (401, 403,
-    /// 408 to a page or to several `CommandIds`, 4xx) return at once. Callers bound the time with a timeout or by
-    /// dropping the future.
+    /// 408 to a page or to several `CommandIds`, 4xx) return at once. Callers bound the time
+    /// with a timeout or by dropping the future.
     pub async fn call(
         &self,
         operation: &str,
